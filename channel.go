@@ -1,0 +1,376 @@
+package warren
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"reflect"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Channel is one AMQP channel on a Client's connection.
+//
+// A Channel belongs to one goroutine at a time. Every operation on it goes
+// through one serialisation point, so frames of different operations never
+// interleave and replies are never handed to the wrong caller; a goroutine
+// that calls in while another call is in progress gets ErrConcurrentUse
+// instead of garbling the wire. Use a Pool to share channels between
+// goroutines.
+//
+// Every blocking operation takes a context. An RPC abandoned because its
+// context ended leaves the channel in an unknown state (the reply may still
+// come), so warren closes the channel: the abandoned call returns the context
+// error (also matching ErrPoisoned) and later calls return a *PoisonedError.
+//
+// When the broker closes the channel (a soft error such as publishing to an
+// exchange that does not exist), every later operation and Close return the
+// broker's error as a *ChannelError, matched by errors.Is against the
+// reply-code sentinels such as ErrNotFound. When the connection ends, they
+// return its *ConnectionError.
+type Channel struct {
+	c  *Client
+	ch *amqp.Channel
+	id uint16
+
+	busy    atomic.Bool  // the serialisation point: true while an operation runs
+	writing atomic.Int32 // writeIdle, writeActive, writeAborted: see send
+
+	closes      chan *amqp.Error           // buffered NotifyClose listener registered at open
+	brokerClose atomic.Pointer[amqp.Error] // the broker's channel.close, as read off the wire
+
+	mu        sync.Mutex // guards following
+	cause     error      // first reason the channel became unusable; never reset
+	closed    bool       // Close has been called
+	closeErr  error      // Close's result
+	closeDone chan struct{}
+}
+
+const (
+	writeIdle int32 = iota
+	writeActive
+	writeAborted
+)
+
+func newChannel(c *Client, ach *amqp.Channel) *Channel {
+	ch := &Channel{
+		c:         c,
+		ch:        ach,
+		id:        channelID(ach),
+		closes:    make(chan *amqp.Error, 1),
+		closeDone: make(chan struct{}),
+	}
+	ach.NotifyClose(ch.closes)
+	return ch
+}
+
+// channelID reads the channel number amqp091-go allocated. amqp091-go does
+// not export it; the field has been named id since streadway/amqp.
+func channelID(ach *amqp.Channel) uint16 {
+	f := reflect.ValueOf(ach).Elem().FieldByName("id")
+	if !f.IsValid() || f.Kind() != reflect.Uint16 {
+		return 0
+	}
+	return uint16(f.Uint())
+}
+
+// ID returns the channel number the broker sees (as in `rabbitmqctl
+// list_channels number`). Numbers start at 1 and are handed out in order.
+func (ch *Channel) ID() uint16 { return ch.id }
+
+// String describes the channel.
+func (ch *Channel) String() string {
+	return fmt.Sprintf("warren.Channel(%d on %s)", ch.id, ch.c.endpoint)
+}
+
+// Err returns nil while the channel is usable, or the reason it is not.
+func (ch *Channel) Err() error { return ch.unusable("") }
+
+// enter claims the serialisation point for op and checks that the channel
+// is usable. Every successful enter is paired with exit.
+func (ch *Channel) enter(ctx context.Context, op string) error {
+	if !ch.busy.CompareAndSwap(false, true) {
+		return fmt.Errorf("%w (channel %d, %s)", ErrConcurrentUse, ch.id, op)
+	}
+	if err := ch.unusable(op); err != nil {
+		ch.busy.Store(false)
+		return err
+	}
+	if err := ctx.Err(); err != nil {
+		ch.busy.Store(false)
+		return fmt.Errorf("warren: %s on channel %d: %w", op, ch.id, err)
+	}
+	return nil
+}
+
+func (ch *Channel) exit() { ch.busy.Store(false) }
+
+// unusable returns why the channel cannot be used, as seen by op, or nil.
+func (ch *Channel) unusable(op string) error {
+	ch.mu.Lock()
+	if ch.cause == nil {
+		select {
+		case e, ok := <-ch.closes:
+			ch.mu.Unlock()
+			ch.setCause(ch.classify(e, ok))
+			ch.mu.Lock()
+		default:
+		}
+	}
+	cause := ch.cause
+	ch.mu.Unlock()
+	if cause == nil {
+		return nil
+	}
+	return withOp(cause, op)
+}
+
+// setCause records err as the reason the channel is unusable unless one is
+// already recorded, and returns the recorded reason.
+func (ch *Channel) setCause(err error) error {
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	if ch.cause == nil {
+		ch.cause = err
+	}
+	return ch.cause
+}
+
+// classify turns what the NotifyClose listener delivered into warren's error:
+// the connection's *ConnectionError when the channel went down with its
+// connection, a *ChannelError when the broker closed just this channel.
+func (ch *Channel) classify(e *amqp.Error, ok bool) error {
+	if !ok || e == nil {
+		// amqp091-go drops the broker's reason when its own Close wins
+		// the race to shut the channel down; the wire kept it.
+		if bc := ch.brokerClose.Load(); bc != nil {
+			e, ok = bc, true
+		}
+	}
+	if ok && e != nil && !ch.c.conn.IsClosed() {
+		return channelCause(ch.id, "", e)
+	}
+	if ch.c.conn.IsClosed() {
+		// amqp091-go marks the connection closed before it notifies;
+		// warren's watcher records the cause before dead is closed.
+		<-ch.c.dead
+		if !ok || e == nil || e == ch.c.rawErr {
+			return ch.c.connError("")
+		}
+		return channelCause(ch.id, "", e)
+	}
+	return ErrChannelClosed
+}
+
+// awaitCause waits briefly for the close notification that must follow an
+// amqp.ErrClosed from amqp091-go (it marks a channel closed as soon as the
+// broker's channel.close is decoded, and notifies a moment later).
+func (ch *Channel) awaitCause(op string) error {
+	if err := ch.unusable(op); err != nil {
+		return err
+	}
+	t := time.NewTimer(ch.c.opts.closeTimeout)
+	defer t.Stop()
+	select {
+	case e, ok := <-ch.closes:
+		ch.setCause(ch.classify(e, ok))
+	case <-ch.c.dead:
+		ch.setCause(ch.c.connError(""))
+	case <-t.C:
+		return fmt.Errorf("warren: %s on channel %d: channel closed without a cause", op, ch.id)
+	}
+	return ch.unusable(op)
+}
+
+// result maps what amqp091-go returned from op to warren's errors.
+func (ch *Channel) result(op string, err error) error {
+	if err == nil {
+		return nil
+	}
+	var ae *amqp.Error
+	switch {
+	case errors.Is(err, amqp.ErrClosed):
+		return ch.awaitCause(op)
+	case errors.As(err, &ae):
+		// The broker closed the channel (or the connection) while op
+		// waited for its reply; the listener holds the same error.
+		select {
+		case e, ok := <-ch.closes:
+			ch.setCause(ch.classify(e, ok))
+		default:
+			ch.setCause(ch.classify(ae, true))
+		}
+		return ch.unusable(op)
+	}
+	return fmt.Errorf("warren: %s on channel %d: %w", op, ch.id, err)
+}
+
+// withOp returns a copy of a recorded cause tagged with the operation that
+// observed it.
+func withOp(err error, op string) error {
+	if op == "" {
+		return err
+	}
+	switch e := err.(type) {
+	case *ChannelError:
+		cp := *e
+		cp.Op = op
+		return &cp
+	case *ConnectionError:
+		cp := *e
+		cp.Op = op
+		return &cp
+	}
+	return err
+}
+
+// call runs the RPC fn as op. With a cancellable ctx, fn runs on a goroutine
+// the client owns, and if ctx ends first the channel is poisoned.
+func (ch *Channel) call(ctx context.Context, op string, fn func() error) error {
+	if err := ch.enter(ctx, op); err != nil {
+		return err
+	}
+	defer ch.exit()
+	if ctx.Done() == nil {
+		return ch.result(op, fn())
+	}
+	done := make(chan error, 1)
+	if !ch.c.goTracked(func() { done <- fn() }) {
+		return ch.c.connError(op)
+	}
+	select {
+	case err := <-done:
+		return ch.result(op, err)
+	case <-ctx.Done():
+		ch.poison(op, ctx.Err(), done)
+		return fmt.Errorf("warren: %s on channel %d abandoned: %w (%w: channel closed)", op, ch.id, ctx.Err(), ErrPoisoned)
+	}
+}
+
+// poison records that op was abandoned and closes the channel once the
+// abandoned RPC has come back, so no reply can reach a later caller.
+func (ch *Channel) poison(op string, cause error, pending <-chan error) {
+	ch.setCause(&PoisonedError{ChannelID: ch.id, Op: op, Cause: cause})
+	ch.c.goTracked(func() {
+		select {
+		case <-pending:
+		case <-ch.c.dead:
+		}
+		_ = ch.ch.Close()
+		ch.c.forget(ch)
+	})
+}
+
+// send runs fn, an operation that writes frames without waiting for a reply
+// (publish, ack). amqp091-go's writes cannot be interrupted, so if ctx ends
+// while the socket write is stalled (a blocked broker, a dead network) warren
+// fails the connection's pending writes: a partly written frame cannot be
+// taken back, so the connection ends with a *ConnectionError.
+func (ch *Channel) send(ctx context.Context, op string, fn func() error) error {
+	if err := ch.enter(ctx, op); err != nil {
+		return err
+	}
+	defer ch.exit()
+	if ctx.Done() == nil {
+		return ch.result(op, fn())
+	}
+	ch.writing.Store(writeActive)
+	stop := context.AfterFunc(ctx, func() {
+		if ch.writing.CompareAndSwap(writeActive, writeAborted) {
+			ch.c.abortWrites(op, ch.id)
+		}
+	})
+	err := fn()
+	finished := ch.writing.CompareAndSwap(writeActive, writeIdle)
+	stop()
+	if !finished {
+		ch.writing.Store(writeIdle)
+		<-ch.c.dead
+		ch.setCause(ch.c.connError(""))
+		return fmt.Errorf("warren: %s on channel %d abandoned during a stalled write: %w (connection closed)", op, ch.id, ctx.Err())
+	}
+	return ch.result(op, err)
+}
+
+// Close closes the channel. It is idempotent and safe while the broker is
+// closing the same channel (the simultaneous-close race): it never hangs,
+// and it returns nil for a clean close or the reason the channel had
+// already ended — the broker's *ChannelError, the *ConnectionError, or the
+// *PoisonedError. Every call returns the first call's result.
+//
+// ctx bounds the wait for the broker's close-ok (default 10 s without a
+// deadline, see WithCloseTimeout); if it ends first, Close returns the
+// context error and the channel finishes closing in the background.
+func (ch *Channel) Close(ctx context.Context) error {
+	if !ch.busy.CompareAndSwap(false, true) {
+		return fmt.Errorf("%w (channel %d, close)", ErrConcurrentUse, ch.id)
+	}
+	defer ch.exit()
+	ch.mu.Lock()
+	if ch.closed {
+		ch.mu.Unlock()
+		<-ch.closeDone
+		return ch.closeErr
+	}
+	ch.closed = true
+	ch.mu.Unlock()
+
+	err := ch.unusable("close")
+	if err == nil {
+		err = ch.closeWithin(ctx)
+	}
+	if errors.Is(err, ErrChannelClosed) {
+		err = nil
+	}
+	ch.c.forget(ch)
+	ch.mu.Lock()
+	ch.closeErr = err
+	if ch.cause == nil {
+		ch.cause = ErrChannelClosed
+	}
+	ch.mu.Unlock()
+	close(ch.closeDone)
+	return err
+}
+
+// closeWithin runs the close handshake bounded by ctx.
+func (ch *Channel) closeWithin(ctx context.Context) error {
+	ctx, cancel := withDefaultTimeout(ctx, ch.c.opts.closeTimeout)
+	defer cancel()
+	done := make(chan error, 1)
+	if !ch.c.goTracked(func() { done <- ch.ch.Close() }) {
+		return ch.c.connError("close")
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			return ch.result("close", err)
+		}
+		// nil means either that our channel.close was answered (amqp091-go
+		// then closed the listener without a value before returning) or
+		// that the broker had closed the channel first and nothing was
+		// sent (its error is on the listener, or about to be).
+		select {
+		case e, ok := <-ch.closes:
+			if !ok {
+				return nil
+			}
+			ch.setCause(ch.classify(e, ok))
+			return ch.unusable("close")
+		default:
+			return ch.awaitCause("close")
+		}
+	case <-ctx.Done():
+		ch.setCause(&PoisonedError{ChannelID: ch.id, Op: "close", Cause: ctx.Err()})
+		return fmt.Errorf("warren: close of channel %d: no close-ok: %w", ch.id, ctx.Err())
+	}
+}
+
+// markClientClosed records that the client closed the connection under the
+// channel.
+func (ch *Channel) markClientClosed() {
+	ch.setCause(ch.c.connError(""))
+}

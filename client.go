@@ -1,0 +1,616 @@
+package warren
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warrenmq/warren/internal/wire"
+)
+
+// wireTrace, when set by a test in this package, traces method frames.
+var wireTrace func(dir string, ch, class, method uint16)
+
+// Version is reported to the broker in the client properties.
+const Version = "0.1.0"
+
+// Client owns exactly one AMQP connection and the channels opened on it.
+//
+// A Client is safe for concurrent use. Its Channels are not: each belongs to
+// one goroutine at a time (see Channel). Close closes the connection and
+// with it every channel, and returns once warren's goroutines have exited.
+type Client struct {
+	conn       *amqp.Connection
+	wire       *wire.Conn
+	opts       options
+	endpoint   string // redacted URL: never holds a password
+	channelMax uint16
+
+	// openMu serialises channel opens, so that the ids amqp091-go hands out
+	// are observed in order and an id whose stray close-ok is in flight is
+	// never reused (see Channel.Close).
+	openMu sync.Mutex
+
+	mu       sync.Mutex // guards following
+	channels map[uint16]*Channel
+	closing  bool  // Close has begun: no new channels or goroutines
+	closeErr error // Close's result, valid once closeDone is closed
+
+	connErr   atomic.Pointer[ConnectionError] // why the connection ended; set before dead closes
+	rawErr    *amqp.Error                     // amqp091-go's pointer for connErr; read after dead closes
+	dead      chan struct{}                   // closed when the connection is gone, for any reason
+	closeDone chan struct{}                   // closed when Close has finished
+	wg        sync.WaitGroup                  // every goroutine warren starts for this client
+
+	blocked atomic.Bool // the broker sent connection.blocked and no unblocked since
+
+	abortReason atomic.Pointer[string]     // why warren cut the socket, if it did
+	wireClose   atomic.Pointer[amqp.Error] // connection.close as read off the wire
+}
+
+// sawClose records a channel.close or connection.close as it is read off
+// the wire, on amqp091-go's reader goroutine: amqp091-go can lose the
+// reply when a close races its own, warren does not.
+func (c *Client) sawClose(id uint16, code uint16, text string) {
+	e := &amqp.Error{Code: int(code), Reason: text, Server: true}
+	if id == 0 {
+		c.wireClose.CompareAndSwap(nil, e)
+		return
+	}
+	c.mu.Lock()
+	ch := c.channels[id]
+	c.mu.Unlock()
+	if ch != nil {
+		ch.brokerClose.CompareAndSwap(nil, e)
+	}
+}
+
+// Dial opens one AMQP connection to url (amqp:// or amqps://, see
+// https://www.rabbitmq.com/uri-spec.html). ctx bounds the TCP connect, the
+// TLS handshake and the whole AMQP handshake; it is not kept after Dial
+// returns.
+//
+// Errors never contain the password. A refused login is a *ConnectionError
+// with errors.Is(err, ErrAccessRefused).
+func Dial(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return nil, err
+		}
+	}
+	uri, err := amqp.ParseURI(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: dial: invalid AMQP URL: %v", ErrInvalidArgument, urlError(err))
+	}
+	if err := urlParams(rawURL, &o); err != nil {
+		return nil, err
+	}
+	c := &Client{
+		opts:      o,
+		endpoint:  redact(uri),
+		channels:  make(map[uint16]*Channel),
+		dead:      make(chan struct{}),
+		closeDone: make(chan struct{}),
+	}
+	if err := c.connect(ctx, uri); err != nil {
+		return nil, fmt.Errorf("warren: dial %s: %w", c.endpoint, err)
+	}
+	c.channelMax = c.conn.Config.ChannelMax
+
+	// Buffered listeners registered before anything can close the
+	// connection: amqp091-go delivers into them without blocking its reader.
+	closes := c.conn.NotifyClose(make(chan *amqp.Error, 1))
+	blocks := c.conn.NotifyBlocked(make(chan amqp.Blocking, 4))
+	c.wg.Add(1)
+	go c.watch(closes, blocks)
+
+	c.opts.logger.Info("warren: connected", "endpoint", c.endpoint, "channel_max", c.channelMax,
+		"frame_max", c.conn.Config.FrameSize, "heartbeat", c.conn.Config.Heartbeat)
+	return c, nil
+}
+
+// connect dials, does TLS if asked, and runs the AMQP handshake under ctx.
+func (c *Client) connect(ctx context.Context, uri amqp.URI) error {
+	addr := net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	var conn net.Conn = raw
+	if dl, ok := ctx.Deadline(); ok {
+		_ = conn.SetDeadline(dl)
+	}
+	if uri.Scheme == "amqps" {
+		cfg, err := c.tlsConfig(uri)
+		if err != nil {
+			raw.Close()
+			return err
+		}
+		tc := tls.Client(raw, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return fmt.Errorf("tls handshake: %w", err)
+		}
+		conn = tc
+	}
+	c.wire = wire.New(conn, c.sawClose)
+	if wireTrace != nil {
+		c.wire.Trace = wireTrace
+	}
+
+	// Cancelling ctx during the handshake fails the pending read or write.
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	sasl, err := saslFor(uri)
+	if err != nil {
+		stop()
+		raw.Close()
+		return err
+	}
+	props := amqp.NewConnectionProperties()
+	props["product"] = "warren (amqp091-go)"
+	props["version"] = Version
+	if c.opts.name != "" {
+		props["connection_name"] = c.opts.name
+	}
+	channelMax := c.opts.channelMax
+	if channelMax == 0 {
+		channelMax = uri.ChannelMax
+	}
+	conn2, err := amqp.Open(c.wire, amqp.Config{
+		SASL:       sasl,
+		Vhost:      uri.Vhost,
+		ChannelMax: channelMax,
+		FrameSize:  c.opts.frameSize,
+		Heartbeat:  c.opts.heartbeat,
+		Properties: props,
+		Locale:     "en_US",
+	})
+	if !stop() {
+		// ctx ended at some point during the handshake; even if it
+		// completed, the socket now carries a deadline in the past.
+		if conn2 != nil {
+			_ = conn2.Close()
+		}
+		raw.Close()
+		return ctx.Err()
+	}
+	if err != nil {
+		raw.Close()
+		var ae *amqp.Error
+		if errors.As(err, &ae) {
+			return connectionCause("handshake", ae)
+		}
+		return err
+	}
+	c.conn = conn2
+	return nil
+}
+
+func (c *Client) tlsConfig(uri amqp.URI) (*tls.Config, error) {
+	cfg := c.opts.tls
+	if cfg == nil {
+		cfg = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: uri.ServerName}
+		if uri.CACertFile != "" {
+			pem, err := os.ReadFile(uri.CACertFile)
+			if err != nil {
+				return nil, fmt.Errorf("read cacertfile: %w", err)
+			}
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("%w: cacertfile holds no PEM certificate", ErrInvalidArgument)
+			}
+		}
+		if uri.CertFile != "" && uri.KeyFile != "" {
+			cert, err := tls.LoadX509KeyPair(uri.CertFile, uri.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("load client certificate: %w", err)
+			}
+			cfg.Certificates = []tls.Certificate{cert}
+		}
+	} else {
+		cfg = cfg.Clone()
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = uri.Host
+	}
+	return cfg, nil
+}
+
+func saslFor(uri amqp.URI) ([]amqp.Authentication, error) {
+	if len(uri.AuthMechanism) == 0 {
+		return []amqp.Authentication{uri.PlainAuth()}, nil
+	}
+	var out []amqp.Authentication
+	for _, m := range uri.AuthMechanism {
+		switch strings.ToUpper(m) {
+		case "PLAIN":
+			out = append(out, uri.PlainAuth())
+		case "AMQPLAIN":
+			out = append(out, uri.AMQPlainAuth())
+		case "EXTERNAL":
+			out = append(out, &amqp.ExternalAuth{})
+		default:
+			return nil, fmt.Errorf("%w: unsupported auth_mechanism %q", ErrInvalidArgument, m)
+		}
+	}
+	return out, nil
+}
+
+// urlParams applies the URL query parameters amqp091-go parses into
+// unexported fields: heartbeat (seconds) overrides WithHeartbeat.
+func urlParams(rawURL string, o *options) error {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return fmt.Errorf("%w: dial: invalid AMQP URL: %v", ErrInvalidArgument, urlError(err))
+	}
+	if hb := u.Query().Get("heartbeat"); hb != "" {
+		n, err := strconv.Atoi(hb)
+		if err != nil || n < 1 {
+			return fmt.Errorf("%w: dial: URL parameter heartbeat=%q is not a positive number of seconds", ErrInvalidArgument, hb)
+		}
+		o.heartbeat = time.Duration(n) * time.Second
+	}
+	return nil
+}
+
+// urlError strips the URL (which may hold a password) from a parse error.
+func urlError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// redact renders uri without its password.
+func redact(uri amqp.URI) string {
+	u := url.URL{Scheme: uri.Scheme, Host: net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))}
+	if uri.Username != "" {
+		u.User = url.User(uri.Username)
+	}
+	s := u.String() + "/" + url.PathEscape(uri.Vhost)
+	return s
+}
+
+// watch is the client's one long-lived goroutine: it records why the
+// connection ended and drains connection.blocked notifications so that
+// amqp091-go's reader never waits on warren.
+func (c *Client) watch(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking) {
+	defer c.wg.Done()
+	for {
+		select {
+		case b, ok := <-blocks:
+			if !ok {
+				blocks = nil
+				continue
+			}
+			c.blocked.Store(b.Active)
+			if b.Active {
+				c.opts.logger.Warn("warren: broker blocked publishing", "endpoint", c.endpoint, "reason", b.Reason)
+			} else {
+				c.opts.logger.Info("warren: broker unblocked publishing", "endpoint", c.endpoint)
+			}
+		case e, ok := <-closes:
+			if (!ok || e == nil) && !c.isClosing() {
+				// amqp091-go closed the listener without a value; the
+				// wire may still have seen the broker's reason.
+				e, ok = c.wireClose.Load(), true
+			}
+			if ok && e != nil {
+				c.rawErr = e
+				ce := connectionCause("", e)
+				if r := c.abortReason.Load(); r != nil && !e.Server {
+					ce.Reason = *r
+				}
+				c.connErr.Store(ce)
+				c.opts.logger.Warn("warren: connection closed", "endpoint", c.endpoint, "code", e.Code, "reason", e.Reason, "server", e.Server)
+			}
+			close(c.dead)
+			// amqp091-go closes the blocked listener during shutdown;
+			// drain it so nothing is left behind.
+			if blocks != nil {
+				for range blocks {
+				}
+			}
+			return
+		}
+	}
+}
+
+func (c *Client) isClosing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing
+}
+
+// String describes the client without credentials.
+func (c *Client) String() string { return "warren.Client(" + c.endpoint + ")" }
+
+// ChannelMax returns the channel_max negotiated with the broker: the highest
+// channel number this connection may use.
+func (c *Client) ChannelMax() uint16 { return c.channelMax }
+
+// Blocked reports whether the broker has blocked this connection's
+// publishers (connection.blocked: a memory or disk alarm).
+func (c *Client) Blocked() bool { return c.blocked.Load() }
+
+// Err returns nil while the connection is open, the *ConnectionError that
+// ended it, or ErrClientClosed after Close.
+func (c *Client) Err() error {
+	select {
+	case <-c.dead:
+	default:
+		return nil
+	}
+	if e := c.connErr.Load(); e != nil {
+		return e
+	}
+	return ErrClientClosed
+}
+
+// Done returns a channel that is closed when the connection has ended, by
+// Close or otherwise. Err then says why.
+func (c *Client) Done() <-chan struct{} { return c.dead }
+
+// connError returns the error operations should report once the connection
+// is gone, tagged with op.
+func (c *Client) connError(op string) error {
+	if e := c.connErr.Load(); e != nil {
+		cp := *e
+		cp.Op = op
+		return &cp
+	}
+	return ErrClientClosed
+}
+
+// abortWrites ends the connection because op on channel id was abandoned
+// by its context in the middle of a socket write: a partly written frame
+// cannot be taken back. Closing the socket fails the stalled write and makes
+// amqp091-go's reader shut the connection down.
+func (c *Client) abortWrites(op string, id uint16) {
+	r := fmt.Sprintf("%s on channel %d was abandoned by its context during a stalled socket write", op, id)
+	c.abortReason.CompareAndSwap(nil, &r)
+	_ = c.wire.Close()
+}
+
+// goTracked starts fn on a goroutine the client owns, unless Close has begun.
+func (c *Client) goTracked(fn func()) bool {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return false
+	}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// Channel opens a new channel in plain mode. Channel numbers are handed out
+// sequentially from 1; ch.ID() is the number the broker sees. When
+// ChannelMax channels are open it returns a *ChannelMaxError (errors.Is
+// ErrChannelMax) and the connection is unaffected.
+func (c *Client) Channel(ctx context.Context) (*Channel, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	closing := c.closing
+	c.mu.Unlock()
+	if closing {
+		return nil, ErrClientClosed
+	}
+	if c.Err() != nil {
+		return nil, c.connError("channel.open")
+	}
+
+	c.openMu.Lock()
+	if err := c.awaitQuarantine(ctx); err != nil {
+		c.openMu.Unlock()
+		return nil, err
+	}
+	var (
+		ach *amqp.Channel
+		err error
+	)
+	done := make(chan struct{})
+	if !c.goTracked(func() {
+		defer close(done)
+		ach, err = c.conn.Channel()
+	}) {
+		c.openMu.Unlock()
+		return nil, ErrClientClosed
+	}
+	select {
+	case <-done:
+		c.openMu.Unlock()
+	case <-ctx.Done():
+		// The open may still complete. Hand openMu to a goroutine that
+		// waits for it and closes what it yields, so no other open
+		// overtakes it.
+		reap := func() {
+			<-done
+			if ach != nil {
+				_ = ach.Close()
+			}
+			c.openMu.Unlock()
+		}
+		if !c.goTracked(reap) {
+			reap() // Close has begun: the open ends with the connection
+		}
+		return nil, fmt.Errorf("warren: channel.open abandoned: %w", ctx.Err())
+	}
+	if err != nil {
+		return nil, c.openError(err)
+	}
+	ch := newChannel(c, ach)
+	c.mu.Lock()
+	c.channels[ch.id] = ch
+	c.mu.Unlock()
+	return ch, nil
+}
+
+func (c *Client) openError(err error) error {
+	if errors.Is(err, amqp.ErrChannelMax) {
+		return &ChannelMaxError{Max: c.channelMax}
+	}
+	var ae *amqp.Error
+	if errors.As(err, &ae) && ae != amqp.ErrClosed {
+		if ae.Server && ReplyCode(ae.Code).Level() == LevelChannel {
+			return channelCause(0, "channel.open", ae)
+		}
+		<-c.deadOrSoon()
+		return c.connError("channel.open")
+	}
+	if c.Err() != nil {
+		return c.connError("channel.open")
+	}
+	return fmt.Errorf("warren: channel.open: %w", err)
+}
+
+// deadOrSoon returns c.dead, or a closed channel if the connection is still
+// up a moment later (an error that did not end it).
+func (c *Client) deadOrSoon() <-chan struct{} {
+	if c.conn.IsClosed() {
+		return c.dead
+	}
+	ch := make(chan struct{})
+	close(ch)
+	return ch
+}
+
+// awaitQuarantine waits until no channel.close we sent is waiting for its
+// close-ok. A close that crossed the broker's own channel.close is answered
+// after amqp091-go has released the id; opening a channel before that answer
+// arrives could reuse the id and hand the stray close-ok to the new channel.
+// Called with openMu held.
+func (c *Client) awaitQuarantine(ctx context.Context) error {
+	for {
+		id, wait := c.wire.PendingClose()
+		if wait == nil {
+			return nil
+		}
+		t := time.NewTimer(c.opts.quarantineWait)
+		select {
+		case <-wait:
+		case <-c.dead:
+		case <-t.C:
+			// RabbitMQ answers every channel.close, so this only happens
+			// against a broker that does not.
+			c.opts.logger.Warn("warren: no close-ok for channel.close; reusing its id", "channel", id)
+			c.wire.ForgetClose(id)
+		case <-ctx.Done():
+			t.Stop()
+			return fmt.Errorf("warren: channel.open: waiting for channel %d's close-ok: %w", id, ctx.Err())
+		}
+		t.Stop()
+		select {
+		case <-c.dead:
+			return c.connError("channel.open")
+		default:
+		}
+	}
+}
+
+// forget removes a closed channel from the registry.
+func (c *Client) forget(ch *Channel) {
+	c.mu.Lock()
+	if c.channels[ch.id] == ch {
+		delete(c.channels, ch.id)
+	}
+	c.mu.Unlock()
+}
+
+// OpenChannels returns how many channels warren has open on the connection.
+func (c *Client) OpenChannels() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.channels)
+}
+
+// Close closes the connection, and with it every channel, and waits for
+// warren's goroutines to exit. It is bounded by ctx, or by the close timeout
+// (WithCloseTimeout, default 10 s) when ctx has no deadline; when the
+// broker does not answer in time the socket is closed anyway.
+//
+// Close is idempotent: every call returns the first call's result, which is
+// nil for a clean close or the *ConnectionError that had already ended the
+// connection.
+func (c *Client) Close(ctx context.Context) error {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		select {
+		case <-c.closeDone:
+			return c.closeErr
+		case <-ctx.Done():
+			return fmt.Errorf("warren: close: %w", ctx.Err())
+		}
+	}
+	c.closing = true
+	chans := make([]*Channel, 0, len(c.channels))
+	for _, ch := range c.channels {
+		chans = append(chans, ch)
+	}
+	c.mu.Unlock()
+
+	ctx, cancel := withDefaultTimeout(ctx, c.opts.closeTimeout)
+	defer cancel()
+
+	var err error
+	select {
+	case <-c.dead:
+		err = c.Err()
+		if err == ErrClientClosed {
+			err = nil
+		}
+	default:
+		// Bound the close handshake by ctx: on expiry, fail pending I/O.
+		stop := context.AfterFunc(ctx, func() { _ = c.wire.SetDeadline(time.Unix(1, 0)) })
+		cerr := c.conn.Close()
+		stop()
+		<-c.dead
+		if e := c.connErr.Load(); e != nil {
+			// The broker or the network ended it first.
+			err = e
+		} else if cerr != nil && !errors.Is(cerr, amqp.ErrClosed) && ctx.Err() != nil {
+			err = fmt.Errorf("warren: close: no close-ok from broker: %w", ctx.Err())
+		}
+	}
+	_ = c.wire.Close()
+	for _, ch := range chans {
+		ch.markClientClosed()
+	}
+	c.wg.Wait()
+
+	c.mu.Lock()
+	c.closeErr = err
+	c.mu.Unlock()
+	close(c.closeDone)
+	c.opts.logger.Info("warren: client closed", "endpoint", c.endpoint)
+	return err
+}
+
+func withDefaultTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}

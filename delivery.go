@@ -1,0 +1,102 @@
+package warren
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync/atomic"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// ErrAlreadySettled is returned when a Delivery is acked, nacked or
+// rejected a second time. The broker would close the channel with 406
+// PRECONDITION_FAILED ("unknown delivery tag"); warren refuses it first.
+var ErrAlreadySettled = errors.New("warren: delivery already acked, nacked or rejected")
+
+// Delivery is a message received from the broker. Its fields are
+// amqp091-go's; Ack, Nack and Reject go through the warren Channel it came
+// from, serialised with that channel's other operations.
+//
+// Redelivered is true when the broker delivered the message before and it
+// was not acknowledged (at-least-once delivery: handlers must tolerate
+// seeing a message more than once).
+type Delivery struct {
+	amqp.Delivery
+	ch      *Channel
+	settled atomic.Bool
+}
+
+// GetOptions are the settings of basic.get.
+type GetOptions struct {
+	AutoAck bool // the broker considers the message acknowledged once sent
+}
+
+// Get fetches one message from queue. ok is false when the queue is empty.
+// Unless opts.AutoAck is set, the message must be settled with Ack, Nack or
+// Reject on the returned Delivery.
+func (ch *Channel) Get(ctx context.Context, queue string, opts GetOptions) (d *Delivery, ok bool, err error) {
+	const op = "basic.get"
+	if err := checkNames(op, "queue", queue); err != nil {
+		return nil, false, err
+	}
+	var ad amqp.Delivery
+	err = ch.call(ctx, op, func() (err error) {
+		ad, ok, err = ch.ch.Get(queue, opts.AutoAck)
+		return err
+	})
+	if err != nil || !ok {
+		return nil, false, err
+	}
+	ad.Acknowledger = nil // settle through warren only
+	d = &Delivery{Delivery: ad, ch: ch}
+	d.settled.Store(opts.AutoAck)
+	return d, true, nil
+}
+
+// Ack acknowledges the delivery.
+func (d *Delivery) Ack(ctx context.Context) error {
+	return d.settle(ctx, func() error { return d.ch.Ack(ctx, d.DeliveryTag, false) })
+}
+
+// Nack negatively acknowledges the delivery; requeue puts it back on the
+// queue, otherwise it is dropped or dead-lettered.
+func (d *Delivery) Nack(ctx context.Context, requeue bool) error {
+	return d.settle(ctx, func() error { return d.ch.Nack(ctx, d.DeliveryTag, false, requeue) })
+}
+
+// Reject rejects the delivery; requeue puts it back on the queue.
+func (d *Delivery) Reject(ctx context.Context, requeue bool) error {
+	return d.settle(ctx, func() error { return d.ch.Reject(ctx, d.DeliveryTag, requeue) })
+}
+
+func (d *Delivery) settle(ctx context.Context, fn func() error) error {
+	if d.ch == nil {
+		return fmt.Errorf("%w: delivery does not come from a warren Channel", ErrInvalidArgument)
+	}
+	if !d.settled.CompareAndSwap(false, true) {
+		return fmt.Errorf("%w (delivery tag %d on channel %d)", ErrAlreadySettled, d.DeliveryTag, d.ch.id)
+	}
+	err := fn()
+	if errors.Is(err, ErrConcurrentUse) || errors.Is(err, ErrInvalidArgument) {
+		d.settled.Store(false) // nothing was sent; the caller may retry
+	}
+	return err
+}
+
+// Ack acknowledges the delivery with tag, and with multiple every earlier
+// unacknowledged one.
+func (ch *Channel) Ack(ctx context.Context, tag uint64, multiple bool) error {
+	return ch.send(ctx, "basic.ack", func() error { return ch.ch.Ack(tag, multiple) })
+}
+
+// Nack negatively acknowledges the delivery with tag (and with multiple every
+// earlier one); requeue puts them back on the queue.
+func (ch *Channel) Nack(ctx context.Context, tag uint64, multiple, requeue bool) error {
+	return ch.send(ctx, "basic.nack", func() error { return ch.ch.Nack(tag, multiple, requeue) })
+}
+
+// Reject rejects the delivery with tag; requeue puts it back on the queue.
+func (ch *Channel) Reject(ctx context.Context, tag uint64, requeue bool) error {
+	return ch.send(ctx, "basic.reject", func() error { return ch.ch.Reject(tag, requeue) })
+}

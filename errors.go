@@ -1,0 +1,309 @@
+package warren
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// ReplyCode is an AMQP 0-9-1 reply code, as carried by channel.close,
+// connection.close and basic.return.
+type ReplyCode int
+
+// The AMQP 0-9-1 reply codes (spec section 1.2, "Constants").
+const (
+	CodeContentTooLarge    ReplyCode = 311
+	CodeNoRoute            ReplyCode = 312
+	CodeNoConsumers        ReplyCode = 313
+	CodeConnectionForced   ReplyCode = 320
+	CodeInvalidPath        ReplyCode = 402
+	CodeAccessRefused      ReplyCode = 403
+	CodeNotFound           ReplyCode = 404
+	CodeResourceLocked     ReplyCode = 405
+	CodePreconditionFailed ReplyCode = 406
+	CodeFrameError         ReplyCode = 501
+	CodeSyntaxError        ReplyCode = 502
+	CodeCommandInvalid     ReplyCode = 503
+	CodeChannelError       ReplyCode = 504
+	CodeUnexpectedFrame    ReplyCode = 505
+	CodeResourceError      ReplyCode = 506
+	CodeNotAllowed         ReplyCode = 530
+	CodeNotImplemented     ReplyCode = 540
+	CodeInternalError      ReplyCode = 541
+)
+
+var codeNames = map[ReplyCode]string{
+	CodeContentTooLarge:    "CONTENT_TOO_LARGE",
+	CodeNoRoute:            "NO_ROUTE",
+	CodeNoConsumers:        "NO_CONSUMERS",
+	CodeConnectionForced:   "CONNECTION_FORCED",
+	CodeInvalidPath:        "INVALID_PATH",
+	CodeAccessRefused:      "ACCESS_REFUSED",
+	CodeNotFound:           "NOT_FOUND",
+	CodeResourceLocked:     "RESOURCE_LOCKED",
+	CodePreconditionFailed: "PRECONDITION_FAILED",
+	CodeFrameError:         "FRAME_ERROR",
+	CodeSyntaxError:        "SYNTAX_ERROR",
+	CodeCommandInvalid:     "COMMAND_INVALID",
+	CodeChannelError:       "CHANNEL_ERROR",
+	CodeUnexpectedFrame:    "UNEXPECTED_FRAME",
+	CodeResourceError:      "RESOURCE_ERROR",
+	CodeNotAllowed:         "NOT_ALLOWED",
+	CodeNotImplemented:     "NOT_IMPLEMENTED",
+	CodeInternalError:      "INTERNAL_ERROR",
+}
+
+// String returns the spec's name for the code, e.g. "NOT_FOUND".
+func (c ReplyCode) String() string {
+	if n, ok := codeNames[c]; ok {
+		return n
+	}
+	return fmt.Sprintf("reply code %d", int(c))
+}
+
+// Level says which scope an error with this code closes.
+type Level int
+
+const (
+	// LevelUnknown is the level of a code outside the AMQP 0-9-1 table.
+	LevelUnknown Level = iota
+	// LevelMessage codes (312, 313) come back on basic.return and close nothing.
+	LevelMessage
+	// LevelChannel codes are soft errors: the broker closes one channel and
+	// the connection and its other channels go on.
+	LevelChannel
+	// LevelConnection codes are hard errors: the broker closes the whole
+	// connection and every channel on it.
+	LevelConnection
+)
+
+// String returns "message", "channel", "connection" or "unknown".
+func (l Level) String() string {
+	switch l {
+	case LevelMessage:
+		return "message"
+	case LevelChannel:
+		return "channel"
+	case LevelConnection:
+		return "connection"
+	}
+	return "unknown"
+}
+
+// Level classifies the code as the AMQP 0-9-1 spec does: 311 and 403–406 are
+// soft (channel) errors, 320, 402 and 5xx are hard (connection) errors, and
+// 312/313 are per-message return codes.
+func (c ReplyCode) Level() Level {
+	switch c {
+	case CodeNoRoute, CodeNoConsumers:
+		return LevelMessage
+	case CodeContentTooLarge, CodeAccessRefused, CodeNotFound,
+		CodeResourceLocked, CodePreconditionFailed:
+		return LevelChannel
+	case CodeConnectionForced, CodeInvalidPath, CodeFrameError,
+		CodeSyntaxError, CodeCommandInvalid, CodeChannelError,
+		CodeUnexpectedFrame, CodeResourceError, CodeNotAllowed,
+		CodeNotImplemented, CodeInternalError:
+		return LevelConnection
+	}
+	return LevelUnknown
+}
+
+// codeError is the type of the reply-code sentinels. ChannelError,
+// ConnectionError and (later) return errors match one with errors.Is when
+// their code is equal.
+type codeError struct{ code ReplyCode }
+
+func (e *codeError) Error() string {
+	return fmt.Sprintf("warren: %d %s", int(e.code), e.code)
+}
+
+// Code returns the reply code the sentinel stands for.
+func (e *codeError) Code() ReplyCode { return e.code }
+
+// Reply-code sentinels. errors.Is(err, ErrNotFound) holds for any
+// *ChannelError or *ConnectionError that carries code 404, and so on.
+var (
+	ErrContentTooLarge    error = &codeError{CodeContentTooLarge}
+	ErrNoRoute            error = &codeError{CodeNoRoute}
+	ErrNoConsumers        error = &codeError{CodeNoConsumers}
+	ErrConnectionForced   error = &codeError{CodeConnectionForced}
+	ErrInvalidPath        error = &codeError{CodeInvalidPath}
+	ErrAccessRefused      error = &codeError{CodeAccessRefused}
+	ErrNotFound           error = &codeError{CodeNotFound}
+	ErrResourceLocked     error = &codeError{CodeResourceLocked}
+	ErrPreconditionFailed error = &codeError{CodePreconditionFailed}
+	ErrFrameError         error = &codeError{CodeFrameError}
+	ErrSyntaxError        error = &codeError{CodeSyntaxError}
+	ErrCommandInvalid     error = &codeError{CodeCommandInvalid}
+	ErrChannelError       error = &codeError{CodeChannelError}
+	ErrUnexpectedFrame    error = &codeError{CodeUnexpectedFrame}
+	ErrResourceError      error = &codeError{CodeResourceError}
+	ErrNotAllowed         error = &codeError{CodeNotAllowed}
+	ErrNotImplemented     error = &codeError{CodeNotImplemented}
+	ErrInternalError      error = &codeError{CodeInternalError}
+)
+
+// Sentinels for conditions warren detects itself.
+var (
+	// ErrClientClosed is returned by every operation after Client.Close.
+	ErrClientClosed = errors.New("warren: client closed")
+	// ErrChannelClosed is returned by operations on a Channel after its own
+	// Close returned.
+	ErrChannelClosed = errors.New("warren: channel closed")
+	// ErrConcurrentUse is returned when a goroutine calls into a Channel
+	// while another call on it is still in progress. A Channel belongs to
+	// one goroutine at a time; use a Pool to share channels.
+	ErrConcurrentUse = errors.New("warren: concurrent use of a channel: a channel belongs to one goroutine at a time")
+	// ErrChannelMax is returned (inside a *ChannelMaxError) when opening one
+	// more channel than the connection's negotiated channel_max allows.
+	ErrChannelMax = errors.New("warren: channel_max reached")
+	// ErrPoisoned matches errors from a channel that warren closed because an
+	// operation on it was abandoned when its context ended, leaving the
+	// channel in an unknown state.
+	ErrPoisoned = errors.New("warren: channel poisoned by an abandoned operation")
+	// ErrConnectionLost matches a *ConnectionError caused by the network or
+	// a protocol failure detected on the client side rather than by a
+	// connection.close from the broker.
+	ErrConnectionLost = errors.New("warren: connection lost")
+	// ErrInvalidArgument matches errors for arguments warren refuses before
+	// anything is sent to the broker.
+	ErrInvalidArgument = errors.New("warren: invalid argument")
+)
+
+// ChannelError reports that the broker closed a channel (a soft error such as
+// 404 NOT_FOUND or 406 PRECONDITION_FAILED). The connection and its other
+// channels are unaffected. Every operation on the channel after the close,
+// and its Close, return a *ChannelError carrying the same code and text.
+//
+// errors.Is(err, ErrNotFound) (and the other reply-code sentinels) match on
+// Code.
+type ChannelError struct {
+	ChannelID uint16    // the channel number the broker closed
+	Code      ReplyCode // the broker's reply code
+	Reason    string    // the broker's reply text, e.g. "NOT_FOUND - no exchange 'x' in vhost '/'"
+	Op        string    // the warren operation that observed the close, e.g. "queue.declare" or "close"
+}
+
+func (e *ChannelError) Error() string {
+	return fmt.Sprintf("warren: %s on channel %d: channel closed by broker: %d %s", e.Op, e.ChannelID, int(e.Code), replyText(e.Code, e.Reason))
+}
+
+// Is reports whether target is the reply-code sentinel for e.Code.
+func (e *ChannelError) Is(target error) bool {
+	ce, ok := target.(*codeError)
+	return ok && ce.code == e.Code
+}
+
+// ConnectionError reports that the connection is gone: the broker sent
+// connection.close (Server is true, Code is the broker's), or the network
+// or a protocol failure ended it on the client side (Server is false and
+// errors.Is(err, ErrConnectionLost) holds). Every channel of the connection
+// and every waiting call returns it.
+type ConnectionError struct {
+	Code   ReplyCode // reply code; for client-side failures the code amqp091-go assigned (usually 501)
+	Reason string    // the broker's reply text, or the local I/O error
+	Server bool      // true when the broker closed the connection
+	Op     string    // the warren operation that observed it
+}
+
+func (e *ConnectionError) Error() string {
+	op := e.Op
+	if op == "" {
+		op = "connection"
+	}
+	if !e.Server {
+		return fmt.Sprintf("warren: %s: connection lost: %s", op, e.Reason)
+	}
+	return fmt.Sprintf("warren: %s: connection closed by broker: %d %s", op, int(e.Code), replyText(e.Code, e.Reason))
+}
+
+// Is matches the reply-code sentinel for e.Code when the broker sent the
+// close, and ErrConnectionLost when it did not.
+func (e *ConnectionError) Is(target error) bool {
+	if target == ErrConnectionLost {
+		return !e.Server
+	}
+	ce, ok := target.(*codeError)
+	return ok && e.Server && ce.code == e.Code
+}
+
+// ChannelMaxError reports that the connection has no free channel number:
+// Max channels are open. The connection and its channels are unaffected.
+type ChannelMaxError struct {
+	Max uint16 // the negotiated channel_max
+}
+
+func (e *ChannelMaxError) Error() string {
+	return fmt.Sprintf("warren: open channel: all %d channels allowed by the negotiated channel_max are in use", e.Max)
+}
+
+// Unwrap returns ErrChannelMax.
+func (e *ChannelMaxError) Unwrap() error { return ErrChannelMax }
+
+// PoisonedError is returned by every operation on a channel that warren closed
+// because an earlier operation was abandoned when its context ended. The
+// abandoned operation's own error wraps the context error and ErrPoisoned.
+type PoisonedError struct {
+	ChannelID uint16
+	Op        string // the operation that was abandoned
+	Cause     error  // the context error that ended it
+}
+
+func (e *PoisonedError) Error() string {
+	return fmt.Sprintf("warren: channel %d is closed: %s was abandoned (%v) and left it in an unknown state", e.ChannelID, e.Op, e.Cause)
+}
+
+// Is matches ErrPoisoned.
+func (e *PoisonedError) Is(target error) bool { return target == ErrPoisoned }
+
+// CodeOf returns the AMQP reply code carried by err, if any.
+func CodeOf(err error) (ReplyCode, bool) {
+	var ch *ChannelError
+	if errors.As(err, &ch) {
+		return ch.Code, true
+	}
+	var conn *ConnectionError
+	if errors.As(err, &conn) && conn.Server {
+		return conn.Code, true
+	}
+	return 0, false
+}
+
+// IsChannelLevel reports whether err closed only a channel (the connection
+// and its other channels are still usable).
+func IsChannelLevel(err error) bool {
+	var ch *ChannelError
+	return errors.As(err, &ch)
+}
+
+// IsConnectionLevel reports whether err means the connection is gone.
+func IsConnectionLevel(err error) bool {
+	var conn *ConnectionError
+	return errors.As(err, &conn) || errors.Is(err, ErrClientClosed)
+}
+
+// replyText trims RabbitMQ's habit of prefixing the text with the code name.
+func replyText(code ReplyCode, text string) string {
+	name := code.String()
+	if strings.HasPrefix(text, name) {
+		return text
+	}
+	if text == "" {
+		return name
+	}
+	return name + " - " + text
+}
+
+// fromAMQP converts an *amqp.Error seen on channel id into warren's type.
+// connErr, when non-nil, is the connection's own close cause: a channel that
+// was shut down because the connection died reports the connection error.
+func channelCause(id uint16, op string, e *amqp.Error) *ChannelError {
+	return &ChannelError{ChannelID: id, Code: ReplyCode(e.Code), Reason: e.Reason, Op: op}
+}
+
+func connectionCause(op string, e *amqp.Error) *ConnectionError {
+	return &ConnectionError{Code: ReplyCode(e.Code), Reason: e.Reason, Server: e.Server, Op: op}
+}

@@ -1,0 +1,10 @@
+module github.com/warrenmq/warren/integration
+
+go 1.26
+
+require (
+	github.com/warrenmq/warren v0.0.0
+	go.uber.org/goleak v1.3.0
+)
+
+replace github.com/warrenmq/warren => ../

@@ -1,0 +1,131 @@
+package warren
+
+import (
+	"crypto/tls"
+	"fmt"
+	"io"
+	"log/slog"
+	"time"
+)
+
+// Option configures a Client. Options are applied in order by Dial; an
+// invalid value makes Dial return an error wrapping ErrInvalidArgument.
+type Option func(*options) error
+
+type options struct {
+	tls            *tls.Config   // nil: amqps:// uses a default config with ServerName from the URL
+	heartbeat      time.Duration // 0: warren's default; negative: disabled
+	channelMax     uint16        // 0: accept the broker's
+	frameSize      int           // 0: 128 KiB (RabbitMQ's default)
+	name           string        // client-provided connection name
+	logger         *slog.Logger  // never nil after defaults
+	closeTimeout   time.Duration // bound on Close when its ctx has no deadline
+	quarantineWait time.Duration // longest wait for a stray close-ok before a channel open
+}
+
+const (
+	defaultHeartbeat      = 10 * time.Second
+	defaultFrameSize      = 128 * 1024
+	defaultCloseTimeout   = 10 * time.Second
+	defaultQuarantineWait = 2 * time.Second
+)
+
+func defaultOptions() options {
+	return options{
+		heartbeat:      defaultHeartbeat,
+		frameSize:      defaultFrameSize,
+		logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
+		closeTimeout:   defaultCloseTimeout,
+		quarantineWait: defaultQuarantineWait,
+	}
+}
+
+// WithTLS sets the TLS configuration used for amqps:// URLs. Without it an
+// amqps:// URL gets a default configuration (TLS 1.2 or newer, ServerName
+// from the URL). The config is cloned; ServerName is filled from the URL
+// when empty.
+func WithTLS(cfg *tls.Config) Option {
+	return func(o *options) error {
+		if cfg == nil {
+			return fmt.Errorf("%w: WithTLS: nil *tls.Config", ErrInvalidArgument)
+		}
+		o.tls = cfg.Clone()
+		return nil
+	}
+}
+
+// WithHeartbeat sets the heartbeat interval warren proposes (default 10 s;
+// the broker and client settle on the lower non-zero value). A dead peer is
+// detected after about two to three intervals of silence. Zero or a negative
+// duration disables heartbeats, which leaves a dead network undetected
+// until TCP gives up; it is allowed but not advised. A heartbeat=N query
+// parameter in the URL takes precedence.
+func WithHeartbeat(d time.Duration) Option {
+	return func(o *options) error {
+		if d > 0 && d < time.Second {
+			return fmt.Errorf("%w: WithHeartbeat: %v is below AMQP's one-second resolution", ErrInvalidArgument, d)
+		}
+		if d <= 0 {
+			d = -1
+		}
+		o.heartbeat = d
+		return nil
+	}
+}
+
+// WithChannelMax requests a channel_max lower than the broker's (RabbitMQ's
+// default is 2047). The negotiated value is Client.ChannelMax. Zero accepts
+// the broker's value.
+func WithChannelMax(n uint16) Option {
+	return func(o *options) error {
+		o.channelMax = n
+		return nil
+	}
+}
+
+// WithFrameSize requests a maximum frame size in bytes (default 131072,
+// RabbitMQ's default; the AMQP minimum is 4096).
+func WithFrameSize(n int) Option {
+	return func(o *options) error {
+		if n < 4096 {
+			return fmt.Errorf("%w: WithFrameSize: %d is below the AMQP minimum of 4096", ErrInvalidArgument, n)
+		}
+		o.frameSize = n
+		return nil
+	}
+}
+
+// WithName sets the client-provided connection name that RabbitMQ shows in
+// its management UI and in `rabbitmqctl list_connections client_properties`.
+func WithName(name string) Option {
+	return func(o *options) error {
+		o.name = name
+		return nil
+	}
+}
+
+// WithLogger sets the logger for events warren handles itself (connection
+// lost, a slow stray close-ok). Errors that warren returns to a caller are
+// never also logged. The default discards everything.
+func WithLogger(l *slog.Logger) Option {
+	return func(o *options) error {
+		if l == nil {
+			return fmt.Errorf("%w: WithLogger: nil *slog.Logger", ErrInvalidArgument)
+		}
+		o.logger = l
+		return nil
+	}
+}
+
+// WithCloseTimeout bounds Client.Close and Channel.Close when their context
+// has no deadline (default 10 s), so that a broker that stopped answering
+// (a memory alarm, a dead network) cannot make Close hang.
+func WithCloseTimeout(d time.Duration) Option {
+	return func(o *options) error {
+		if d <= 0 {
+			return fmt.Errorf("%w: WithCloseTimeout: %v is not positive", ErrInvalidArgument, d)
+		}
+		o.closeTimeout = d
+		return nil
+	}
+}

@@ -1,0 +1,261 @@
+package warren
+
+import (
+	"context"
+	"fmt"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Table is an AMQP field table (arguments, headers). Values must be of the
+// types amqp091-go can encode; warren checks them before anything is sent.
+type Table = amqp.Table
+
+// Queue is the broker's answer to a queue declaration.
+type Queue = amqp.Queue
+
+// Exchange kinds built into RabbitMQ.
+const (
+	ExchangeDirect  = "direct"
+	ExchangeFanout  = "fanout"
+	ExchangeTopic   = "topic"
+	ExchangeHeaders = "headers"
+)
+
+// ExchangeOptions are the flags of exchange.declare. The zero value declares
+// a transient, non-auto-deleted, public exchange.
+type ExchangeOptions struct {
+	Durable    bool  // survives a broker restart
+	AutoDelete bool  // deleted when its last binding is removed
+	Internal   bool  // cannot be published to directly, only bound
+	Passive    bool  // only check that it exists (404 NOT_FOUND if not)
+	Args       Table // optional arguments, e.g. "alternate-exchange"
+}
+
+// QueueOptions are the flags of queue.declare. The zero value declares a
+// transient, non-exclusive, non-auto-deleted queue.
+type QueueOptions struct {
+	Durable    bool  // survives a broker restart
+	AutoDelete bool  // deleted when its last consumer goes away
+	Exclusive  bool  // used only by this connection, deleted when it closes
+	Passive    bool  // only check that it exists (404 NOT_FOUND if not)
+	Args       Table // optional arguments, e.g. "x-queue-type", "x-max-length"
+}
+
+// ExchangeDeleteOptions are the flags of exchange.delete.
+type ExchangeDeleteOptions struct {
+	IfUnused bool // only delete if it has no bindings (406 otherwise)
+}
+
+// QueueDeleteOptions are the flags of queue.delete.
+type QueueDeleteOptions struct {
+	IfUnused bool // only delete if it has no consumers (406 otherwise)
+	IfEmpty  bool // only delete if it holds no messages (406 otherwise)
+}
+
+// QosOptions are the settings of basic.qos.
+type QosOptions struct {
+	PrefetchCount int  // unacknowledged deliveries the broker may send; 0 = unlimited
+	PrefetchSize  int  // unacknowledged bytes; 0 = unlimited (RabbitMQ rejects anything else)
+	Global        bool // RabbitMQ: apply to every consumer on the channel rather than each new one
+}
+
+// ExchangeDeclare declares an exchange of the given kind.
+func (ch *Channel) ExchangeDeclare(ctx context.Context, name, kind string, opts ExchangeOptions) error {
+	const op = "exchange.declare"
+	if err := checkNames(op, "exchange", name, "kind", kind); err != nil {
+		return err
+	}
+	if err := checkTable(op, opts.Args); err != nil {
+		return err
+	}
+	return ch.call(ctx, op, func() error {
+		if opts.Passive {
+			return ch.ch.ExchangeDeclarePassive(name, kind, opts.Durable, opts.AutoDelete, opts.Internal, false, opts.Args)
+		}
+		return ch.ch.ExchangeDeclare(name, kind, opts.Durable, opts.AutoDelete, opts.Internal, false, opts.Args)
+	})
+}
+
+// ExchangeDelete deletes an exchange.
+func (ch *Channel) ExchangeDelete(ctx context.Context, name string, opts ExchangeDeleteOptions) error {
+	const op = "exchange.delete"
+	if err := checkNames(op, "exchange", name); err != nil {
+		return err
+	}
+	return ch.call(ctx, op, func() error {
+		return ch.ch.ExchangeDelete(name, opts.IfUnused, false)
+	})
+}
+
+// ExchangeBind routes messages from exchange source to exchange destination
+// when their routing key matches key.
+func (ch *Channel) ExchangeBind(ctx context.Context, destination, key, source string, args Table) error {
+	const op = "exchange.bind"
+	if err := checkNames(op, "destination", destination, "routing key", key, "source", source); err != nil {
+		return err
+	}
+	if err := checkTable(op, args); err != nil {
+		return err
+	}
+	return ch.call(ctx, op, func() error {
+		return ch.ch.ExchangeBind(destination, key, source, false, args)
+	})
+}
+
+// ExchangeUnbind removes a binding made by ExchangeBind.
+func (ch *Channel) ExchangeUnbind(ctx context.Context, destination, key, source string, args Table) error {
+	const op = "exchange.unbind"
+	if err := checkNames(op, "destination", destination, "routing key", key, "source", source); err != nil {
+		return err
+	}
+	if err := checkTable(op, args); err != nil {
+		return err
+	}
+	return ch.call(ctx, op, func() error {
+		return ch.ch.ExchangeUnbind(destination, key, source, false, args)
+	})
+}
+
+// QueueDeclare declares a queue. An empty name asks the broker to generate
+// one, returned in Queue.Name.
+func (ch *Channel) QueueDeclare(ctx context.Context, name string, opts QueueOptions) (Queue, error) {
+	const op = "queue.declare"
+	if err := checkNames(op, "queue", name); err != nil {
+		return Queue{}, err
+	}
+	if err := checkTable(op, opts.Args); err != nil {
+		return Queue{}, err
+	}
+	var q Queue
+	err := ch.call(ctx, op, func() (err error) {
+		if opts.Passive {
+			q, err = ch.ch.QueueDeclarePassive(name, opts.Durable, opts.AutoDelete, opts.Exclusive, false, opts.Args)
+		} else {
+			q, err = ch.ch.QueueDeclare(name, opts.Durable, opts.AutoDelete, opts.Exclusive, false, opts.Args)
+		}
+		return err
+	})
+	return q, err
+}
+
+// QueueDelete deletes a queue and returns how many messages it held.
+func (ch *Channel) QueueDelete(ctx context.Context, name string, opts QueueDeleteOptions) (int, error) {
+	const op = "queue.delete"
+	if err := checkNames(op, "queue", name); err != nil {
+		return 0, err
+	}
+	var n int
+	err := ch.call(ctx, op, func() (err error) {
+		n, err = ch.ch.QueueDelete(name, opts.IfUnused, opts.IfEmpty, false)
+		return err
+	})
+	return n, err
+}
+
+// QueuePurge removes every ready message from a queue and returns how many
+// it removed.
+func (ch *Channel) QueuePurge(ctx context.Context, name string) (int, error) {
+	const op = "queue.purge"
+	if err := checkNames(op, "queue", name); err != nil {
+		return 0, err
+	}
+	var n int
+	err := ch.call(ctx, op, func() (err error) {
+		n, err = ch.ch.QueuePurge(name, false)
+		return err
+	})
+	return n, err
+}
+
+// QueueBind routes messages from exchange to queue when their routing key
+// matches key.
+func (ch *Channel) QueueBind(ctx context.Context, queue, key, exchange string, args Table) error {
+	const op = "queue.bind"
+	if err := checkNames(op, "queue", queue, "routing key", key, "exchange", exchange); err != nil {
+		return err
+	}
+	if err := checkTable(op, args); err != nil {
+		return err
+	}
+	return ch.call(ctx, op, func() error {
+		return ch.ch.QueueBind(queue, key, exchange, false, args)
+	})
+}
+
+// QueueUnbind removes a binding made by QueueBind.
+func (ch *Channel) QueueUnbind(ctx context.Context, queue, key, exchange string, args Table) error {
+	const op = "queue.unbind"
+	if err := checkNames(op, "queue", queue, "routing key", key, "exchange", exchange); err != nil {
+		return err
+	}
+	if err := checkTable(op, args); err != nil {
+		return err
+	}
+	return ch.call(ctx, op, func() error {
+		return ch.ch.QueueUnbind(queue, key, exchange, args)
+	})
+}
+
+// Qos sets how many unacknowledged deliveries the broker may send to this
+// channel's consumers.
+func (ch *Channel) Qos(ctx context.Context, opts QosOptions) error {
+	const op = "basic.qos"
+	if opts.PrefetchCount < 0 || opts.PrefetchCount > 0xFFFF {
+		return fmt.Errorf("%w: %s: prefetch count %d is outside 0..65535", ErrInvalidArgument, op, opts.PrefetchCount)
+	}
+	if opts.PrefetchSize < 0 || int64(opts.PrefetchSize) > 0xFFFFFFFF {
+		return fmt.Errorf("%w: %s: prefetch size %d is outside 0..4294967295", ErrInvalidArgument, op, opts.PrefetchSize)
+	}
+	return ch.call(ctx, op, func() error {
+		return ch.ch.Qos(opts.PrefetchCount, opts.PrefetchSize, opts.Global)
+	})
+}
+
+// checkNames refuses short strings AMQP cannot carry. amqp091-go would fail
+// the write and tear the whole connection down; warren says why instead.
+// pairs alternates a description and a value.
+func checkNames(op string, pairs ...string) error {
+	for i := 0; i+1 < len(pairs); i += 2 {
+		if len(pairs[i+1]) > 255 {
+			return fmt.Errorf("%w: %s: %s is %d bytes; AMQP allows at most 255", ErrInvalidArgument, op, pairs[i], len(pairs[i+1]))
+		}
+	}
+	return nil
+}
+
+func checkTable(op string, t Table) error {
+	if t == nil {
+		return nil
+	}
+	if err := t.Validate(); err != nil {
+		return fmt.Errorf("%w: %s: table: %v", ErrInvalidArgument, op, err)
+	}
+	if err := checkKeys(t); err != nil {
+		return fmt.Errorf("%w: %s: table: %v", ErrInvalidArgument, op, err)
+	}
+	return nil
+}
+
+// checkKeys refuses table keys longer than a short string; Table.Validate
+// checks only the values.
+func checkKeys(v any) error {
+	switch v := v.(type) {
+	case Table:
+		for k, f := range v {
+			if len(k) > 255 {
+				return fmt.Errorf("key of %d bytes; AMQP allows at most 255", len(k))
+			}
+			if err := checkKeys(f); err != nil {
+				return err
+			}
+		}
+	case []any:
+		for _, f := range v {
+			if err := checkKeys(f); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
+}
