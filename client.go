@@ -98,6 +98,10 @@ func Dial(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 	if err := urlParams(rawURL, &o); err != nil {
 		return nil, err
 	}
+	sasl, err := saslFor(uri)
+	if err != nil {
+		return nil, err
+	}
 	c := &Client{
 		opts:      o,
 		endpoint:  redact(uri),
@@ -105,7 +109,7 @@ func Dial(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 		dead:      make(chan struct{}),
 		closeDone: make(chan struct{}),
 	}
-	if err := c.connect(ctx, uri); err != nil {
+	if err := c.connect(ctx, uri, sasl); err != nil {
 		return nil, fmt.Errorf("warren: dial %s: %w", c.endpoint, err)
 	}
 	c.channelMax = c.conn.Config.ChannelMax
@@ -123,7 +127,7 @@ func Dial(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 }
 
 // connect dials, does TLS if asked, and runs the AMQP handshake under ctx.
-func (c *Client) connect(ctx context.Context, uri amqp.URI) error {
+func (c *Client) connect(ctx context.Context, uri amqp.URI, sasl []amqp.Authentication) error {
 	addr := net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
 	var d net.Dialer
 	raw, err := d.DialContext(ctx, "tcp", addr)
@@ -154,12 +158,6 @@ func (c *Client) connect(ctx context.Context, uri amqp.URI) error {
 
 	// Cancelling ctx during the handshake fails the pending read or write.
 	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
-	sasl, err := saslFor(uri)
-	if err != nil {
-		stop()
-		raw.Close()
-		return err
-	}
 	props := amqp.NewConnectionProperties()
 	props["product"] = "warren (amqp091-go)"
 	props["version"] = Version
@@ -244,7 +242,7 @@ func saslFor(uri amqp.URI) ([]amqp.Authentication, error) {
 		case "EXTERNAL":
 			out = append(out, &amqp.ExternalAuth{})
 		default:
-			return nil, fmt.Errorf("%w: unsupported auth_mechanism %q", ErrInvalidArgument, m)
+			return nil, fmt.Errorf("%w: dial: unsupported auth_mechanism %q", ErrInvalidArgument, m)
 		}
 	}
 	return out, nil

@@ -7,4 +7,6 @@ require (
 	go.uber.org/goleak v1.3.0
 )
 
+require github.com/rabbitmq/amqp091-go v1.16.0 // indirect
+
 replace github.com/warrenmq/warren => ../
