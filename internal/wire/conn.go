@@ -34,8 +34,9 @@ const (
 	classConnection = 10
 	classChannel    = 20
 	methodOpen      = 10
-	methodClose     = 40
+	methodClose     = 40 // channel.close
 	methodCloseO    = 41 // channel.close-ok
+	methodConnClose = 50 // connection.close
 
 	protocolHeaderLen = 8 // "AMQP\x00\x00\x09\x01", the first bytes the client writes
 	frameHeaderLen    = 7
@@ -87,6 +88,7 @@ type walker struct {
 	hdrN    int
 	rem     int    // payload and end-octet bytes left in the current frame
 	capture []byte // arguments of a close method being collected, or nil
+	closeOK bool   // the current frame is a channel.close-ok
 	broken  bool
 }
 
@@ -202,6 +204,11 @@ func (c *Conn) walkIn(b []byte) {
 					w.capture = nil
 				}
 			}
+			if w.closeOK && w.rem == k {
+				// Only a whole frame is handed on by amqp091-go.
+				w.closeOK = false
+				c.sawCloseOK(binary.BigEndian.Uint16(w.hdr[1:3]))
+			}
 			w.rem -= k
 			b = b[k:]
 			continue
@@ -233,8 +240,8 @@ func (c *Conn) walkIn(b []byte) {
 				setBit(&c.awaiting, ch, true) // amqp091-go will answer it
 				w.capture = make([]byte, 0, maxCloseArgs)
 			case ch != 0 && class == classChannel && method == methodCloseO:
-				c.sawCloseOK(ch)
-			case ch == 0 && class == classConnection && method == methodClose:
+				w.closeOK = true
+			case ch == 0 && class == classConnection && method == methodConnClose:
 				w.capture = make([]byte, 0, maxCloseArgs)
 			}
 		}
