@@ -135,9 +135,6 @@ func (c *Client) connect(ctx context.Context, uri amqp.URI, sasl []amqp.Authenti
 		return err
 	}
 	var conn net.Conn = raw
-	if dl, ok := ctx.Deadline(); ok {
-		_ = conn.SetDeadline(dl)
-	}
 	if uri.Scheme == "amqps" {
 		cfg, err := c.tlsConfig(uri)
 		if err != nil {
@@ -303,12 +300,15 @@ func (c *Client) watch(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking) {
 				c.opts.logger.Info("warren: broker unblocked publishing", "endpoint", c.endpoint)
 			}
 		case e, ok := <-closes:
-			if (!ok || e == nil) && !c.isClosing() {
+			closing := c.isClosing()
+			if (!ok || e == nil) && !closing {
 				// amqp091-go closed the listener without a value; the
 				// wire may still have seen the broker's reason.
 				e, ok = c.wireClose.Load(), true
 			}
-			if ok && e != nil {
+			if ok && e != nil && !closing {
+				// (Once Close has begun, how the socket ended is Close's
+				// business: Err reports ErrClientClosed.)
 				c.rawErr = e
 				ce := connectionCause("", e)
 				if r := c.abortReason.Load(); r != nil && !e.Server {
@@ -581,15 +581,16 @@ func (c *Client) Close(ctx context.Context) error {
 		}
 	default:
 		// Bound the close handshake by ctx: on expiry, fail pending I/O.
-		stop := context.AfterFunc(ctx, func() { _ = c.wire.SetDeadline(time.Unix(1, 0)) })
-		cerr := c.conn.Close()
+		var aborted atomic.Bool
+		stop := context.AfterFunc(ctx, func() {
+			aborted.Store(true)
+			_ = c.wire.SetDeadline(time.Unix(1, 0))
+		})
+		_ = c.conn.Close()
 		stop()
 		<-c.dead
-		if e := c.connErr.Load(); e != nil {
-			// The broker or the network ended it first.
-			err = e
-		} else if cerr != nil && !errors.Is(cerr, amqp.ErrClosed) && ctx.Err() != nil {
-			err = fmt.Errorf("warren: close: no close-ok from broker: %w", ctx.Err())
+		if aborted.Load() {
+			err = fmt.Errorf("warren: close: no close-ok from the broker in time, socket closed: %w", ctx.Err())
 		}
 	}
 	_ = c.wire.Close()

@@ -14,7 +14,7 @@ type Option func(*options) error
 
 type options struct {
 	tls            *tls.Config   // nil: amqps:// uses a default config with ServerName from the URL
-	heartbeat      time.Duration // 0: warren's default; negative: disabled
+	heartbeat      time.Duration // proposed to the broker
 	channelMax     uint16        // 0: accept the broker's
 	frameSize      int           // 0: 128 KiB (RabbitMQ's default)
 	name           string        // client-provided connection name
@@ -55,18 +55,15 @@ func WithTLS(cfg *tls.Config) Option {
 }
 
 // WithHeartbeat sets the heartbeat interval warren proposes (default 10 s;
-// the broker and client settle on the lower non-zero value). A dead peer is
-// detected after about two to three intervals of silence. Zero or a negative
-// duration disables heartbeats, which leaves a dead network undetected
-// until TCP gives up; it is allowed but not advised. A heartbeat=N query
-// parameter in the URL takes precedence.
+// the broker and client settle on the lower value). warren sends a
+// heartbeat every half interval and declares the peer dead after 1.5
+// intervals without a byte from it. The interval must be at least one
+// second (AMQP's resolution). A heartbeat=N query parameter in the URL
+// takes precedence.
 func WithHeartbeat(d time.Duration) Option {
 	return func(o *options) error {
-		if d > 0 && d < time.Second {
+		if d < time.Second {
 			return fmt.Errorf("%w: WithHeartbeat: %v is below AMQP's one-second resolution", ErrInvalidArgument, d)
-		}
-		if d <= 0 {
-			d = -1
 		}
 		o.heartbeat = d
 		return nil

@@ -26,7 +26,10 @@ var broker *brokertest.Broker
 func TestMain(m *testing.M) {
 	code := brokertest.RunMain(m, &broker, brokertest.Options{})
 	if code == 0 {
-		if err := goleak.Find(); err != nil {
+		// containerLeakIgnores (containers_test.go) is empty unless the
+		// broker came from testcontainers-go, whose reaper connection and
+		// Docker HTTP keep-alives outlive the terminated container.
+		if err := goleak.Find(containerLeakIgnores()...); err != nil {
 			fmt.Fprintf(os.Stderr, "integration: leaked goroutines after all tests: %v\n", err)
 			code = 1
 		}
