@@ -32,18 +32,30 @@ import (
 // reply-code sentinels such as ErrNotFound. When the connection ends, they
 // return its *ConnectionError.
 type Channel struct {
+	s   *channel // nil for the zero Channel
+	gen uint64   // lease generation this handle belongs to (0: not pooled)
+}
+
+// channel is the state shared by every handle of one AMQP channel.
+type channel struct {
 	c  *Client
 	ch *amqp.Channel
 	id uint16
 
+	// gen counts leases: a pooled channel's handle is valid only while gen
+	// equals the handle's. Unpooled channels stay at 0.
+	gen atomic.Uint64
+
+	mode    atomic.Int32 // Mode; changed only by SetMode
 	busy    atomic.Bool  // the serialisation point: true while an operation runs
 	writing atomic.Int32 // writeIdle, writeActive, writeAborted: see send
 
 	closes      chan *amqp.Error           // buffered NotifyClose listener registered at open
 	brokerClose atomic.Pointer[amqp.Error] // the broker's channel.close, as read off the wire
 
+	cause atomic.Pointer[causeBox] // first reason the channel became unusable; never reset
+
 	mu        sync.Mutex // guards following
-	cause     error      // first reason the channel became unusable; never reset
 	closed    bool       // Close has been called
 	closeErr  error      // Close's result
 	closeDone chan struct{}
@@ -55,8 +67,8 @@ const (
 	writeAborted
 )
 
-func newChannel(c *Client, ach *amqp.Channel) *Channel {
-	ch := &Channel{
+func newChannel(c *Client, ach *amqp.Channel) *channel {
+	ch := &channel{
 		c:         c,
 		ch:        ach,
 		id:        channelID(ach),
@@ -77,23 +89,62 @@ func channelID(ach *amqp.Channel) uint16 {
 	return uint16(f.Uint())
 }
 
+// errZeroChannel is returned by every operation on the zero Channel.
+var errZeroChannel = fmt.Errorf("%w: zero Channel (not opened by a Client or Pool)", ErrInvalidArgument)
+
 // ID returns the channel number the broker sees (as in `rabbitmqctl
 // list_channels number`). Numbers start at 1 and are handed out in order.
-func (ch *Channel) ID() uint16 { return ch.id }
+func (ch Channel) ID() uint16 {
+	if ch.s == nil {
+		return 0
+	}
+	return ch.s.id
+}
 
 // String describes the channel.
-func (ch *Channel) String() string {
-	return fmt.Sprintf("warren.Channel(%d on %s)", ch.id, ch.c.endpoint)
+func (ch Channel) String() string {
+	if ch.s == nil {
+		return "warren.Channel(zero)"
+	}
+	return fmt.Sprintf("warren.Channel(%d on %s)", ch.s.id, ch.s.c.endpoint)
 }
 
 // Err returns nil while the channel is usable, or the reason it is not.
-func (ch *Channel) Err() error { return ch.unusable("") }
+func (ch Channel) Err() error {
+	if ch.s == nil {
+		return errZeroChannel
+	}
+	if ch.s.gen.Load() != ch.gen {
+		return ErrReleased
+	}
+	return ch.s.unusable("")
+}
+
+// call runs an RPC on the channel; see channel.call.
+func (ch Channel) call(ctx context.Context, op string, fn func() error) error {
+	if ch.s == nil {
+		return errZeroChannel
+	}
+	return ch.s.call(ctx, op, ch.gen, fn)
+}
+
+// send runs a frame-only operation on the channel; see channel.send.
+func (ch Channel) send(ctx context.Context, op string, fn func() error) error {
+	if ch.s == nil {
+		return errZeroChannel
+	}
+	return ch.s.send(ctx, op, ch.gen, fn)
+}
 
 // enter claims the serialisation point for op and checks that the channel
 // is usable. Every successful enter is paired with exit.
-func (ch *Channel) enter(ctx context.Context, op string) error {
+func (ch *channel) enter(ctx context.Context, op string, gen uint64) error {
 	if !ch.busy.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w (channel %d, %s)", ErrConcurrentUse, ch.id, op)
+	}
+	if ch.gen.Load() != gen {
+		ch.busy.Store(false)
+		return fmt.Errorf("%w (channel %d, %s)", ErrReleased, ch.id, op)
 	}
 	if err := ch.unusable(op); err != nil {
 		ch.busy.Store(false)
@@ -106,43 +157,36 @@ func (ch *Channel) enter(ctx context.Context, op string) error {
 	return nil
 }
 
-func (ch *Channel) exit() { ch.busy.Store(false) }
+func (ch *channel) exit() { ch.busy.Store(false) }
+
+// causeBox holds a recorded cause (atomic.Pointer needs a concrete type).
+type causeBox struct{ err error }
 
 // unusable returns why the channel cannot be used, as seen by op, or nil.
-func (ch *Channel) unusable(op string) error {
-	ch.mu.Lock()
-	if ch.cause == nil {
-		select {
-		case e, ok := <-ch.closes:
-			ch.mu.Unlock()
-			ch.setCause(ch.classify(e, ok))
-			ch.mu.Lock()
-		default:
-		}
+// It takes no lock: this is on every operation's path.
+func (ch *channel) unusable(op string) error {
+	if b := ch.cause.Load(); b != nil {
+		return withOp(b.err, op)
 	}
-	cause := ch.cause
-	ch.mu.Unlock()
-	if cause == nil {
+	select {
+	case e, ok := <-ch.closes:
+		return withOp(ch.setCause(ch.classify(e, ok)), op)
+	default:
 		return nil
 	}
-	return withOp(cause, op)
 }
 
 // setCause records err as the reason the channel is unusable unless one is
 // already recorded, and returns the recorded reason.
-func (ch *Channel) setCause(err error) error {
-	ch.mu.Lock()
-	defer ch.mu.Unlock()
-	if ch.cause == nil {
-		ch.cause = err
-	}
-	return ch.cause
+func (ch *channel) setCause(err error) error {
+	ch.cause.CompareAndSwap(nil, &causeBox{err})
+	return ch.cause.Load().err
 }
 
 // classify turns what the NotifyClose listener delivered into warren's error:
 // the connection's *ConnectionError when the channel went down with its
 // connection, a *ChannelError when the broker closed just this channel.
-func (ch *Channel) classify(e *amqp.Error, ok bool) error {
+func (ch *channel) classify(e *amqp.Error, ok bool) error {
 	if !ok || e == nil {
 		// amqp091-go drops the broker's reason when its own Close wins
 		// the race to shut the channel down; the wire kept it.
@@ -168,7 +212,7 @@ func (ch *Channel) classify(e *amqp.Error, ok bool) error {
 // awaitCause waits briefly for the close notification that must follow an
 // amqp.ErrClosed from amqp091-go (it marks a channel closed as soon as the
 // broker's channel.close is decoded, and notifies a moment later).
-func (ch *Channel) awaitCause(op string) error {
+func (ch *channel) awaitCause(op string) error {
 	if err := ch.unusable(op); err != nil {
 		return err
 	}
@@ -186,7 +230,7 @@ func (ch *Channel) awaitCause(op string) error {
 }
 
 // result maps what amqp091-go returned from op to warren's errors.
-func (ch *Channel) result(op string, err error) error {
+func (ch *channel) result(op string, err error) error {
 	if err == nil {
 		return nil
 	}
@@ -229,8 +273,8 @@ func withOp(err error, op string) error {
 
 // call runs the RPC fn as op. With a cancellable ctx, fn runs on a goroutine
 // the client owns, and if ctx ends first the channel is poisoned.
-func (ch *Channel) call(ctx context.Context, op string, fn func() error) error {
-	if err := ch.enter(ctx, op); err != nil {
+func (ch *channel) call(ctx context.Context, op string, gen uint64, fn func() error) error {
+	if err := ch.enter(ctx, op, gen); err != nil {
 		return err
 	}
 	defer ch.exit()
@@ -252,7 +296,7 @@ func (ch *Channel) call(ctx context.Context, op string, fn func() error) error {
 
 // poison records that op was abandoned and closes the channel once the
 // abandoned RPC has come back, so no reply can reach a later caller.
-func (ch *Channel) poison(op string, cause error, pending <-chan error) {
+func (ch *channel) poison(op string, cause error, pending <-chan error) {
 	ch.setCause(&PoisonedError{ChannelID: ch.id, Op: op, Cause: cause})
 	ch.c.goTracked(func() {
 		select {
@@ -269,8 +313,8 @@ func (ch *Channel) poison(op string, cause error, pending <-chan error) {
 // while the socket write is stalled (a blocked broker, a dead network) warren
 // fails the connection's pending writes: a partly written frame cannot be
 // taken back, so the connection ends with a *ConnectionError.
-func (ch *Channel) send(ctx context.Context, op string, fn func() error) error {
-	if err := ch.enter(ctx, op); err != nil {
+func (ch *channel) send(ctx context.Context, op string, gen uint64, fn func() error) error {
+	if err := ch.enter(ctx, op, gen); err != nil {
 		return err
 	}
 	defer ch.exit()
@@ -304,11 +348,21 @@ func (ch *Channel) send(ctx context.Context, op string, fn func() error) error {
 // ctx bounds the wait for the broker's close-ok (default 10 s without a
 // deadline, see WithCloseTimeout); if it ends first, Close returns the
 // context error and the channel finishes closing in the background.
-func (ch *Channel) Close(ctx context.Context) error {
+func (ch Channel) Close(ctx context.Context) error {
+	if ch.s == nil {
+		return errZeroChannel
+	}
+	return ch.s.close(ctx, ch.gen)
+}
+
+func (ch *channel) close(ctx context.Context, gen uint64) error {
 	if !ch.busy.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w (channel %d, close)", ErrConcurrentUse, ch.id)
 	}
 	defer ch.exit()
+	if ch.gen.Load() != gen {
+		return fmt.Errorf("%w (channel %d, close)", ErrReleased, ch.id)
+	}
 	ch.mu.Lock()
 	if ch.closed {
 		ch.mu.Unlock()
@@ -326,18 +380,16 @@ func (ch *Channel) Close(ctx context.Context) error {
 		err = nil
 	}
 	ch.c.forget(ch)
+	ch.setCause(ErrChannelClosed)
 	ch.mu.Lock()
 	ch.closeErr = err
-	if ch.cause == nil {
-		ch.cause = ErrChannelClosed
-	}
 	ch.mu.Unlock()
 	close(ch.closeDone)
 	return err
 }
 
 // closeWithin runs the close handshake bounded by ctx.
-func (ch *Channel) closeWithin(ctx context.Context) error {
+func (ch *channel) closeWithin(ctx context.Context) error {
 	ctx, cancel := withDefaultTimeout(ctx, ch.c.opts.closeTimeout)
 	defer cancel()
 	done := make(chan error, 1)
@@ -371,6 +423,6 @@ func (ch *Channel) closeWithin(ctx context.Context) error {
 
 // markClientClosed records that the client closed the connection under the
 // channel.
-func (ch *Channel) markClientClosed() {
+func (ch *channel) markClientClosed() {
 	ch.setCause(ch.c.connError(""))
 }

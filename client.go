@@ -39,14 +39,16 @@ type Client struct {
 	channelMax uint16
 
 	// openMu serialises channel opens, so that the ids amqp091-go hands out
-	// are observed in order and an id whose stray close-ok is in flight is
-	// never reused (see Channel.Close).
+	// are observed in order, and an open abandoned by its ctx finishes
+	// before the next one starts.
 	openMu sync.Mutex
 
 	mu       sync.Mutex // guards following
-	channels map[uint16]*Channel
-	closing  bool  // Close has begun: no new channels or goroutines
-	closeErr error // Close's result, valid once closeDone is closed
+	channels map[uint16]*channel
+	pools    poolSet // live pools, failed together when the connection ends
+	pooled   int     // channel numbers reserved by pools
+	closing  bool    // Close has begun: no new channels or goroutines
+	closeErr error   // Close's result, valid once closeDone is closed
 
 	connErr   atomic.Pointer[ConnectionError] // why the connection ended; set before dead closes
 	rawErr    *amqp.Error                     // amqp091-go's pointer for connErr; read after dead closes
@@ -105,7 +107,8 @@ func Dial(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 	c := &Client{
 		opts:      o,
 		endpoint:  redact(uri),
-		channels:  make(map[uint16]*Channel),
+		channels:  make(map[uint16]*channel),
+		pools:     make(poolSet),
 		dead:      make(chan struct{}),
 		closeDone: make(chan struct{}),
 	}
@@ -186,13 +189,32 @@ func (c *Client) connect(ctx context.Context, uri amqp.URI, sasl []amqp.Authenti
 	if err != nil {
 		raw.Close()
 		var ae *amqp.Error
-		if errors.As(err, &ae) {
+		switch {
+		case errors.Is(err, amqp.ErrCredentials), errors.Is(err, amqp.ErrSASL):
+			// RabbitMQ closes the socket (after a 3 s pause) instead of
+			// sending connection.close, because amqp091-go does not offer
+			// authentication_failure_close: the refusal is still the broker's.
+			return &ConnectionError{Code: CodeAccessRefused, Server: true, Op: "handshake",
+				Reason: "ACCESS_REFUSED - login refused: " + reasonOf(err)}
+		case errors.Is(err, amqp.ErrVhost):
+			return &ConnectionError{Code: CodeNotAllowed, Server: true, Op: "handshake",
+				Reason: "NOT_ALLOWED - access to the virtual host refused: " + reasonOf(err)}
+		case errors.As(err, &ae):
 			return connectionCause("handshake", ae)
 		}
 		return err
 	}
 	c.conn = conn2
 	return nil
+}
+
+// reasonOf returns the reason of an *amqp.Error, or the error's text.
+func reasonOf(err error) string {
+	var ae *amqp.Error
+	if errors.As(err, &ae) {
+		return ae.Reason
+	}
+	return err.Error()
 }
 
 func (c *Client) tlsConfig(uri amqp.URI) (*tls.Config, error) {
@@ -318,6 +340,7 @@ func (c *Client) watch(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking) {
 				c.opts.logger.Warn("warren: connection closed", "endpoint", c.endpoint, "code", e.Code, "reason", e.Reason, "server", e.Server)
 			}
 			close(c.dead)
+			c.failPools()
 			// amqp091-go closes the blocked listener during shutdown;
 			// drain it so nothing is left behind.
 			if blocks != nil {
@@ -333,6 +356,19 @@ func (c *Client) isClosing() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.closing
+}
+
+// failPools makes every pool's Acquire return the connection's error.
+func (c *Client) failPools() {
+	c.mu.Lock()
+	pools := make([]*Pool, 0, len(c.pools))
+	for p := range c.pools {
+		pools = append(pools, p)
+	}
+	c.mu.Unlock()
+	for _, p := range pools {
+		p.fail()
+	}
 }
 
 // String describes the client without credentials.
@@ -405,7 +441,16 @@ func (c *Client) goTracked(fn func()) bool {
 // sequentially from 1; ch.ID() is the number the broker sees. When
 // ChannelMax channels are open it returns a *ChannelMaxError (errors.Is
 // ErrChannelMax) and the connection is unaffected.
-func (c *Client) Channel(ctx context.Context) (*Channel, error) {
+func (c *Client) Channel(ctx context.Context) (Channel, error) {
+	st, err := c.openChannel(ctx)
+	if err != nil {
+		return Channel{}, err
+	}
+	return Channel{s: st}, nil
+}
+
+// openChannel opens an AMQP channel and registers its state.
+func (c *Client) openChannel(ctx context.Context) (*channel, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -420,10 +465,6 @@ func (c *Client) Channel(ctx context.Context) (*Channel, error) {
 	}
 
 	c.openMu.Lock()
-	if err := c.awaitQuarantine(ctx); err != nil {
-		c.openMu.Unlock()
-		return nil, err
-	}
 	var (
 		ach *amqp.Channel
 		err error
@@ -469,66 +510,19 @@ func (c *Client) openError(err error) error {
 	if errors.Is(err, amqp.ErrChannelMax) {
 		return &ChannelMaxError{Max: c.channelMax}
 	}
-	var ae *amqp.Error
-	if errors.As(err, &ae) && ae != amqp.ErrClosed {
-		if ae.Server && ReplyCode(ae.Code).Level() == LevelChannel {
-			return channelCause(0, "channel.open", ae)
-		}
-		<-c.deadOrSoon()
+	if c.conn.IsClosed() {
+		<-c.dead
 		return c.connError("channel.open")
 	}
-	if c.Err() != nil {
-		return c.connError("channel.open")
+	var ae *amqp.Error
+	if errors.As(err, &ae) && ae.Server && ReplyCode(ae.Code).Level() == LevelChannel {
+		return channelCause(0, "channel.open", ae)
 	}
 	return fmt.Errorf("warren: channel.open: %w", err)
 }
 
-// deadOrSoon returns c.dead, or a closed channel if the connection is still
-// up a moment later (an error that did not end it).
-func (c *Client) deadOrSoon() <-chan struct{} {
-	if c.conn.IsClosed() {
-		return c.dead
-	}
-	ch := make(chan struct{})
-	close(ch)
-	return ch
-}
-
-// awaitQuarantine waits until no channel.close we sent is waiting for its
-// close-ok. A close that crossed the broker's own channel.close is answered
-// after amqp091-go has released the id; opening a channel before that answer
-// arrives could reuse the id and hand the stray close-ok to the new channel.
-// Called with openMu held.
-func (c *Client) awaitQuarantine(ctx context.Context) error {
-	for {
-		id, wait := c.wire.PendingClose()
-		if wait == nil {
-			return nil
-		}
-		t := time.NewTimer(c.opts.quarantineWait)
-		select {
-		case <-wait:
-		case <-c.dead:
-		case <-t.C:
-			// RabbitMQ answers every channel.close, so this only happens
-			// against a broker that does not.
-			c.opts.logger.Warn("warren: no close-ok for channel.close; reusing its id", "channel", id)
-			c.wire.ForgetClose(id)
-		case <-ctx.Done():
-			t.Stop()
-			return fmt.Errorf("warren: channel.open: waiting for channel %d's close-ok: %w", id, ctx.Err())
-		}
-		t.Stop()
-		select {
-		case <-c.dead:
-			return c.connError("channel.open")
-		default:
-		}
-	}
-}
-
 // forget removes a closed channel from the registry.
-func (c *Client) forget(ch *Channel) {
+func (c *Client) forget(ch *channel) {
 	c.mu.Lock()
 	if c.channels[ch.id] == ch {
 		delete(c.channels, ch.id)
@@ -563,7 +557,7 @@ func (c *Client) Close(ctx context.Context) error {
 		}
 	}
 	c.closing = true
-	chans := make([]*Channel, 0, len(c.channels))
+	chans := make([]*channel, 0, len(c.channels))
 	for _, ch := range c.channels {
 		chans = append(chans, ch)
 	}

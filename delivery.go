@@ -23,7 +23,7 @@ var ErrAlreadySettled = errors.New("warren: delivery already acked, nacked or re
 // seeing a message more than once).
 type Delivery struct {
 	amqp.Delivery
-	ch      *Channel
+	ch      Channel
 	settled atomic.Bool
 }
 
@@ -35,14 +35,14 @@ type GetOptions struct {
 // Get fetches one message from queue. ok is false when the queue is empty.
 // Unless opts.AutoAck is set, the message must be settled with Ack, Nack or
 // Reject on the returned Delivery.
-func (ch *Channel) Get(ctx context.Context, queue string, opts GetOptions) (d *Delivery, ok bool, err error) {
+func (ch Channel) Get(ctx context.Context, queue string, opts GetOptions) (d *Delivery, ok bool, err error) {
 	const op = "basic.get"
 	if err := checkNames(op, "queue", queue); err != nil {
 		return nil, false, err
 	}
 	var ad amqp.Delivery
 	err = ch.call(ctx, op, func() (err error) {
-		ad, ok, err = ch.ch.Get(queue, opts.AutoAck)
+		ad, ok, err = ch.s.ch.Get(queue, opts.AutoAck)
 		return err
 	})
 	if err != nil || !ok {
@@ -71,11 +71,11 @@ func (d *Delivery) Reject(ctx context.Context, requeue bool) error {
 }
 
 func (d *Delivery) settle(ctx context.Context, fn func() error) error {
-	if d.ch == nil {
+	if d.ch.s == nil {
 		return fmt.Errorf("%w: delivery does not come from a warren Channel", ErrInvalidArgument)
 	}
 	if !d.settled.CompareAndSwap(false, true) {
-		return fmt.Errorf("%w (delivery tag %d on channel %d)", ErrAlreadySettled, d.DeliveryTag, d.ch.id)
+		return fmt.Errorf("%w (delivery tag %d on channel %d)", ErrAlreadySettled, d.DeliveryTag, d.ch.ID())
 	}
 	err := fn()
 	if errors.Is(err, ErrConcurrentUse) || errors.Is(err, ErrInvalidArgument) {
@@ -86,17 +86,17 @@ func (d *Delivery) settle(ctx context.Context, fn func() error) error {
 
 // Ack acknowledges the delivery with tag, and with multiple every earlier
 // unacknowledged one.
-func (ch *Channel) Ack(ctx context.Context, tag uint64, multiple bool) error {
-	return ch.send(ctx, "basic.ack", func() error { return ch.ch.Ack(tag, multiple) })
+func (ch Channel) Ack(ctx context.Context, tag uint64, multiple bool) error {
+	return ch.send(ctx, "basic.ack", func() error { return ch.s.ch.Ack(tag, multiple) })
 }
 
 // Nack negatively acknowledges the delivery with tag (and with multiple every
 // earlier one); requeue puts them back on the queue.
-func (ch *Channel) Nack(ctx context.Context, tag uint64, multiple, requeue bool) error {
-	return ch.send(ctx, "basic.nack", func() error { return ch.ch.Nack(tag, multiple, requeue) })
+func (ch Channel) Nack(ctx context.Context, tag uint64, multiple, requeue bool) error {
+	return ch.send(ctx, "basic.nack", func() error { return ch.s.ch.Nack(tag, multiple, requeue) })
 }
 
 // Reject rejects the delivery with tag; requeue puts it back on the queue.
-func (ch *Channel) Reject(ctx context.Context, tag uint64, requeue bool) error {
-	return ch.send(ctx, "basic.reject", func() error { return ch.ch.Reject(tag, requeue) })
+func (ch Channel) Reject(ctx context.Context, tag uint64, requeue bool) error {
+	return ch.send(ctx, "basic.reject", func() error { return ch.s.ch.Reject(tag, requeue) })
 }

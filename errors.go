@@ -171,6 +171,9 @@ var (
 	// ErrInvalidArgument matches errors for arguments warren refuses before
 	// anything is sent to the broker.
 	ErrInvalidArgument = errors.New("warren: invalid argument")
+	// ErrReleased is returned by operations on a pooled Channel after its
+	// lease was released (the channel may already serve another goroutine).
+	ErrReleased = errors.New("warren: channel used after its lease was released")
 )
 
 // ChannelError reports that the broker closed a channel (a soft error such as

@@ -13,30 +13,27 @@ import (
 type Option func(*options) error
 
 type options struct {
-	tls            *tls.Config   // nil: amqps:// uses a default config with ServerName from the URL
-	heartbeat      time.Duration // proposed to the broker
-	channelMax     uint16        // 0: accept the broker's
-	frameSize      int           // 0: 128 KiB (RabbitMQ's default)
-	name           string        // client-provided connection name
-	logger         *slog.Logger  // never nil after defaults
-	closeTimeout   time.Duration // bound on Close when its ctx has no deadline
-	quarantineWait time.Duration // longest wait for a stray close-ok before a channel open
+	tls          *tls.Config   // nil: amqps:// uses a default config with ServerName from the URL
+	heartbeat    time.Duration // proposed to the broker
+	channelMax   uint16        // 0: accept the broker's
+	frameSize    int           // 0: 128 KiB (RabbitMQ's default)
+	name         string        // client-provided connection name
+	logger       *slog.Logger  // never nil after defaults
+	closeTimeout time.Duration // bound on Close when its ctx has no deadline
 }
 
 const (
-	defaultHeartbeat      = 10 * time.Second
-	defaultFrameSize      = 128 * 1024
-	defaultCloseTimeout   = 10 * time.Second
-	defaultQuarantineWait = 2 * time.Second
+	defaultHeartbeat    = 10 * time.Second
+	defaultFrameSize    = 128 * 1024
+	defaultCloseTimeout = 10 * time.Second
 )
 
 func defaultOptions() options {
 	return options{
-		heartbeat:      defaultHeartbeat,
-		frameSize:      defaultFrameSize,
-		logger:         slog.New(slog.NewTextHandler(io.Discard, nil)),
-		closeTimeout:   defaultCloseTimeout,
-		quarantineWait: defaultQuarantineWait,
+		heartbeat:    defaultHeartbeat,
+		frameSize:    defaultFrameSize,
+		logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
+		closeTimeout: defaultCloseTimeout,
 	}
 }
 

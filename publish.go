@@ -28,13 +28,13 @@ const (
 // ctx is checked before anything is written. If it ends while the socket
 // write is stalled (a blocked broker, a dead network), the connection is
 // closed, because a partly written message cannot be taken back.
-func (ch *Channel) Publish(ctx context.Context, exchange, key string, msg Publishing) error {
+func (ch Channel) Publish(ctx context.Context, exchange, key string, msg Publishing) error {
 	const op = "basic.publish"
 	if err := checkPublishing(op, exchange, key, &msg); err != nil {
 		return err
 	}
 	return ch.send(ctx, op, func() error {
-		return ch.ch.Publish(exchange, key, false, false, msg)
+		return ch.s.ch.Publish(exchange, key, false, false, msg)
 	})
 }
 

@@ -61,7 +61,7 @@ type QosOptions struct {
 }
 
 // ExchangeDeclare declares an exchange of the given kind.
-func (ch *Channel) ExchangeDeclare(ctx context.Context, name, kind string, opts ExchangeOptions) error {
+func (ch Channel) ExchangeDeclare(ctx context.Context, name, kind string, opts ExchangeOptions) error {
 	const op = "exchange.declare"
 	if err := checkNames(op, "exchange", name, "kind", kind); err != nil {
 		return err
@@ -71,26 +71,26 @@ func (ch *Channel) ExchangeDeclare(ctx context.Context, name, kind string, opts 
 	}
 	return ch.call(ctx, op, func() error {
 		if opts.Passive {
-			return ch.ch.ExchangeDeclarePassive(name, kind, opts.Durable, opts.AutoDelete, opts.Internal, false, opts.Args)
+			return ch.s.ch.ExchangeDeclarePassive(name, kind, opts.Durable, opts.AutoDelete, opts.Internal, false, opts.Args)
 		}
-		return ch.ch.ExchangeDeclare(name, kind, opts.Durable, opts.AutoDelete, opts.Internal, false, opts.Args)
+		return ch.s.ch.ExchangeDeclare(name, kind, opts.Durable, opts.AutoDelete, opts.Internal, false, opts.Args)
 	})
 }
 
 // ExchangeDelete deletes an exchange.
-func (ch *Channel) ExchangeDelete(ctx context.Context, name string, opts ExchangeDeleteOptions) error {
+func (ch Channel) ExchangeDelete(ctx context.Context, name string, opts ExchangeDeleteOptions) error {
 	const op = "exchange.delete"
 	if err := checkNames(op, "exchange", name); err != nil {
 		return err
 	}
 	return ch.call(ctx, op, func() error {
-		return ch.ch.ExchangeDelete(name, opts.IfUnused, false)
+		return ch.s.ch.ExchangeDelete(name, opts.IfUnused, false)
 	})
 }
 
 // ExchangeBind routes messages from exchange source to exchange destination
 // when their routing key matches key.
-func (ch *Channel) ExchangeBind(ctx context.Context, destination, key, source string, args Table) error {
+func (ch Channel) ExchangeBind(ctx context.Context, destination, key, source string, args Table) error {
 	const op = "exchange.bind"
 	if err := checkNames(op, "destination", destination, "routing key", key, "source", source); err != nil {
 		return err
@@ -99,12 +99,12 @@ func (ch *Channel) ExchangeBind(ctx context.Context, destination, key, source st
 		return err
 	}
 	return ch.call(ctx, op, func() error {
-		return ch.ch.ExchangeBind(destination, key, source, false, args)
+		return ch.s.ch.ExchangeBind(destination, key, source, false, args)
 	})
 }
 
 // ExchangeUnbind removes a binding made by ExchangeBind.
-func (ch *Channel) ExchangeUnbind(ctx context.Context, destination, key, source string, args Table) error {
+func (ch Channel) ExchangeUnbind(ctx context.Context, destination, key, source string, args Table) error {
 	const op = "exchange.unbind"
 	if err := checkNames(op, "destination", destination, "routing key", key, "source", source); err != nil {
 		return err
@@ -113,13 +113,13 @@ func (ch *Channel) ExchangeUnbind(ctx context.Context, destination, key, source 
 		return err
 	}
 	return ch.call(ctx, op, func() error {
-		return ch.ch.ExchangeUnbind(destination, key, source, false, args)
+		return ch.s.ch.ExchangeUnbind(destination, key, source, false, args)
 	})
 }
 
 // QueueDeclare declares a queue. An empty name asks the broker to generate
 // one, returned in Queue.Name.
-func (ch *Channel) QueueDeclare(ctx context.Context, name string, opts QueueOptions) (Queue, error) {
+func (ch Channel) QueueDeclare(ctx context.Context, name string, opts QueueOptions) (Queue, error) {
 	const op = "queue.declare"
 	if err := checkNames(op, "queue", name); err != nil {
 		return Queue{}, err
@@ -130,9 +130,9 @@ func (ch *Channel) QueueDeclare(ctx context.Context, name string, opts QueueOpti
 	var q Queue
 	err := ch.call(ctx, op, func() (err error) {
 		if opts.Passive {
-			q, err = ch.ch.QueueDeclarePassive(name, opts.Durable, opts.AutoDelete, opts.Exclusive, false, opts.Args)
+			q, err = ch.s.ch.QueueDeclarePassive(name, opts.Durable, opts.AutoDelete, opts.Exclusive, false, opts.Args)
 		} else {
-			q, err = ch.ch.QueueDeclare(name, opts.Durable, opts.AutoDelete, opts.Exclusive, false, opts.Args)
+			q, err = ch.s.ch.QueueDeclare(name, opts.Durable, opts.AutoDelete, opts.Exclusive, false, opts.Args)
 		}
 		return err
 	})
@@ -140,14 +140,14 @@ func (ch *Channel) QueueDeclare(ctx context.Context, name string, opts QueueOpti
 }
 
 // QueueDelete deletes a queue and returns how many messages it held.
-func (ch *Channel) QueueDelete(ctx context.Context, name string, opts QueueDeleteOptions) (int, error) {
+func (ch Channel) QueueDelete(ctx context.Context, name string, opts QueueDeleteOptions) (int, error) {
 	const op = "queue.delete"
 	if err := checkNames(op, "queue", name); err != nil {
 		return 0, err
 	}
 	var n int
 	err := ch.call(ctx, op, func() (err error) {
-		n, err = ch.ch.QueueDelete(name, opts.IfUnused, opts.IfEmpty, false)
+		n, err = ch.s.ch.QueueDelete(name, opts.IfUnused, opts.IfEmpty, false)
 		return err
 	})
 	return n, err
@@ -155,14 +155,14 @@ func (ch *Channel) QueueDelete(ctx context.Context, name string, opts QueueDelet
 
 // QueuePurge removes every ready message from a queue and returns how many
 // it removed.
-func (ch *Channel) QueuePurge(ctx context.Context, name string) (int, error) {
+func (ch Channel) QueuePurge(ctx context.Context, name string) (int, error) {
 	const op = "queue.purge"
 	if err := checkNames(op, "queue", name); err != nil {
 		return 0, err
 	}
 	var n int
 	err := ch.call(ctx, op, func() (err error) {
-		n, err = ch.ch.QueuePurge(name, false)
+		n, err = ch.s.ch.QueuePurge(name, false)
 		return err
 	})
 	return n, err
@@ -170,7 +170,7 @@ func (ch *Channel) QueuePurge(ctx context.Context, name string) (int, error) {
 
 // QueueBind routes messages from exchange to queue when their routing key
 // matches key.
-func (ch *Channel) QueueBind(ctx context.Context, queue, key, exchange string, args Table) error {
+func (ch Channel) QueueBind(ctx context.Context, queue, key, exchange string, args Table) error {
 	const op = "queue.bind"
 	if err := checkNames(op, "queue", queue, "routing key", key, "exchange", exchange); err != nil {
 		return err
@@ -179,12 +179,12 @@ func (ch *Channel) QueueBind(ctx context.Context, queue, key, exchange string, a
 		return err
 	}
 	return ch.call(ctx, op, func() error {
-		return ch.ch.QueueBind(queue, key, exchange, false, args)
+		return ch.s.ch.QueueBind(queue, key, exchange, false, args)
 	})
 }
 
 // QueueUnbind removes a binding made by QueueBind.
-func (ch *Channel) QueueUnbind(ctx context.Context, queue, key, exchange string, args Table) error {
+func (ch Channel) QueueUnbind(ctx context.Context, queue, key, exchange string, args Table) error {
 	const op = "queue.unbind"
 	if err := checkNames(op, "queue", queue, "routing key", key, "exchange", exchange); err != nil {
 		return err
@@ -193,13 +193,13 @@ func (ch *Channel) QueueUnbind(ctx context.Context, queue, key, exchange string,
 		return err
 	}
 	return ch.call(ctx, op, func() error {
-		return ch.ch.QueueUnbind(queue, key, exchange, args)
+		return ch.s.ch.QueueUnbind(queue, key, exchange, args)
 	})
 }
 
 // Qos sets how many unacknowledged deliveries the broker may send to this
 // channel's consumers.
-func (ch *Channel) Qos(ctx context.Context, opts QosOptions) error {
+func (ch Channel) Qos(ctx context.Context, opts QosOptions) error {
 	const op = "basic.qos"
 	if opts.PrefetchCount < 0 || opts.PrefetchCount > 0xFFFF {
 		return fmt.Errorf("%w: %s: prefetch count %d is outside 0..65535", ErrInvalidArgument, op, opts.PrefetchCount)
@@ -208,7 +208,7 @@ func (ch *Channel) Qos(ctx context.Context, opts QosOptions) error {
 		return fmt.Errorf("%w: %s: prefetch size %d is outside 0..4294967295", ErrInvalidArgument, op, opts.PrefetchSize)
 	}
 	return ch.call(ctx, op, func() error {
-		return ch.ch.Qos(opts.PrefetchCount, opts.PrefetchSize, opts.Global)
+		return ch.s.ch.Qos(opts.PrefetchCount, opts.PrefetchSize, opts.Global)
 	})
 }
 

@@ -169,7 +169,7 @@ func faultBrokerChannels(t *testing.T, b *brokertest.Broker, name string) (nums 
 // faultRoundTrip declares a server-named queue on a new channel,
 // publishes one message to it and gets it back: proof that the connection
 // works.
-func faultRoundTrip(t *testing.T, c *warren.Client) *warren.Channel {
+func faultRoundTrip(t *testing.T, c *warren.Client) warren.Channel {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()

@@ -2,8 +2,8 @@
 //
 // Conn wraps the net.Conn that amqp091-go reads from and writes to. It
 // walks the headers of AMQP frames in both directions (it never copies a
-// payload on the fast path) and enforces two rules of AMQP 0-9-1 section
-// 2.3.7 that amqp091-go v1.16 can break under races:
+// payload on the fast path) and enforces rules of AMQP 0-9-1 section 2.3.7
+// that amqp091-go v1.16 can break under races:
 //
 //  1. After a peer has sent channel.close-ok for a channel, it sends nothing
 //     more on that channel until channel.open. amqp091-go sends RPC frames
@@ -13,11 +13,22 @@
 //     connection with 504 CHANNEL_ERROR "expected 'channel.open'". Conn drops
 //     such frames: the RPC then fails with the channel's close cause.
 //
-//  2. A channel.close that crossed the broker's channel.close is answered by
+//  2. A channel.close is pointless once the broker's own channel.close for
+//     the channel has been read: amqp091-go is about to answer it. Conn
+//     drops ours, so the two closes cross less often.
+//
+//  3. A channel.close that did cross the broker's is sometimes answered by
 //     a channel.close-ok after amqp091-go has already released the channel
-//     id. If the id were reused first, amqp091-go would hand that stray
-//     close-ok to the new channel. Conn tracks every channel.close in flight
-//     so the client can hold back channel opens until each is answered.
+//     id (RabbitMQ 3.10 sometimes answers, sometimes not). If the id has
+//     been reused, amqp091-go would hand that stray close-ok to the new
+//     channel and its reader would stall. Conn drops every inbound
+//     close-ok that answers no channel.close of ours still open to an
+//     answer: none sent since the channel was last opened, or one that the
+//     broker's own channel.close has overtaken.
+//
+// Conn also reports the reply code and text of every inbound channel.close
+// and connection.close, which amqp091-go can lose when a close races its
+// own.
 package wire
 
 import (
@@ -33,7 +44,7 @@ const (
 
 	classConnection = 10
 	classChannel    = 20
-	methodOpen      = 10
+	methodOpen      = 10 // channel.open
 	methodClose     = 40 // channel.close
 	methodCloseO    = 41 // channel.close-ok
 	methodConnClose = 50 // connection.close
@@ -41,217 +52,219 @@ const (
 	protocolHeaderLen = 8 // "AMQP\x00\x00\x09\x01", the first bytes the client writes
 	frameHeaderLen    = 7
 	methodIDLen       = 4
+	frameStartLen     = frameHeaderLen + methodIDLen
 )
-
-// Conn is a net.Conn that keeps amqp091-go within the channel rules above.
-// Read must be called from one goroutine at a time (amqp091-go's reader);
-// the other methods are safe for concurrent use.
-type Conn struct {
-	net.Conn
-
-	open     [65536 / 64]atomic.Uint64 // bit per channel: open as far as the broker is concerned
-	awaiting [65536 / 64]atomic.Uint64 // bit per channel: the broker sent channel.close, no close-ok yet
-
-	mu       sync.Mutex // guards following
-	closing  map[uint16]*pendingClose
-	dead     bool // Read failed: nothing more will be dispatched
-	pendingN atomic.Int32
-
-	// inbound walker, touched only inside Read
-	in      walker
-	reads   uint64
-	onClose CloseFunc
-
-	// Trace, if set before the connection is used, sees every method
-	// frame in either direction ("in", "out", or "drop" for an outbound
-	// frame left out). For tests and debugging.
-	Trace func(dir string, ch, class, method uint16)
-
-	// outbound walker, guarded by wmu
-	wmu      sync.Mutex
-	preamble int    // protocol header bytes still to pass unexamined
-	held     []byte // an incomplete frame start kept back from the last Write
-	wrem     int    // bytes of the current outbound frame still to pass or drop
-	wdrop    bool   // the current outbound frame is dropped
-	dropped  atomic.Uint64
-}
-
-// pendingClose is a channel.close we sent that has no close-ok yet.
-type pendingClose struct {
-	okAt uint64 // Read call in which the close-ok was read; 0 = not yet
-	done chan struct{}
-}
-
-// walker follows frame boundaries in a byte stream.
-type walker struct {
-	hdr     [frameHeaderLen + methodIDLen]byte
-	hdrN    int
-	rem     int    // payload and end-octet bytes left in the current frame
-	capture []byte // arguments of a close method being collected, or nil
-	closeOK bool   // the current frame is a channel.close-ok
-	broken  bool
-}
 
 // maxCloseArgs bounds what is kept of a close method's arguments: reply
 // code, reply text (a short string) and the failing class and method ids.
 const maxCloseArgs = 2 + 1 + 255 + 2 + 2
 
 // CloseFunc receives the reply code and text of a channel.close (channel
-// id > 0) or connection.close (id 0) as it is read, before amqp091-go
-// handles it. It runs on amqp091-go's reader goroutine and must not block.
+// id > 0) or connection.close (id 0) once the frame has been read, before
+// amqp091-go handles it. It runs on amqp091-go's reader goroutine and must
+// not block.
 type CloseFunc func(id uint16, code uint16, text string)
 
-// New wraps c. onClose, if not nil, is told about every inbound
-// channel.close and connection.close: amqp091-go can lose their reply code
-// and text when a close races its own.
-func New(c net.Conn, onClose CloseFunc) *Conn {
-	return &Conn{Conn: c, closing: make(map[uint16]*pendingClose), preamble: protocolHeaderLen, onClose: onClose}
-}
+type bits [65536 / 64]atomic.Uint64
 
-// Dropped returns how many outbound frames Conn has dropped because their
-// channel was already closed.
-func (c *Conn) Dropped() uint64 { return c.dropped.Load() }
+func (b *bits) get(ch uint16) bool { return b[ch/64].Load()&(1<<(ch%64)) != 0 }
 
-// PendingClose returns a channel that is closed once a channel.close we
-// sent has been answered and the answer handed on by amqp091-go's reader,
-// or nil when no channel.close is waiting for its close-ok.
-func (c *Conn) PendingClose() (id uint16, done <-chan struct{}) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for k, p := range c.closing {
-		return k, p.done
-	}
-	return 0, nil
-}
-
-// ForgetClose gives up waiting for channel id's close-ok.
-func (c *Conn) ForgetClose(id uint16) {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	if p, ok := c.closing[id]; ok {
-		close(p.done)
-		delete(c.closing, id)
-		c.pendingN.Store(int32(len(c.closing)))
-	}
-}
-
-func (c *Conn) isOpen(ch uint16) bool { return bit(&c.open, ch) }
-
-func (c *Conn) setOpen(ch uint16, open bool) { setBit(&c.open, ch, open) }
-
-func bit(set *[65536 / 64]atomic.Uint64, ch uint16) bool {
-	return set[ch/64].Load()&(1<<(ch%64)) != 0
-}
-
-func setBit(set *[65536 / 64]atomic.Uint64, ch uint16, on bool) {
+func (b *bits) set(ch uint16, on bool) {
 	if on {
-		set[ch/64].Or(1 << (ch % 64))
+		b[ch/64].Or(1 << (ch % 64))
 	} else {
-		set[ch/64].And(^uint64(1 << (ch % 64)))
+		b[ch/64].And(^uint64(1 << (ch % 64)))
 	}
 }
 
-// Read reads from the underlying connection and walks what it read.
+// Conn is a net.Conn that keeps amqp091-go within the channel rules above.
+// Read must be called from one goroutine at a time (amqp091-go's reader);
+// Write may be called concurrently with Read.
+type Conn struct {
+	net.Conn
+
+	open      bits // the broker considers the channel open: opened, not yet closed by a close-ok either way
+	awaiting  bits // the broker sent channel.close and our close-ok has not gone out
+	closeSent bits // we sent channel.close since the channel was opened and no close-ok answered it
+
+	onClose CloseFunc
+
+	// Trace, if set before the connection is used, sees every method
+	// frame: "in", "out", "drop" (outbound left out) or "drop-in" (a stray
+	// inbound close-ok). For tests and debugging.
+	Trace func(dir string, ch, class, method uint16)
+
+	droppedOut atomic.Uint64
+	droppedIn  atomic.Uint64
+
+	// inbound state, touched only inside Read
+	inHeld  []byte // an incomplete frame start kept back from amqp091-go
+	inReady []byte // walked bytes not yet handed on (tiny reads only)
+	inErr   error  // a read error to report after inReady
+	inRem   int    // bytes of the current inbound frame still to pass or drop
+	inDrop  bool   // the current inbound frame is dropped
+	inCh    uint16 // channel of the current inbound frame
+	capture []byte // arguments of a close method being collected, or nil
+	closeOK bool   // the current inbound frame is a close-ok that is passed on
+	broken  bool   // the stream is not valid framing: pass bytes on untouched
+
+	// outbound state, guarded by wmu
+	wmu      sync.Mutex
+	preamble int    // protocol header bytes still to pass unexamined
+	held     []byte // an incomplete frame start kept back from the last Write
+	wrem     int    // bytes of the current outbound frame still to pass or drop
+	wdrop    bool   // the current outbound frame is dropped
+}
+
+// New wraps c. onClose, if not nil, is told about every inbound
+// channel.close and connection.close.
+func New(c net.Conn, onClose CloseFunc) *Conn {
+	return &Conn{Conn: c, preamble: protocolHeaderLen, onClose: onClose}
+}
+
+// Dropped returns how many outbound frames Conn left out because their
+// channel was closed or closing.
+func (c *Conn) Dropped() uint64 { return c.droppedOut.Load() }
+
+// DroppedInbound returns how many stray inbound channel.close-ok frames
+// Conn kept from amqp091-go.
+func (c *Conn) DroppedInbound() uint64 { return c.droppedIn.Load() }
+
+// Read reads from the underlying connection and hands on everything but
+// stray close-oks. A frame start too short to judge is kept back until the
+// rest arrives; amqp091-go needs the whole frame anyway.
 func (c *Conn) Read(p []byte) (int, error) {
-	c.reads++
-	if c.pendingN.Load() > 0 {
-		c.settle()
+	if len(c.inReady) > 0 {
+		n := copy(p, c.inReady)
+		c.inReady = c.inReady[n:]
+		return n, nil
 	}
-	n, err := c.Conn.Read(p)
-	if n > 0 && !c.in.broken {
-		c.walkIn(p[:n])
-	}
-	if err != nil {
-		c.mu.Lock()
-		c.dead = true
-		for id, pc := range c.closing {
-			close(pc.done)
-			delete(c.closing, id)
+	if len(p) < 2*frameStartLen {
+		// Too small to hold a kept-back frame start and progress:
+		// go through a buffer of our own (bufio never reads this small).
+		buf := make([]byte, 4096)
+		n, err := c.Read(buf)
+		k := copy(p, buf[:n])
+		c.inReady = buf[k:n]
+		if len(c.inReady) > 0 && err != nil {
+			c.inErr = err
+			err = nil
 		}
-		c.pendingN.Store(0)
-		c.mu.Unlock()
+		return k, err
 	}
-	return n, err
+	if c.inErr != nil {
+		return 0, c.inErr
+	}
+	for {
+		n := copy(p, c.inHeld)
+		c.inHeld = nil
+		m, err := c.Conn.Read(p[n:])
+		n += m
+		if n > 0 && !c.broken {
+			n = c.walkIn(p[:n])
+		}
+		if n > 0 || err != nil {
+			return n, err
+		}
+	}
 }
 
-// settle releases close-oks read by earlier Read calls: amqp091-go's reader
-// asks for more bytes only after dispatching every whole frame it holds.
-func (c *Conn) settle() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for id, pc := range c.closing {
-		if pc.okAt != 0 && pc.okAt < c.reads {
-			close(pc.done)
-			delete(c.closing, id)
-		}
-	}
-	c.pendingN.Store(int32(len(c.closing)))
-}
-
-func (c *Conn) walkIn(b []byte) {
-	w := &c.in
-	for len(b) > 0 {
-		if w.rem > 0 {
-			k := min(w.rem, len(b))
-			if w.rem == k && b[k-1] != frameEnd {
-				w.broken = true // amqp091-go fails the connection
-				return
+// walkIn walks the frames in b, compacts out dropped frames, keeps back an
+// incomplete frame start, and returns how many bytes of b to hand on.
+func (c *Conn) walkIn(b []byte) int {
+	out := 0 // b[:out] is what amqp091-go gets
+	i := 0
+	for i < len(b) {
+		if c.inRem > 0 {
+			k := min(c.inRem, len(b)-i)
+			if c.inRem == k && b[i+k-1] != frameEnd {
+				c.broken = true // amqp091-go fails the connection
+				out += copy(b[out:], b[i:])
+				return out
 			}
-			if w.capture != nil {
-				w.capture = append(w.capture, b[:min(k, cap(w.capture)-len(w.capture))]...)
-				if w.rem == k {
-					c.closeArgs(binary.BigEndian.Uint16(w.hdr[1:3]), w.capture)
-					w.capture = nil
-				}
+			if c.capture != nil {
+				c.capture = append(c.capture, b[i:i+min(k, cap(c.capture)-len(c.capture))]...)
 			}
-			if w.closeOK && w.rem == k {
-				// Only a whole frame is handed on by amqp091-go.
-				w.closeOK = false
-				c.sawCloseOK(binary.BigEndian.Uint16(w.hdr[1:3]))
+			if !c.inDrop {
+				out += copy(b[out:], b[i:i+k])
 			}
-			w.rem -= k
-			b = b[k:]
+			i += k
+			c.inRem -= k
+			if c.inRem == 0 {
+				c.frameDoneIn()
+			}
 			continue
 		}
-		// Collect the header and, for method frames, the method id.
-		need := frameHeaderLen
-		if w.hdrN >= frameHeaderLen && w.hdr[0] == frameMethod {
-			need = frameHeaderLen + methodIDLen
+		rest := b[i:]
+		if len(rest) < frameHeaderLen || (rest[0] == frameMethod && len(rest) < frameStartLen &&
+			binary.BigEndian.Uint32(rest[3:7]) >= methodIDLen) {
+			c.inHeld = append([]byte(nil), rest...)
+			return out
 		}
-		k := copy(w.hdr[w.hdrN:need], b)
-		w.hdrN += k
-		b = b[k:]
-		if w.hdrN < need {
-			continue
+		c.startIn(rest)
+	}
+	return out
+}
+
+// startIn looks at the start of an inbound frame (header, and method id for
+// method frames).
+func (c *Conn) startIn(f []byte) {
+	c.inCh = binary.BigEndian.Uint16(f[1:3])
+	c.inRem = frameHeaderLen + int(binary.BigEndian.Uint32(f[3:7])) + 1
+	c.inDrop = false
+	c.closeOK = false
+	if f[0] != frameMethod || len(f) < frameStartLen || binary.BigEndian.Uint32(f[3:7]) < methodIDLen {
+		return
+	}
+	ch := c.inCh
+	class := binary.BigEndian.Uint16(f[7:9])
+	method := binary.BigEndian.Uint16(f[9:11])
+	switch {
+	case ch != 0 && class == classChannel && method == methodClose:
+		c.awaiting.set(ch, true) // amqp091-go will answer it
+		// The broker is closing the channel itself: a close of ours that
+		// crossed it gets, at most, a stray close-ok, even one that comes
+		// before amqp091-go has answered.
+		c.closeSent.set(ch, false)
+		c.capture = make([]byte, 0, frameStartLen+maxCloseArgs)
+	case ch != 0 && class == classChannel && method == methodCloseO:
+		if c.closeSent.get(ch) {
+			c.closeOK = true
+		} else {
+			// No channel.close of ours is waiting for this: it answers a
+			// close from before the channel was reopened, or crossed.
+			c.inDrop = true
+			c.droppedIn.Add(1)
 		}
-		if need == frameHeaderLen && w.hdr[0] == frameMethod && binary.BigEndian.Uint32(w.hdr[3:7]) >= methodIDLen {
-			continue // go round for the method id
+	case ch == 0 && class == classConnection && method == methodConnClose:
+		c.capture = make([]byte, 0, frameStartLen+maxCloseArgs)
+	}
+	if c.Trace != nil {
+		dir := "in"
+		if c.inDrop {
+			dir = "drop-in"
 		}
-		size := int(binary.BigEndian.Uint32(w.hdr[3:7]))
-		ch := binary.BigEndian.Uint16(w.hdr[1:3])
-		if need > frameHeaderLen {
-			class := binary.BigEndian.Uint16(w.hdr[7:9])
-			method := binary.BigEndian.Uint16(w.hdr[9:11])
-			if c.Trace != nil {
-				c.Trace("in", ch, class, method)
-			}
-			switch {
-			case ch != 0 && class == classChannel && method == methodClose:
-				setBit(&c.awaiting, ch, true) // amqp091-go will answer it
-				w.capture = make([]byte, 0, maxCloseArgs)
-			case ch != 0 && class == classChannel && method == methodCloseO:
-				w.closeOK = true
-			case ch == 0 && class == classConnection && method == methodConnClose:
-				w.capture = make([]byte, 0, maxCloseArgs)
-			}
-		}
-		w.rem = size + 1 - (w.hdrN - frameHeaderLen)
-		w.hdrN = 0
+		c.Trace(dir, ch, class, method)
 	}
 }
 
-// closeArgs decodes reply-code and reply-text of a close method.
-func (c *Conn) closeArgs(ch uint16, args []byte) {
+// frameDoneIn runs once the last byte of an inbound frame has been read.
+func (c *Conn) frameDoneIn() {
+	if c.capture != nil {
+		c.closeArgs(c.inCh, c.capture)
+		c.capture = nil
+	}
+	if c.closeOK {
+		c.closeOK = false
+		c.closeSent.set(c.inCh, false)
+		c.open.set(c.inCh, false)
+	}
+}
+
+// closeArgs decodes reply-code and reply-text of a close method from the
+// captured frame bytes.
+func (c *Conn) closeArgs(ch uint16, frame []byte) {
+	args := frame[min(len(frame), frameStartLen):]
 	if c.onClose == nil || len(args) < 3 {
 		return
 	}
@@ -262,20 +275,6 @@ func (c *Conn) closeArgs(ch uint16, args []byte) {
 		text = text[:n]
 	}
 	c.onClose(ch, code, string(text))
-}
-
-// sawCloseOK handles an inbound channel.close-ok: the broker has finished
-// with the channel.
-func (c *Conn) sawCloseOK(ch uint16) {
-	c.setOpen(ch, false)
-	if c.pendingN.Load() == 0 {
-		return
-	}
-	c.mu.Lock()
-	if pc, ok := c.closing[ch]; ok && pc.okAt == 0 {
-		pc.okAt = c.reads
-	}
-	c.mu.Unlock()
 }
 
 // Write writes p, leaving out frames for channels the client has already
@@ -316,7 +315,7 @@ func (c *Conn) Write(p []byte) (int, error) {
 			continue
 		}
 		rest := buf[i:]
-		if len(rest) < frameHeaderLen || (rest[0] == frameMethod && len(rest) < frameHeaderLen+methodIDLen &&
+		if len(rest) < frameHeaderLen || (rest[0] == frameMethod && len(rest) < frameStartLen &&
 			binary.BigEndian.Uint32(rest[3:7]) >= methodIDLen) {
 			// An incomplete frame start: keep it back until the next
 			// Write completes it (amqp091-go always finishes a frame).
@@ -326,15 +325,15 @@ func (c *Conn) Write(p []byte) (int, error) {
 		}
 		c.wrem = frameHeaderLen + int(binary.BigEndian.Uint32(rest[3:7])) + 1
 		c.wdrop = !c.passOut(rest)
-		if c.Trace != nil && rest[0] == frameMethod && len(rest) >= frameHeaderLen+methodIDLen {
+		if c.wdrop {
+			c.droppedOut.Add(1)
+		}
+		if c.Trace != nil && rest[0] == frameMethod && binary.BigEndian.Uint32(rest[3:7]) >= methodIDLen {
 			dir := "out"
 			if c.wdrop {
 				dir = "drop"
 			}
 			c.Trace(dir, binary.BigEndian.Uint16(rest[1:3]), binary.BigEndian.Uint16(rest[7:9]), binary.BigEndian.Uint16(rest[9:11]))
-		}
-		if c.wdrop {
-			c.dropped.Add(1)
 		}
 	}
 	if out == nil {
@@ -361,21 +360,27 @@ func (c *Conn) passOut(f []byte) bool {
 		return true
 	}
 	var class, method uint16
-	if f[0] == frameMethod && len(f) >= frameHeaderLen+methodIDLen {
+	if f[0] == frameMethod && binary.BigEndian.Uint32(f[3:7]) >= methodIDLen {
 		class = binary.BigEndian.Uint16(f[7:9])
 		method = binary.BigEndian.Uint16(f[9:11])
 	}
 	isChannel := class == classChannel
-	if isChannel && method == methodCloseO && bit(&c.awaiting, ch) {
-		// The answer to the broker's channel.close always goes out,
-		// even when our own close crossed it and its close-ok came first.
-		setBit(&c.awaiting, ch, false)
-		c.setOpen(ch, false)
+	if isChannel && method == methodCloseO && c.awaiting.get(ch) {
+		// The answer to the broker's channel.close always goes out, even
+		// when our own close crossed it and its close-ok came first. From
+		// here on amqp091-go has finished with the channel: a close-ok
+		// that still arrives for a close of ours that crossed is a stray.
+		// (amqp091-go writes this before it releases the id, so the id
+		// cannot have been reused yet.)
+		c.awaiting.set(ch, false)
+		c.open.set(ch, false)
+		c.closeSent.set(ch, false)
 		return true
 	}
-	if !c.isOpen(ch) {
+	if !c.open.get(ch) {
 		if isChannel && method == methodOpen {
-			c.setOpen(ch, true)
+			c.open.set(ch, true)
+			c.closeSent.set(ch, false)
 			return true
 		}
 		return false
@@ -383,21 +388,14 @@ func (c *Conn) passOut(f []byte) bool {
 	if isChannel {
 		switch method {
 		case methodClose:
-			if bit(&c.awaiting, ch) {
+			if c.awaiting.get(ch) {
 				// The broker's channel.close has been read and amqp091-go
 				// is about to answer it; ours would cross it for nothing.
 				return false
 			}
-			c.mu.Lock()
-			if !c.dead {
-				if _, ok := c.closing[ch]; !ok {
-					c.closing[ch] = &pendingClose{done: make(chan struct{})}
-					c.pendingN.Store(int32(len(c.closing)))
-				}
-			}
-			c.mu.Unlock()
+			c.closeSent.set(ch, true)
 		case methodCloseO:
-			c.setOpen(ch, false)
+			c.open.set(ch, false)
 		}
 	}
 	return true

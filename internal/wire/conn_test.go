@@ -1,6 +1,7 @@
 package wire
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/binary"
 	"errors"
@@ -16,6 +17,8 @@ import (
 	"sync"
 	"testing"
 	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // ---------------------------------------------------------------------------
@@ -207,6 +210,8 @@ func assemble(ps []piece) (in, want []byte, drops uint64) {
 
 // ---------------------------------------------------------------------------
 // Test rig: a Conn over one end of a net.Pipe; the other end is the broker.
+// A sink goroutine collects what the broker receives; an optional reader
+// goroutine plays amqp091-go's reader and collects what Read hands on.
 
 type closeEvent struct {
 	id, code uint16
@@ -215,19 +220,39 @@ type closeEvent struct {
 
 func (e closeEvent) String() string { return fmt.Sprintf("{%d %d %q}", e.id, e.code, e.text) }
 
-// enterConn tells the test when a Read reaches the underlying connection,
-// that is after Conn.Read has done its bookkeeping (settling closes).
-type enterConn struct {
+// countConn is the client end of the pipe under Conn. It counts the bytes
+// the pipe has returned and notes, while a Read is blocked in the pipe, how
+// many had been returned when that Read began: once the reader sits in a
+// Read that began after every byte the broker sent was returned, Conn has
+// walked all of them and the reader has collected what Conn handed on.
+type countConn struct {
 	net.Conn
-	entered chan struct{}
+	mu        sync.Mutex
+	consumed  int // bytes the pipe has returned to Conn
+	waitingAt int // consumed when the blocked Read began; -1: no Read blocked
+	entered   chan struct{}
 }
 
-func (e *enterConn) Read(p []byte) (int, error) {
+func (e *countConn) Read(p []byte) (int, error) {
+	e.mu.Lock()
+	e.waitingAt = e.consumed
+	e.mu.Unlock()
 	select {
 	case e.entered <- struct{}{}:
 	default:
 	}
-	return e.Conn.Read(p)
+	n, err := e.Conn.Read(p)
+	e.mu.Lock()
+	e.waitingAt = -1
+	e.consumed += n
+	e.mu.Unlock()
+	return n, err
+}
+
+func (e *countConn) idleAt(total int) bool {
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	return e.waitingAt == total
 }
 
 const testTimeout = 10 * time.Second
@@ -235,21 +260,26 @@ const testTimeout = 10 * time.Second
 type rig struct {
 	t    testing.TB
 	c    *Conn
-	raw  *enterConn // the client end, wrapped by c
+	raw  *countConn // the client end, wrapped by c
 	peer net.Conn   // the broker end
 
-	mu     sync.Mutex
-	out    []byte       // what the broker received
-	closes []closeEvent // what onClose saw
+	mu        sync.Mutex
+	out       []byte       // what the broker received
+	closes    []closeEvent // what onClose saw
+	in        []byte       // what Read handed on (reader goroutine)
+	inErr     error        // the error that stopped the reader goroutine
+	zeroReads int          // Reads that returned (0, nil)
 
-	sinkDone chan struct{}
-	stop     sync.Once
+	sent       int // bytes the broker wrote (test goroutine only)
+	readerDone chan struct{}
+	sinkDone   chan struct{}
+	stop       sync.Once
 }
 
 func newRig(t testing.TB) *rig {
 	t.Helper()
 	a, b := net.Pipe()
-	r := &rig{t: t, raw: &enterConn{Conn: a, entered: make(chan struct{}, 1)}, peer: b, sinkDone: make(chan struct{})}
+	r := &rig{t: t, raw: &countConn{Conn: a, waitingAt: -1, entered: make(chan struct{}, 1)}, peer: b, sinkDone: make(chan struct{})}
 	r.c = New(r.raw, func(id, code uint16, text string) {
 		r.mu.Lock()
 		r.closes = append(r.closes, closeEvent{id, code, text})
@@ -277,14 +307,55 @@ func (r *rig) sink() {
 	}
 }
 
+// startReader starts the reader goroutine, reading through c with a buffer
+// of size bytes (amqp091-go's bufio.Reader reads 4096).
+func (r *rig) startReader(size int) {
+	r.t.Helper()
+	if r.readerDone != nil {
+		r.t.Fatalf("reader already started")
+	}
+	r.readerDone = make(chan struct{})
+	go func() {
+		defer close(r.readerDone)
+		buf := make([]byte, size)
+		for {
+			n, err := r.c.Read(buf)
+			r.mu.Lock()
+			r.in = append(r.in, buf[:n]...)
+			clear(buf) // the caller's again: Conn must not keep parts of it
+			if n == 0 && err == nil {
+				r.zeroReads++
+			}
+			if err != nil {
+				r.inErr = err
+			}
+			r.mu.Unlock()
+			if err != nil {
+				return
+			}
+		}
+	}()
+}
+
 func (r *rig) shutdown() {
 	r.stop.Do(func() {
 		_ = r.raw.Conn.Close()
 		_ = r.peer.Close()
-		select {
-		case <-r.sinkDone:
-		case <-time.After(testTimeout):
-			r.t.Errorf("sink goroutine did not stop")
+		for what, done := range map[string]chan struct{}{"sink": r.sinkDone, "reader": r.readerDone} {
+			if done == nil {
+				continue
+			}
+			select {
+			case <-done:
+			case <-time.After(testTimeout):
+				r.t.Errorf("%s goroutine did not stop", what)
+			}
+		}
+		r.mu.Lock()
+		z := r.zeroReads
+		r.mu.Unlock()
+		if z != 0 {
+			r.t.Errorf("Read returned (0, nil) %d times", z)
 		}
 	})
 }
@@ -364,95 +435,57 @@ func (r *rig) peerSend(b []byte) func() error {
 	}
 }
 
-// deliver makes the broker send chunk and reads it through c in exactly one
-// Read call (net.Pipe hands one Write to one Read when the buffer is large
-// enough).
+// send makes the broker write each chunk (one pipe Write each) and returns
+// once the reader goroutine, started with a 4096-byte buffer if it is not
+// running yet, has been handed on everything Conn will hand on for them.
+func (r *rig) send(chunks ...[]byte) {
+	r.t.Helper()
+	if r.readerDone == nil {
+		r.startReader(4096)
+	}
+	for _, ch := range chunks {
+		if _, err := r.peer.Write(ch); err != nil {
+			r.t.Fatalf("broker write: %v", err)
+		}
+		r.sent += len(ch)
+	}
+	deadline := time.Now().Add(testTimeout)
+	for !r.raw.idleAt(r.sent) {
+		if time.Now().After(deadline) {
+			r.t.Fatalf("reader never came back for more after the broker sent %d bytes", r.sent)
+		}
+		time.Sleep(20 * time.Microsecond)
+	}
+}
+
+// takeIn returns and forgets what Read has handed on so far.
+func (r *rig) takeIn() []byte {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	got := bytes.Clone(r.in)
+	r.in = r.in[:0]
+	return got
+}
+
+// recv makes the broker send chunks and requires Read to hand on want.
+func (r *rig) recv(want []byte, chunks ...[]byte) {
+	r.t.Helper()
+	r.send(chunks...)
+	if got := r.takeIn(); !bytes.Equal(got, want) {
+		r.t.Fatalf("amqp091-go was handed the wrong bytes: %s", diff(got, want))
+	}
+}
+
+// deliver makes the broker send chunk and requires Read to hand it on
+// unchanged.
 func (r *rig) deliver(chunk []byte) {
 	r.t.Helper()
-	if len(chunk) == 0 {
-		r.t.Fatalf("deliver: empty chunk")
-	}
-	wait := r.peerSend(chunk)
-	buf := make([]byte, len(chunk)+64)
-	n, err := r.c.Read(buf)
-	if err != nil || n != len(chunk) || !bytes.Equal(buf[:n], chunk) {
-		r.t.Fatalf("Read = %d, %v; want %d bytes, nil, unchanged", n, err, len(chunk))
-	}
-	if err := wait(); err != nil {
-		r.t.Fatalf("broker write: %v", err)
-	}
+	r.recv(chunk, chunk)
 }
 
 type readResult struct {
 	n   int
 	err error
-}
-
-// startRead starts a Read in another goroutine and returns once that Read
-// has reached the underlying connection (Conn's bookkeeping is done).
-func (r *rig) startRead() <-chan readResult {
-	r.t.Helper()
-	select {
-	case <-r.raw.entered:
-	default:
-	}
-	res := make(chan readResult, 1)
-	go func() {
-		buf := make([]byte, 64<<10)
-		n, err := r.c.Read(buf)
-		res <- readResult{n, err}
-	}()
-	select {
-	case <-r.raw.entered:
-	case <-time.After(testTimeout):
-		r.t.Fatalf("Read never reached the underlying conn")
-	}
-	return res
-}
-
-func waitRead(t testing.TB, res <-chan readResult) readResult {
-	t.Helper()
-	select {
-	case rr := <-res:
-		return rr
-	case <-time.After(testTimeout):
-		t.Fatalf("Read did not return")
-		return readResult{}
-	}
-}
-
-// finishRead lets a Read started with startRead return by sending a
-// heartbeat.
-func (r *rig) finishRead(res <-chan readResult) {
-	r.t.Helper()
-	wait := r.peerSend(heartbeat())
-	rr := waitRead(r.t, res)
-	if rr.err != nil || rr.n != len(heartbeat()) {
-		r.t.Fatalf("Read = %d, %v; want %d, nil", rr.n, rr.err, len(heartbeat()))
-	}
-	if err := wait(); err != nil {
-		r.t.Fatal(err)
-	}
-}
-
-func isClosed(ch <-chan struct{}) bool {
-	select {
-	case <-ch:
-		return true
-	default:
-		return false
-	}
-}
-
-func pendingIDs(c *Conn) []uint16 {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	var ids []uint16
-	for id := range c.closing {
-		ids = append(ids, id)
-	}
-	slices.Sort(ids)
-	return ids
 }
 
 // diff describes where got and want first differ.
@@ -465,6 +498,207 @@ func diff(got, want []byte) string {
 	return fmt.Sprintf("len got %d want %d; first difference at byte %d:\n got[%d:]  % x\n want[%d:] % x",
 		len(got), len(want), i, lo, got[lo:min(len(got), i+16)], lo, want[lo:min(len(want), i+16)])
 }
+
+// ---------------------------------------------------------------------------
+// In-memory harness: a Conn over a memConn whose Reads return queued chunks
+// (one chunk, or what fits of it, per Read) and then errWouldBlock, so a
+// test can step Conn's reader deterministically without goroutines.
+
+// errWouldBlock is what memConn's Read returns when no chunk is queued: to
+// Conn it looks like a read deadline that expired.
+var errWouldBlock = errors.New("memConn: nothing queued (would block)")
+
+type memConn struct {
+	net.Conn
+	reads [][]byte
+	eof   bool // with no chunk queued: io.EOF instead of errWouldBlock
+	out   []byte
+}
+
+func (m *memConn) Read(p []byte) (int, error) {
+	if len(m.reads) == 0 {
+		if m.eof {
+			return 0, io.EOF
+		}
+		return 0, errWouldBlock
+	}
+	n := copy(p, m.reads[0])
+	if n < len(m.reads[0]) {
+		m.reads[0] = m.reads[0][n:]
+	} else {
+		m.reads = m.reads[1:]
+	}
+	return n, nil
+}
+
+func (m *memConn) Write(p []byte) (int, error) {
+	m.out = append(m.out, p...)
+	return len(p), nil
+}
+
+// memRig is a Conn over a memConn that records onClose events and what
+// Read hands on.
+type memRig struct {
+	t      testing.TB
+	mc     *memConn
+	c      *Conn
+	closes []closeEvent
+	in     []byte // what Read handed on
+	sizes  []int  // Read buffer sizes, used in turn
+	nread  int
+	buf    []byte
+}
+
+func newMemRig(t testing.TB, sizes ...int) *memRig {
+	if len(sizes) == 0 {
+		sizes = []int{4096}
+	}
+	r := &memRig{t: t, mc: &memConn{}, sizes: sizes}
+	r.c = New(r.mc, func(id, code uint16, text string) { r.closes = append(r.closes, closeEvent{id, code, text}) })
+	return r
+}
+
+func (r *memRig) write(chunks ...[]byte) {
+	r.t.Helper()
+	for _, p := range chunks {
+		if n, err := r.c.Write(p); n != len(p) || err != nil {
+			r.t.Fatalf("Write(%d bytes) = %d, %v; want %d, nil", len(p), n, err, len(p))
+		}
+	}
+}
+
+// read makes one Read call with the next buffer size and records what it
+// hands on. (0, nil) is a failure: amqp091-go's bufio.Reader would retry
+// it, but at most 100 times before failing with io.ErrNoProgress.
+func (r *memRig) read() (int, error) {
+	r.t.Helper()
+	size := r.sizes[r.nread%len(r.sizes)]
+	r.nread++
+	if cap(r.buf) < size {
+		r.buf = make([]byte, size)
+	}
+	buf := r.buf[:size]
+	n, err := r.c.Read(buf)
+	if n < 0 || n > size {
+		r.t.Fatalf("Read into %d bytes = %d, %v", size, n, err)
+	}
+	if n == 0 && err == nil {
+		r.t.Fatalf("Read into %d bytes returned (0, nil)", size)
+	}
+	r.in = append(r.in, buf[:n]...)
+	// The buffer is the caller's again (io.Reader: "Implementations must
+	// not retain p"): bufio reuses it for the next Read at once.
+	for i := range buf {
+		buf[i] = 0xA5
+	}
+	return n, err
+}
+
+// drain reads until Conn would block (or fails on another error).
+func (r *memRig) drain() {
+	r.t.Helper()
+	for {
+		_, err := r.read()
+		if errors.Is(err, errWouldBlock) {
+			return
+		}
+		if err != nil {
+			r.t.Fatalf("Read: %v", err)
+		}
+	}
+}
+
+// feed queues each chunk as the result of one underlying Read and reads
+// through Conn until it would block.
+func (r *memRig) feed(chunks ...[]byte) {
+	r.t.Helper()
+	for _, ch := range chunks {
+		if len(ch) > 0 {
+			r.mc.reads = append(r.mc.reads, ch)
+		}
+	}
+	r.drain()
+}
+
+// takeIn returns and forgets what Read handed on.
+func (r *memRig) takeIn() []byte {
+	got := r.in
+	r.in = nil
+	return got
+}
+
+// recv feeds chunks and requires Read to hand on want.
+func (r *memRig) recv(want []byte, chunks ...[]byte) {
+	r.t.Helper()
+	r.feed(chunks...)
+	if got := r.takeIn(); !bytes.Equal(got, want) {
+		r.t.Fatalf("amqp091-go was handed the wrong bytes: %s", diff(got, want))
+	}
+}
+
+// readFrames reads frames the way amqp091-go's reader does (a 4096-byte
+// bufio.Reader, io.ReadFull of header, payload and end octet) until an
+// error, and returns the frames it got whole.
+func readFrames(rd io.Reader) ([][]byte, error) {
+	br := bufio.NewReader(rd)
+	var frames [][]byte
+	for {
+		var h [frameHeaderLen]byte
+		if _, err := io.ReadFull(br, h[:]); err != nil {
+			return frames, err
+		}
+		size := binary.BigEndian.Uint32(h[3:7])
+		if size > 131072-8 {
+			return frames, errors.New("frame too large")
+		}
+		f := make([]byte, frameHeaderLen+int(size)+1)
+		copy(f, h[:])
+		if _, err := io.ReadFull(br, f[frameHeaderLen:]); err != nil {
+			return frames, err
+		}
+		if f[len(f)-1] != frameEnd {
+			return frames, errors.New("bad frame end")
+		}
+		frames = append(frames, f)
+	}
+}
+
+// splitFrames cuts a well-formed stream into its frames.
+func splitFrames(b []byte) [][]byte {
+	var fs [][]byte
+	for len(b) > 0 {
+		n := frameHeaderLen + int(binary.BigEndian.Uint32(b[3:7])) + 1
+		fs = append(fs, b[:n])
+		b = b[n:]
+	}
+	return fs
+}
+
+// scriptConn is a net.Conn whose Reads return a fixed script (then io.EOF);
+// Writes are discarded.
+type scriptConn struct {
+	net.Conn
+	reads []scriptRead
+}
+
+type scriptRead struct {
+	b   []byte
+	err error
+}
+
+func (s *scriptConn) Read(p []byte) (int, error) {
+	if len(s.reads) == 0 {
+		return 0, io.EOF
+	}
+	r := s.reads[0]
+	s.reads = s.reads[1:]
+	return copy(p, r.b), r.err
+}
+
+func (s *scriptConn) Write(p []byte) (int, error) { return len(p), nil }
+
+// ---------------------------------------------------------------------------
+// Outbound: helpers.
 
 // runChunked writes in cut at the given points (each a separate Write) on a
 // fresh rig and returns what the broker received and Conn.Dropped.
@@ -686,8 +920,11 @@ func TestOutboundNeverOpenedDropped(t *testing.T) {
 	if d := r.c.Dropped(); d != uint64(len(frames)) {
 		t.Fatalf("Dropped() = %d, want %d", d, len(frames))
 	}
-	if id, done := r.c.PendingClose(); done != nil {
-		t.Fatalf("a dropped channel.close registered a pending close for %d", id)
+	// A dropped channel.close is not one the broker will answer: a
+	// close-ok for channel 9 is still a stray.
+	r.recv(heartbeat(), cat(chanCloseOK(9), heartbeat()))
+	if d := r.c.DroppedInbound(); d != 1 {
+		t.Fatalf("DroppedInbound() = %d, want 1", d)
 	}
 }
 
@@ -707,8 +944,13 @@ func TestOutboundChannelZeroNeverDropped(t *testing.T) {
 	if d := r.c.Dropped(); d != 0 {
 		t.Fatalf("Dropped() = %d, want 0", d)
 	}
-	if id, done := r.c.PendingClose(); done != nil {
-		t.Fatalf("channel.close on channel 0 registered a pending close for %d", id)
+	// Nor inbound: a channel-class close-ok on channel 0 is handed on.
+	r.deliver(cat(chanCloseOK(0), chanClose(0, 200, ""), chanCloseOK(0), heartbeat()))
+	if d := r.c.DroppedInbound(); d != 0 {
+		t.Fatalf("DroppedInbound() = %d, want 0", d)
+	}
+	if ev := r.events(); len(ev) != 0 {
+		t.Fatalf("onClose saw %v for class-20 methods on channel 0", ev)
 	}
 }
 
@@ -753,9 +995,400 @@ func TestTrace(t *testing.T) {
 	r.write(chanOpen(1), heartbeat(), chanCloseOK(1))
 	r.write(publish(1, pattern(3)))
 	r.deliver(cat(chanOpenOK(2), delivery(2, 1, pattern(3))))
-	want := []string{"out 1 20.10", "out 1 20.41", "drop 1 60.40", "in 2 20.11", "in 2 60.60"}
+	r.write(chanOpen(3))
+	r.recv(heartbeat(), cat(chanCloseOK(3), heartbeat())) // a stray: no close of ours on 3
+	r.write(chanClose(3, 200, ""))
+	r.deliver(chanCloseOK(3))
+	want := []string{
+		"out 1 20.10", "out 1 20.41", "drop 1 60.40", "in 2 20.11", "in 2 60.60",
+		"out 3 20.10", "drop-in 3 20.41", "out 3 20.40", "in 3 20.41",
+	}
 	if !slices.Equal(tr, want) {
 		t.Fatalf("trace = %q\nwant    %q", tr, want)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Inbound: helpers.
+
+// inCase is an inbound stream for a Conn prepared by setup: what the broker
+// sends, what amqp091-go must be handed, how many stray close-oks Conn must
+// drop and which close events it must report while reading stream.
+type inCase struct {
+	setup  func(r *memRig) // outbound and inbound traffic before stream; nil: none
+	stream []byte
+	want   []byte
+	drops  uint64
+	events []closeEvent
+}
+
+// run feeds c.stream cut at cuts (one underlying Read per chunk, read until
+// Conn would block after each) with Read buffers of the given sizes, and
+// checks the result.
+func (c inCase) run(t testing.TB, what string, cuts []int, sizes []int, oneFeed bool) {
+	t.Helper()
+	r := newMemRig(t, sizes...)
+	if c.setup != nil {
+		c.setup(r)
+	}
+	r.takeIn()
+	d0, ev0 := r.c.DroppedInbound(), len(r.closes)
+	if oneFeed {
+		r.feed(chunks(c.stream, cuts)...)
+	} else {
+		for _, ch := range chunks(c.stream, cuts) {
+			r.feed(ch)
+		}
+	}
+	if got := r.takeIn(); !bytes.Equal(got, c.want) {
+		t.Fatalf("%s (cuts %v, read sizes %v): amqp091-go was handed the wrong bytes: %s", what, cuts, sizes, diff(got, c.want))
+	}
+	if d := r.c.DroppedInbound() - d0; d != c.drops {
+		t.Fatalf("%s (cuts %v, read sizes %v): DroppedInbound grew by %d, want %d", what, cuts, sizes, d, c.drops)
+	}
+	if ev := r.closes[ev0:]; !slices.Equal(ev, c.events) {
+		t.Fatalf("%s (cuts %v, read sizes %v): onClose saw %v, want %v", what, cuts, sizes, ev, c.events)
+	}
+	if r.c.broken {
+		t.Fatalf("%s (cuts %v): walker lost frame sync", what, cuts)
+	}
+}
+
+// readSizeSets are the Read buffer sizes the chunking checks use in turn:
+// bufio's 4096, the smallest size Read serves directly (22), sizes that go
+// through Conn's own buffer (1..21), and a mix.
+var readSizeSets = [][]int{{4096}, {22}, {1}, {11}, {21}, {23}, {7, 4096, 1, 22, 3}}
+
+// checkInboundChunkings feeds the stream whole, frame by frame, split in
+// two at every byte, byte by byte and in random chunks, each with several
+// Read buffer sizes, and checks amqp091-go is handed exactly c.want.
+func checkInboundChunkings(t *testing.T, c inCase) {
+	t.Run("one-read", func(t *testing.T) {
+		for _, sizes := range readSizeSets {
+			c.run(t, "one read", nil, sizes, false)
+		}
+	})
+	t.Run("frame-per-read", func(t *testing.T) {
+		var cuts []int
+		p := 0
+		for _, f := range splitFrames(c.stream) {
+			p += len(f)
+			if p < len(c.stream) {
+				cuts = append(cuts, p)
+			}
+		}
+		for _, sizes := range readSizeSets {
+			c.run(t, "frame per read", cuts, sizes, false)
+			c.run(t, "frame per read, one feed", cuts, sizes, true)
+		}
+	})
+	t.Run("every-read-size", func(t *testing.T) {
+		var frameCuts, byteCuts []int
+		p := 0
+		for _, f := range splitFrames(c.stream) {
+			if p += len(f); p < len(c.stream) {
+				frameCuts = append(frameCuts, p)
+			}
+		}
+		for k := 1; k < len(c.stream); k++ {
+			byteCuts = append(byteCuts, k)
+		}
+		for size := 1; size <= 2*frameStartLen+2; size++ {
+			for _, sizes := range [][]int{{size}, {size, 4096}} {
+				c.run(t, "one read", nil, sizes, false)
+				c.run(t, "frame per read", frameCuts, sizes, false)
+				c.run(t, "byte by byte", byteCuts, sizes, false)
+			}
+		}
+	})
+	t.Run("every-split", func(t *testing.T) {
+		for k := 1; k < len(c.stream); k++ {
+			for _, sizes := range [][]int{{4096}, {22}, {1}, {11}} {
+				c.run(t, fmt.Sprintf("split at %d", k), []int{k}, sizes, false)
+			}
+		}
+	})
+	t.Run("byte-by-byte", func(t *testing.T) {
+		cuts := make([]int, 0, len(c.stream))
+		for k := 1; k < len(c.stream); k++ {
+			cuts = append(cuts, k)
+		}
+		for _, sizes := range readSizeSets {
+			c.run(t, "byte by byte", cuts, sizes, false)
+		}
+		c.run(t, "byte by byte, one feed", cuts, []int{4096}, true)
+	})
+	t.Run("random", func(t *testing.T) {
+		rng := rand.New(rand.NewPCG(5, 6))
+		for i := range 300 {
+			sizes := make([]int, 1+rng.IntN(4))
+			for j := range sizes {
+				if rng.IntN(3) == 0 {
+					sizes[j] = 4096
+				} else {
+					sizes[j] = 1 + rng.IntN(40)
+				}
+			}
+			c.run(t, fmt.Sprintf("random chunking %d", i), randomCuts(rng, len(c.stream), 1+rng.IntN(60)), sizes, rng.IntN(4) == 0)
+		}
+	})
+}
+
+// passCase is a stream to pass unchanged.
+func passCase(setup func(*memRig), stream []byte, events ...closeEvent) inCase {
+	return inCase{setup: setup, stream: stream, want: stream, events: events}
+}
+
+// ---------------------------------------------------------------------------
+// Inbound: pass-through. Without stray close-oks, amqp091-go reads exactly
+// what the broker sent, however it arrives and however it is read.
+
+// inboundStream has frames of every type and size class: method frames
+// with and without arguments, content headers, empty, small and several
+// body frames, heartbeats, a channel.close and a connection.close, and
+// class-20 close-oks on channel 0 (the connection's, never a stray).
+func inboundStream() []byte {
+	return cat(
+		methodFrame(0, 10, 30, cat(u16(2047), u32(131072), u16(60))), // connection.tune
+		methodFrame(0, 10, 41, shortstr("")),                         // connection.open-ok
+		chanOpenOK(1), chanOpenOK(2),
+		methodFrame(1, 60, 11, nil), // basic.qos-ok
+		delivery(1, 1, pattern(40)),
+		heartbeat(),
+		cat(basicDeliverMethod(2, 2), contentHeader(2, 60, 0)), // empty body: no body frame
+		cat(basicDeliverMethod(2, 3), contentHeader(2, 60, 30), bodyFrame(2, pattern(10)), bodyFrame(2, pattern(20))),
+		basicAck(1, 7),
+		chanCloseOK(0),
+		chanClose(2, 406, "PRECONDITION_FAILED - x"),
+		heartbeat(),
+		connClose(320, "CONNECTION_FORCED"),
+	)
+}
+
+func TestInboundPassThrough(t *testing.T) {
+	checkInboundChunkings(t, passCase(nil, inboundStream(),
+		closeEvent{2, 406, "PRECONDITION_FAILED - x"}, closeEvent{0, 320, "CONNECTION_FORCED"}))
+}
+
+func TestInboundPassThroughLargeFrames(t *testing.T) {
+	// Body frames larger than bufio's buffer, which amqp091-go reads straight
+	// into the payload, and a 255-byte close text.
+	long := strings.Repeat("L", 255)
+	stream := cat(delivery(1, 1, pattern(10000)), chanClose(3, 404, long), delivery(1, 2, pattern(4096)),
+		cat(basicDeliverMethod(1, 3), contentHeader(1, 60, 140000), bodyFrame(1, pattern(131064)), bodyFrame(1, pattern(140000-131064))))
+	c := passCase(nil, stream, closeEvent{3, 404, long})
+	for _, sizes := range readSizeSets {
+		c.run(t, "one read", nil, sizes, false)
+	}
+	rng := rand.New(rand.NewPCG(7, 8))
+	for i := range 40 {
+		c.run(t, fmt.Sprintf("random %d", i), randomCuts(rng, len(stream), 1+rng.IntN(9000)), []int{4096, 1 + rng.IntN(30000)}, false)
+	}
+	// amqp091-go's own way of reading: whole frames out of a bufio.Reader.
+	r := newMemRig(t)
+	r.mc.reads = chunks(stream, randomCuts(rng, len(stream), 5000))
+	r.mc.eof = true
+	frames, err := readFrames(r.c)
+	if err != io.EOF || !slices.EqualFunc(frames, splitFrames(stream), bytes.Equal) {
+		t.Fatalf("readFrames = %d frames, %v; want %d frames, EOF", len(frames), err, len(splitFrames(stream)))
+	}
+}
+
+func TestInboundExactBoundaryReads(t *testing.T) {
+	// Each Read asks for exactly the next frame: it gets exactly that frame,
+	// also when the frame is shorter than 22 bytes (served from Conn's own
+	// buffer) and whether the broker's bytes come as one chunk or a frame
+	// per chunk.
+	frames := splitFrames(inboundStream())
+	for _, perFrame := range []bool{false, true} {
+		r := newMemRig(t)
+		if perFrame {
+			r.mc.reads = slices.Clone(frames)
+		} else {
+			r.mc.reads = [][]byte{cat(frames...)}
+		}
+		for i, f := range frames {
+			r.sizes = []int{len(f)}
+			r.nread = 0
+			n, err := r.read()
+			if err != nil || n != len(f) || !bytes.Equal(r.takeIn(), f) {
+				t.Fatalf("per frame %v: Read of frame %d (%d bytes) = %d, %v", perFrame, i, len(f), n, err)
+			}
+		}
+		if n, err := r.read(); n != 0 || !errors.Is(err, errWouldBlock) {
+			t.Fatalf("Read after the last frame = %d, %v", n, err)
+		}
+	}
+}
+
+func TestInboundHoldsBackIncompleteFrameStart(t *testing.T) {
+	// A frame start too short to judge (fewer than 11 bytes of a method
+	// frame with a method id, fewer than 7 of any other frame) is kept back
+	// until the rest arrives; the bytes before it are handed on at once.
+	prev := delivery(1, 1, pattern(5))
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+		judge int // bytes after which the frame's start can be judged
+	}{
+		{"method", chanOpenOK(1), 11},
+		{"close", chanClose(1, 406, "x"), 11},
+		{"deliver", basicDeliverMethod(1, 2), 11},
+		{"heartbeat", heartbeat(), 7},
+		{"header", contentHeader(1, 60, 3), 7},
+		{"body", bodyFrame(1, pattern(3)), 7},
+		{"method-without-id", rawFrame(frameMethod, 1, []byte{0, 20, 0}), 7},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			for _, sizes := range [][]int{{4096}, {22}, {1}, {21}} {
+				for k := 1; k < len(tc.frame); k++ {
+					r := newMemRig(t, sizes...)
+					r.feed(cat(prev, tc.frame[:k]))
+					want := prev
+					if k >= tc.judge {
+						want = cat(prev, tc.frame[:k])
+					}
+					if got := r.takeIn(); !bytes.Equal(got, want) {
+						t.Fatalf("sizes %v, %d bytes of the frame: %s", sizes, k, diff(got, want))
+					}
+					r.recv(tc.frame[len(want)-len(prev):], tc.frame[k:])
+				}
+				// Kept back over several Reads that would block.
+				r := newMemRig(t, sizes...)
+				for k := 1; k < tc.judge; k++ {
+					r.recv(nil, tc.frame[k-1:k])
+				}
+				r.recv(tc.frame, tc.frame[tc.judge-1:])
+			}
+		})
+	}
+}
+
+func TestInboundHeldBytesAtEOF(t *testing.T) {
+	// The broker's stream ends inside a frame start Conn keeps back.
+	// What happens: Read returns (0, io.EOF) and keeps doing so; the held
+	// bytes are never handed on. amqp091-go's reader therefore sees a clean
+	// EOF at a frame boundary (io.EOF) where the raw stream would give it
+	// io.ErrUnexpectedEOF; both end the connection with a FrameError.
+	prev := delivery(1, 1, pattern(5))
+	next := chanOpenOK(1)
+	for _, sizes := range [][]int{{4096}, {22}, {1}, {21}} {
+		for k := 1; k < len(next); k++ {
+			stream := cat(prev, next[:k])
+			r := newMemRig(t, sizes...)
+			r.mc.reads = [][]byte{stream}
+			r.mc.eof = true
+			var err error
+			for err == nil {
+				_, err = r.read()
+			}
+			if err != io.EOF {
+				t.Fatalf("sizes %v, k %d: Read error %v, want io.EOF", sizes, k, err)
+			}
+			want := stream
+			if k < frameStartLen {
+				want = prev
+			}
+			if got := r.takeIn(); !bytes.Equal(got, want) {
+				t.Fatalf("sizes %v, k %d: %s", sizes, k, diff(got, want))
+			}
+			for range 3 {
+				if n, err := r.read(); n != 0 || err != io.EOF {
+					t.Fatalf("sizes %v, k %d: Read after EOF = %d, %v", sizes, k, n, err)
+				}
+			}
+		}
+	}
+	for k := 1; k < len(next); k++ {
+		stream := cat(prev, next[:k])
+		_, rawErr := readFrames(bytes.NewReader(stream))
+		rawWant := io.ErrUnexpectedEOF
+		if k == frameHeaderLen {
+			rawWant = io.EOF // a whole header and not one byte more
+		}
+		r := newMemRig(t)
+		r.mc.reads = [][]byte{stream}
+		r.mc.eof = true
+		frames, err := readFrames(r.c)
+		wantErr := io.ErrUnexpectedEOF
+		if k < frameStartLen {
+			wantErr = io.EOF
+		}
+		if rawErr != rawWant || err != wantErr || len(frames) != 3 {
+			t.Fatalf("k %d: amqp091-go's reader gets %d frames, %v (raw stream: %v); want 3 frames, %v", k, len(frames), err, rawErr, wantErr)
+		}
+	}
+	t.Run("data-and-EOF-in-one-read", func(t *testing.T) {
+		c := New(&scriptConn{reads: []scriptRead{{b: cat(prev, next[:5]), err: io.EOF}}}, nil)
+		buf := make([]byte, 100)
+		if n, err := c.Read(buf); n != len(prev) || err != io.EOF || !bytes.Equal(buf[:n], prev) {
+			t.Fatalf("Read = %d, %v; want %d, EOF", n, err, len(prev))
+		}
+		if n, err := c.Read(buf); n != 0 || err != io.EOF {
+			t.Fatalf("second Read = %d, %v; want 0, EOF", n, err)
+		}
+		// Through Conn's own buffer, the error waits until the bytes are out.
+		c = New(&scriptConn{reads: []scriptRead{{b: cat(prev, next[:5]), err: io.EOF}}}, nil)
+		var got []byte
+		for {
+			n, err := c.Read(buf[:3])
+			got = append(got, buf[:n]...)
+			if n == 0 && err == nil {
+				t.Fatal("Read returned (0, nil)")
+			}
+			if err != nil {
+				if err != io.EOF || !bytes.Equal(got, prev) {
+					t.Fatalf("tiny reads: got %d bytes, %v; want %d bytes, EOF", len(got), err, len(prev))
+				}
+				break
+			}
+		}
+		if n, err := c.Read(buf[:3]); n != 0 || err != io.EOF {
+			t.Fatalf("tiny Read after EOF = %d, %v", n, err)
+		}
+	})
+	t.Run("pipe", func(t *testing.T) {
+		r := newRig(t)
+		r.recv(prev, cat(prev, next[:5]))
+		_ = r.peer.Close()
+		select {
+		case <-r.readerDone:
+		case <-time.After(testTimeout):
+			t.Fatal("reader did not see the broker's close")
+		}
+		r.mu.Lock()
+		err, rest := r.inErr, len(r.in)
+		r.mu.Unlock()
+		if err != io.EOF || rest != 0 {
+			t.Fatalf("after the broker closed: %d more bytes, %v; want 0, EOF", rest, err)
+		}
+	})
+}
+
+func TestInboundReadErrorKeepsHeldBytes(t *testing.T) {
+	// A Read that fails (here: a deadline) while a frame start is kept back
+	// keeps it; once reading resumes the frame is handed on whole.
+	r := newRig(t)
+	hb, f := heartbeat(), chanClose(4, 406, "deadline")
+	wait := r.peerSend(cat(hb, f[:5]))
+	buf := make([]byte, 100)
+	if n, err := r.c.Read(buf); n != len(hb) || err != nil || !bytes.Equal(buf[:n], hb) {
+		t.Fatalf("Read = %d, %v; want the heartbeat", n, err)
+	}
+	if err := wait(); err != nil {
+		t.Fatal(err)
+	}
+	r.sent += len(hb) + 5
+	_ = r.c.SetReadDeadline(time.Unix(1, 0))
+	for _, size := range []int{100, 5} {
+		if n, err := r.c.Read(buf[:size]); n != 0 || !errors.Is(err, os.ErrDeadlineExceeded) {
+			t.Fatalf("Read(%d) past the deadline = %d, %v", size, n, err)
+		}
+	}
+	_ = r.c.SetReadDeadline(time.Now().Add(testTimeout))
+	r.recv(f, f[5:])
+	if ev := r.events(); !slices.Equal(ev, []closeEvent{{4, 406, "deadline"}}) {
+		t.Fatalf("onClose saw %v", ev)
 	}
 }
 
@@ -772,9 +1405,6 @@ func TestInboundCloseDropsOutboundClose(t *testing.T) {
 	r.write(chanClose(5, 200, "Goodbye")) // crosses for nothing: dropped
 	if got := r.take(); len(got) != 0 {
 		t.Fatalf("channel.close after the broker's channel.close reached the broker: % x", got)
-	}
-	if id, done := r.c.PendingClose(); done != nil {
-		t.Fatalf("dropped channel.close left a pending close for %d", id)
 	}
 	r.write(chanClose(6, 200, "")) // other channels unaffected
 	r.write(chanCloseOK(5))        // the answer goes out
@@ -794,8 +1424,10 @@ func TestInboundCloseDropsOutboundClose(t *testing.T) {
 	if got, want := r.take(), cat(chanOpen(5), chanClose(5, 200, "")); !bytes.Equal(got, want) {
 		t.Fatalf("%s", diff(got, want))
 	}
-	if ids := pendingIDs(r.c); !slices.Equal(ids, []uint16{5, 6}) {
-		t.Fatalf("pending closes %v, want [5 6]", ids)
+	// Both closes of ours are answered: their close-oks are handed on.
+	r.deliver(cat(chanCloseOK(6), chanCloseOK(5)))
+	if d := r.c.DroppedInbound(); d != 0 {
+		t.Fatalf("DroppedInbound() = %d, want 0", d)
 	}
 	if ev := r.events(); !slices.Equal(ev, []closeEvent{{5, 406, "PRECONDITION_FAILED - inequivalent arg"}}) {
 		t.Fatalf("onClose saw %v", ev)
@@ -820,72 +1452,167 @@ func TestInboundCloseOnUnopenedChannelIsAnswered(t *testing.T) {
 	}
 }
 
-// crossingClose runs the simultaneous-close race on channel 5 and checks the
-// pending close settles exactly one Read after the close-ok was read.
-func TestCrossingClose(t *testing.T) {
-	for _, tc := range []struct {
-		name          string
-		closeOKBefore bool // the broker's close-ok is read before we answer its close
-	}{
-		{"answer-then-close-ok", false},
-		{"close-ok-then-answer", true},
-	} {
-		t.Run(tc.name, func(t *testing.T) {
+func TestReadDataAndError(t *testing.T) {
+	// A Read returning bytes and an error walks the bytes too, and hands
+	// them on with the error.
+	var got []closeEvent
+	f := chanClose(4, 404, "NOT_FOUND")
+	c := New(&scriptConn{reads: []scriptRead{{b: cat(f, chanCloseOK(4)), err: io.ErrUnexpectedEOF}}},
+		func(id, code uint16, text string) { got = append(got, closeEvent{id, code, text}) })
+	buf := make([]byte, 100)
+	if n, err := c.Read(buf); !errors.Is(err, io.ErrUnexpectedEOF) || n != len(f) || !bytes.Equal(buf[:n], f) {
+		t.Fatalf("Read = %d, %v; want %d, unexpected EOF", n, err, len(f))
+	}
+	if !slices.Equal(got, []closeEvent{{4, 404, "NOT_FOUND"}}) {
+		t.Fatalf("onClose saw %v", got)
+	}
+	if d := c.DroppedInbound(); d != 1 {
+		t.Fatalf("DroppedInbound() = %d, want 1", d)
+	}
+}
+
+// ---------------------------------------------------------------------------
+// Inbound channel.close-ok: handed on only when it answers a channel.close
+// of ours that is still unanswered.
+
+// openClose prepares channel ch: opened, and our channel.close sent.
+func openClose(ch uint16) func(*memRig) {
+	return func(r *memRig) { r.write([]byte(protoHeader), chanOpen(ch), chanClose(ch, 200, "Goodbye")) }
+}
+
+func TestCleanCloseOKHandedOn(t *testing.T) {
+	ok := chanCloseOK(5)
+	t.Run("chunkings", func(t *testing.T) {
+		checkInboundChunkings(t, passCase(openClose(5), cat(delivery(5, 1, pattern(30)), ok, heartbeat(), delivery(6, 1, pattern(5)))))
+	})
+	r := newMemRig(t)
+	openClose(5)(r)
+	r.recv(ok, ok)
+	if d := r.c.DroppedInbound(); d != 0 {
+		t.Fatalf("DroppedInbound() = %d, want 0", d)
+	}
+	// Answered: a second close-ok is a stray.
+	r.recv(heartbeat(), cat(ok, heartbeat()))
+	if d := r.c.DroppedInbound(); d != 1 {
+		t.Fatalf("DroppedInbound() = %d, want 1", d)
+	}
+	// After the broker's close-ok nothing more goes out on 5 until it is
+	// reopened.
+	out := len(r.mc.out)
+	r.write(basicQos(5, 1), chanClose(5, 200, ""), publish(5, pattern(3)))
+	if got := r.mc.out[out:]; len(got) != 0 {
+		t.Fatalf("frames on 5 after its close-ok reached the broker: % x", got)
+	}
+	if d := r.c.Dropped(); d != 5 {
+		t.Fatalf("Dropped() = %d, want 5", d)
+	}
+	// Reopened and closed again: its close-ok is handed on again.
+	r.write(chanOpen(5), chanClose(5, 200, ""))
+	r.recv(ok, ok)
+	if got, want := r.mc.out[out:], cat(chanOpen(5), chanClose(5, 200, "")); !bytes.Equal(got, want) {
+		t.Fatalf("%s", diff(got, want))
+	}
+}
+
+func TestCloseOKStateChangesWhenComplete(t *testing.T) {
+	// The close-ok is judged by its first 11 bytes, but it ends the channel
+	// only once its last byte has been read.
+	ok := chanCloseOK(5)
+	for k := frameStartLen; k < len(ok); k++ {
+		r := newMemRig(t)
+		openClose(5)(r)
+		r.recv(ok[:k], ok[:k])
+		out := len(r.mc.out)
+		r.write(basicQos(5, 1))
+		if got := r.mc.out[out:]; !bytes.Equal(got, basicQos(5, 1)) {
+			t.Fatalf("split %d: frame on 5 before the close-ok was complete: %s", k, diff(got, basicQos(5, 1)))
+		}
+		r.recv(ok[k:], ok[k:])
+		out = len(r.mc.out)
+		r.write(basicQos(5, 2))
+		if got := r.mc.out[out:]; len(got) != 0 {
+			t.Fatalf("split %d: frame on 5 after the close-ok reached the broker", k)
+		}
+	}
+}
+
+// crossing prepares the simultaneous close on channel 5 (channel 6 open
+// too): our close and the broker's cross, amqp091-go answers the broker's,
+// and, with reopen, opens channel 5 again at once.
+func crossing(reopen bool) func(*memRig) {
+	return func(r *memRig) {
+		r.write([]byte(protoHeader), chanOpen(5), chanOpen(6), chanClose(5, 200, "Goodbye"))
+		bc := chanClose(5, 406, "PRECONDITION_FAILED - crossing")
+		r.recv(bc, bc)
+		out := len(r.mc.out)
+		r.write(chanCloseOK(5)) // the answer always goes out
+		if reopen {
+			r.write(chanOpen(5))
+		}
+		want := chanCloseOK(5)
+		if reopen {
+			want = cat(want, chanOpen(5))
+		}
+		if got := r.mc.out[out:]; !bytes.Equal(got, want) {
+			r.t.Fatalf("crossing: %s", diff(got, want))
+		}
+	}
+}
+
+func TestCrossingCloseOKDropped(t *testing.T) {
+	for _, reopen := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reopen=%v", reopen), func(t *testing.T) {
+			after := cat(delivery(6, 1, pattern(20)), heartbeat())
+			if reopen {
+				after = cat(chanOpenOK(5), delivery(5, 1, pattern(20)), after)
+			}
+			checkInboundChunkings(t, inCase{
+				setup:  crossing(reopen),
+				stream: cat(chanCloseOK(5), after),
+				want:   after,
+				drops:  1,
+			})
+			r := newMemRig(t)
+			crossing(reopen)(r)
+			r.recv(after, cat(chanCloseOK(5), after))
+			if ev := r.closes; !slices.Equal(ev, []closeEvent{{5, 406, "PRECONDITION_FAILED - crossing"}}) {
+				t.Fatalf("onClose saw %v", ev)
+			}
+			// Channel 5 as the crossing left it: closed, or open again.
+			out := len(r.mc.out)
+			r.write(basicQos(5, 1))
+			if got := r.mc.out[out:]; bytes.Equal(got, basicQos(5, 1)) != reopen {
+				t.Fatalf("after the stray: basic.qos on 5 went out: %v, want %v", len(got) > 0, reopen)
+			}
+		})
+	}
+}
+
+func TestCrossingClosePipe(t *testing.T) {
+	// The crossing with real goroutines: amqp091-go's reader (4096-byte
+	// reads) and writes from the test.
+	for _, reopen := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reopen=%v", reopen), func(t *testing.T) {
 			r := newRig(t)
 			r.writeStr(protoHeader)
-			r.write(chanOpen(5))
-			if id, done := r.c.PendingClose(); done != nil {
-				t.Fatalf("PendingClose before any close = %d, non-nil", id)
-			}
-			r.write(chanClose(5, 200, "Goodbye"))
+			r.write(chanOpen(5), chanOpen(6), chanClose(5, 200, "Goodbye"))
 			r.take()
-			id, done := r.c.PendingClose()
-			if done == nil || id != 5 {
-				t.Fatalf("PendingClose = %d, %v; want 5, non-nil", id, done)
-			}
-			if isClosed(done) {
-				t.Fatal("done closed before any close-ok")
-			}
 			r.deliver(chanClose(5, 406, "PRECONDITION_FAILED - crossing"))
-			if isClosed(done) {
-				t.Fatal("done closed by the broker's channel.close")
+			r.write(chanCloseOK(5))
+			if got := r.take(); !bytes.Equal(got, chanCloseOK(5)) {
+				t.Fatalf("close-ok answering the broker's close: %s", diff(got, chanCloseOK(5)))
 			}
-			answer := func() {
-				r.write(chanCloseOK(5))
-				if got := r.take(); !bytes.Equal(got, chanCloseOK(5)) {
-					t.Fatalf("close-ok answering the broker's close: %s", diff(got, chanCloseOK(5)))
+			after := delivery(6, 1, pattern(10))
+			if reopen {
+				r.write(chanOpen(5))
+				if got := r.take(); !bytes.Equal(got, chanOpen(5)) {
+					t.Fatalf("reopen: %s", diff(got, chanOpen(5)))
 				}
+				after = cat(chanOpenOK(5), after)
 			}
-			if !tc.closeOKBefore {
-				answer()
-			}
-			r.deliver(cat(chanCloseOK(5), delivery(1, 1, pattern(10)))) // more after the close-ok in the same Read
-			if isClosed(done) {
-				t.Fatal("done closed during the Read that carried the close-ok; amqp091-go has not dispatched it yet")
-			}
-			if id2, d2 := r.c.PendingClose(); id2 != 5 || d2 != done {
-				t.Fatalf("PendingClose after close-ok read = %d, %v; want 5 and the same channel", id2, d2)
-			}
-			if tc.closeOKBefore {
-				answer()
-			}
-			res := r.startRead()
-			if !isClosed(done) {
-				t.Fatal("done not closed when the next Read began")
-			}
-			if id, d := r.c.PendingClose(); d != nil {
-				t.Fatalf("PendingClose after settling = %d, non-nil", id)
-			}
-			r.finishRead(res)
-
-			// Nothing more goes out on 5 until it is opened again.
-			r.write(basicQos(5, 1), chanClose(5, 200, ""))
-			if got := r.take(); len(got) != 0 {
-				t.Fatalf("frames after the crossing close reached the broker: % x", got)
-			}
-			r.write(chanOpen(5))
-			if got := r.take(); !bytes.Equal(got, chanOpen(5)) {
-				t.Fatalf("reopen: %s", diff(got, chanOpen(5)))
+			r.recv(after, cat(chanCloseOK(5), after))
+			if d := r.c.DroppedInbound(); d != 1 {
+				t.Fatalf("DroppedInbound() = %d, want 1", d)
 			}
 			if ev := r.events(); !slices.Equal(ev, []closeEvent{{5, 406, "PRECONDITION_FAILED - crossing"}}) {
 				t.Fatalf("onClose saw %v", ev)
@@ -894,236 +1621,130 @@ func TestCrossingClose(t *testing.T) {
 	}
 }
 
-func TestCloseOKSettlesOnNextRead(t *testing.T) {
-	r := newRig(t)
-	r.writeStr(protoHeader)
-	r.write(chanOpen(1), chanOpen(2), chanOpen(3))
-	r.write(chanClose(1, 200, ""), chanClose(2, 200, ""), chanClose(3, 200, ""))
-	r.write(chanClose(3, 200, "")) // a second close on 3 is the same pending close
-	if ids := pendingIDs(r.c); !slices.Equal(ids, []uint16{1, 2, 3}) {
-		t.Fatalf("pending %v, want [1 2 3]", ids)
-	}
-	dones := map[uint16]<-chan struct{}{}
-	r.c.mu.Lock()
-	for id, pc := range r.c.closing {
-		dones[id] = pc.done
-	}
-	r.c.mu.Unlock()
-
-	r.deliver(cat(chanCloseOK(1), delivery(9, 1, nil), chanCloseOK(3)))
-	for id, d := range dones {
-		if isClosed(d) {
-			t.Fatalf("channel %d settled during the Read carrying its close-ok", id)
+func TestReopenRace(t *testing.T) {
+	// DESIGN item 8: the id of a channel whose close crossed the broker's is
+	// reused before the broker's close-ok for our close arrives.
+	openOK := chanOpenOK(5)
+	steps := func(r *memRig) {
+		crossing(true)(r)
+		r.recv(openOK, chanCloseOK(5), openOK) // the stray is dropped, open-ok handed on
+		if d := r.c.DroppedInbound(); d != 1 {
+			r.t.Fatalf("DroppedInbound() = %d, want 1", d)
 		}
+		r.write(chanClose(5, 200, "again"))
 	}
-	r.deliver(heartbeat())
-	if !isClosed(dones[1]) || !isClosed(dones[3]) || isClosed(dones[2]) {
-		t.Fatalf("after next Read: 1 closed %v, 3 closed %v, 2 closed %v; want true true false",
-			isClosed(dones[1]), isClosed(dones[3]), isClosed(dones[2]))
-	}
-	if id, d := r.c.PendingClose(); id != 2 || d != dones[2] {
-		t.Fatalf("PendingClose = %d, %v; want 2", id, d)
-	}
-	// A non-crossing close leaves the channel closed: later frames drop.
-	r.take()
-	r.write(basicQos(1, 1), basicQos(3, 1), basicQos(2, 1))
-	if got := r.take(); !bytes.Equal(got, basicQos(2, 1)) {
-		t.Fatalf("%s", diff(got, basicQos(2, 1)))
-	}
-	r.deliver(chanCloseOK(2))
-	r.deliver(heartbeat())
-	if !isClosed(dones[2]) {
-		t.Fatal("channel 2 not settled")
-	}
-	if id, d := r.c.PendingClose(); d != nil {
-		t.Fatalf("PendingClose = %d, non-nil after all settled", id)
-	}
+	// The new channel's own close is answered normally, however the bytes
+	// arrive.
+	checkInboundChunkings(t, passCase(steps, cat(chanCloseOK(5), heartbeat())))
+	// And the stray and the open-ok in every chunking.
+	checkInboundChunkings(t, inCase{setup: crossing(true), stream: cat(chanCloseOK(5), openOK, basicAck(5, 1)),
+		want: cat(openOK, basicAck(5, 1)), drops: 1})
 }
 
-// TestPendingCloseNotSettledBeforeCloseOKIsComplete splits the broker's
-// close-ok at every byte across two Reads. amqp091-go dispatches a frame only
-// once it has read the frame-end octet, so a pending close may settle only at
-// a Read call after the one that delivered the close-ok's last byte.
-// Settling earlier lets the client reuse the channel id while amqp091-go's
-// reader still holds a partial close-ok for it (DESIGN item 8).
-func TestPendingCloseNotSettledBeforeCloseOKIsComplete(t *testing.T) {
-	ok := chanCloseOK(5)
-	for k := 1; k < len(ok); k++ {
-		t.Run(fmt.Sprintf("split-%d", k), func(t *testing.T) {
-			r := newRig(t)
-			r.writeStr(protoHeader)
-			r.write(chanOpen(5), chanClose(5, 200, ""))
-			_, done := r.c.PendingClose()
-			if done == nil {
-				t.Fatal("no pending close")
-			}
-			r.deliver(ok[:k])
-			res := r.startRead() // the Read that will carry the rest of the close-ok
-			if isClosed(done) {
-				t.Errorf("close-ok split after byte %d of %d: done was closed when the next Read began, "+
-					"but the close-ok's last %d byte(s) had not been read, so amqp091-go cannot have dispatched it",
-					k, len(ok), len(ok)-k)
-			}
-			wait := r.peerSend(ok[k:])
-			if rr := waitRead(t, res); rr.err != nil || rr.n != len(ok)-k {
-				t.Fatalf("Read = %d, %v", rr.n, rr.err)
-			}
-			if err := wait(); err != nil {
-				t.Fatal(err)
-			}
-			if isClosed(done) && !t.Failed() {
-				t.Errorf("split %d: done closed during the Read that completed the close-ok", k)
-			}
-			res = r.startRead()
-			if !isClosed(done) {
-				t.Errorf("split %d: done not closed at the Read after the close-ok was complete", k)
-			}
-			r.finishRead(res)
+func TestCloseOKWithoutOurCloseDropped(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		setup func(r *memRig)
+	}{
+		{"never-opened", func(r *memRig) { r.write([]byte(protoHeader)) }},
+		{"open-no-close", func(r *memRig) { r.write([]byte(protoHeader), chanOpen(5)) }},
+		{"broker-closed-answered", func(r *memRig) {
+			r.write([]byte(protoHeader), chanOpen(5))
+			r.feed(chanClose(5, 406, "x"))
+			r.write(chanCloseOK(5))
+		}},
+		{"broker-closed-ours-dropped", func(r *memRig) {
+			r.write([]byte(protoHeader), chanOpen(5))
+			r.feed(chanClose(5, 406, "x"))
+			r.write(chanClose(5, 200, "")) // dropped: the broker's close was read
+			r.write(chanCloseOK(5))
+		}},
+		{"closed-answered-reopened", func(r *memRig) {
+			openClose(5)(r)
+			r.feed(chanCloseOK(5))
+			r.write(chanOpen(5))
+		}},
+		{"client-close-ok-then-reopened", func(r *memRig) {
+			openClose(5)(r)
+			r.write(chanCloseOK(5)) // not answering anything the broker sent
+			r.write(chanOpen(5))
+		}},
+		{"close-on-unopened-dropped", func(r *memRig) {
+			r.write([]byte(protoHeader), chanClose(5, 200, "")) // dropped: never opened
+		}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			checkInboundChunkings(t, inCase{setup: tc.setup, stream: cat(chanCloseOK(5), heartbeat(), chanCloseOK(5)),
+				want: heartbeat(), drops: 2})
 		})
 	}
 }
 
-func TestForgetClose(t *testing.T) {
-	r := newRig(t)
-	r.writeStr(protoHeader)
-	r.write(chanOpen(1), chanOpen(2), chanClose(1, 200, ""), chanClose(2, 200, ""))
-	r.c.mu.Lock()
-	d1, d2 := r.c.closing[1].done, r.c.closing[2].done
-	r.c.mu.Unlock()
-
-	r.c.ForgetClose(7) // unknown: no-op
-	r.c.ForgetClose(1)
-	if !isClosed(d1) || isClosed(d2) {
-		t.Fatalf("after ForgetClose(1): 1 closed %v, 2 closed %v", isClosed(d1), isClosed(d2))
-	}
-	r.c.ForgetClose(1) // twice: no double close
-	if id, d := r.c.PendingClose(); id != 2 || d != d2 {
-		t.Fatalf("PendingClose = %d, %v; want 2", id, d)
-	}
-	// The late close-ok for the forgotten close and the next Read are harmless.
-	r.deliver(chanCloseOK(1))
-	r.deliver(heartbeat())
-	if ids := pendingIDs(r.c); !slices.Equal(ids, []uint16{2}) {
-		t.Fatalf("pending %v, want [2]", ids)
-	}
-	// Forget while the close-ok has been read but not settled yet.
-	r.deliver(chanCloseOK(2))
-	r.c.ForgetClose(2)
-	if !isClosed(d2) {
-		t.Fatal("ForgetClose(2) did not close done")
-	}
-	r.deliver(heartbeat()) // settle must not close it again
-	if id, d := r.c.PendingClose(); d != nil {
-		t.Fatalf("PendingClose = %d, non-nil", id)
-	}
-	// A new close on a reopened channel registers afresh.
-	r.write(chanOpen(1), chanClose(1, 200, ""))
-	if id, d := r.c.PendingClose(); id != 1 || d == nil || d == d1 || isClosed(d) {
-		t.Fatalf("PendingClose after re-close = %d, %v (old %v)", id, d, d1)
+func TestCloseOKDecisionsPerChannel(t *testing.T) {
+	// closeSent is a bit per id in 64-bit words; neighbours and word
+	// boundaries must not bleed into each other.
+	ids := []uint16{1, 62, 63, 64, 65, 127, 128, 4095, 65534, 65535}
+	for _, closed := range ids {
+		r := newMemRig(t)
+		r.write([]byte(protoHeader))
+		for _, id := range ids {
+			r.write(chanOpen(id))
+		}
+		r.write(chanClose(closed, 200, ""))
+		var stream []byte
+		for _, id := range ids {
+			stream = append(stream, chanCloseOK(id)...)
+		}
+		r.recv(chanCloseOK(closed), stream)
+		if d := r.c.DroppedInbound(); d != uint64(len(ids)-1) {
+			t.Fatalf("only %d closed: DroppedInbound() = %d, want %d", closed, d, len(ids)-1)
+		}
 	}
 }
 
-func TestReadErrorReleasesPendingCloses(t *testing.T) {
-	t.Run("deadline", func(t *testing.T) {
-		r := newRig(t)
-		r.writeStr(protoHeader)
-		r.write(chanOpen(1), chanOpen(2), chanOpen(3), chanClose(1, 200, ""), chanClose(2, 200, ""))
-		r.c.mu.Lock()
-		d1, d2 := r.c.closing[1].done, r.c.closing[2].done
-		r.c.mu.Unlock()
-		r.deliver(chanCloseOK(1)) // read, not settled yet
-
-		_ = r.c.SetReadDeadline(time.Unix(1, 0))
-		buf := make([]byte, 100)
-		if _, err := r.c.Read(buf); !errors.Is(err, os.ErrDeadlineExceeded) {
-			t.Fatalf("Read error = %v, want deadline exceeded", err)
-		}
-		if !isClosed(d1) || !isClosed(d2) {
-			t.Fatalf("Read error left pending closes: 1 closed %v, 2 closed %v", isClosed(d1), isClosed(d2))
-		}
-		if id, d := r.c.PendingClose(); d != nil {
-			t.Fatalf("PendingClose = %d, non-nil after Read error", id)
-		}
-		// Nothing more will be dispatched: a new close is not registered
-		// (no one would ever settle it), but it still goes out.
-		r.take()
-		r.write(chanClose(3, 200, ""))
-		if got := r.take(); !bytes.Equal(got, chanClose(3, 200, "")) {
-			t.Fatalf("%s", diff(got, chanClose(3, 200, "")))
-		}
-		if id, d := r.c.PendingClose(); d != nil {
-			t.Fatalf("close after Read error registered pending close %d", id)
-		}
-		r.c.ForgetClose(1)
-		r.c.ForgetClose(3)
-		// Later Reads (after the deadline is lifted) work and do not panic.
-		_ = r.c.SetReadDeadline(time.Now().Add(testTimeout))
-		r.deliver(cat(chanCloseOK(3), chanCloseOK(2), heartbeat()))
-		r.deliver(heartbeat())
-	})
-	t.Run("peer-closed", func(t *testing.T) {
-		r := newRig(t)
-		r.writeStr(protoHeader)
-		r.write(chanOpen(1), chanClose(1, 200, ""))
-		_, d := r.c.PendingClose()
-		res := r.startRead()
-		_ = r.peer.Close()
-		rr := waitRead(t, res)
-		if !errors.Is(rr.err, io.EOF) {
-			t.Fatalf("Read error = %v, want EOF", rr.err)
-		}
-		if !isClosed(d) {
-			t.Fatal("peer close left the pending close open")
-		}
-		if id, d := r.c.PendingClose(); d != nil {
-			t.Fatalf("PendingClose = %d, non-nil", id)
-		}
-		if n, err := r.c.Write(chanClose(1, 200, "")); err == nil {
-			t.Fatalf("Write to a closed peer = %d, nil; want an error", n)
-		}
-		if id, d := r.c.PendingClose(); d != nil {
-			t.Fatalf("PendingClose = %d, non-nil", id)
-		}
-		if _, err := r.c.Read(make([]byte, 10)); err == nil {
-			t.Fatal("Read after EOF succeeded")
-		}
-	})
-	t.Run("data-and-error", func(t *testing.T) {
-		// A Read returning bytes and an error walks the bytes too.
-		var got []closeEvent
-		c := New(&scriptConn{reads: []scriptRead{{b: chanClose(4, 404, "NOT_FOUND"), err: io.ErrUnexpectedEOF}}},
-			func(id, code uint16, text string) { got = append(got, closeEvent{id, code, text}) })
-		if _, err := c.Read(make([]byte, 100)); !errors.Is(err, io.ErrUnexpectedEOF) {
-			t.Fatalf("Read error = %v", err)
-		}
-		if !slices.Equal(got, []closeEvent{{4, 404, "NOT_FOUND"}}) {
-			t.Fatalf("onClose saw %v", got)
-		}
-	})
-}
-
-// scriptConn is a net.Conn whose Reads return a fixed script; Writes are
-// discarded.
-type scriptConn struct {
-	net.Conn
-	reads []scriptRead
-}
-
-type scriptRead struct {
-	b   []byte
-	err error
-}
-
-func (s *scriptConn) Read(p []byte) (int, error) {
-	if len(s.reads) == 0 {
-		return 0, io.EOF
+func TestCloseOKReadBeforeAnswerIsStray(t *testing.T) {
+	// Our channel.close crossed the broker's, and the broker's close-ok for
+	// ours comes right behind its channel.close, in the same Read: Conn walks
+	// both frames before amqp091-go dispatches either (bufio reads ahead up
+	// to 4096 bytes). amqp091-go dispatches the channel.close first: it
+	// writes the close-ok answer and releases the id at once (channel.go,
+	// dispatch of *channelClose; connection.go, closeChannel). When it
+	// reaches the close-ok the channel is gone: the close-ok answers nothing
+	// amqp091-go still waits for, and if another goroutine reused the id in
+	// between, it would be handed to the new channel (DESIGN item 8). So a
+	// close-ok read after the broker's channel.close on its channel is a
+	// stray even before amqp091-go's answer has gone out.
+	bc := chanClose(5, 406, "PRECONDITION_FAILED - crossing")
+	for _, tc := range []struct {
+		name   string
+		chunks [][]byte
+	}{
+		{"one-read", [][]byte{cat(bc, chanCloseOK(5))}},
+		{"close-split", [][]byte{bc[:20], cat(bc[20:], chanCloseOK(5))}},
+		{"with-frames-between", [][]byte{cat(bc, delivery(6, 1, pattern(100)), heartbeat(), chanCloseOK(5), heartbeat())}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := newMemRig(t)
+			r.write([]byte(protoHeader), chanOpen(5), chanOpen(6), chanClose(5, 200, "Goodbye"))
+			stream := cat(tc.chunks...)
+			want := slices.Concat(slices.DeleteFunc(splitFrames(stream), func(f []byte) bool { return bytes.Equal(f, chanCloseOK(5)) })...)
+			for _, ch := range tc.chunks {
+				r.feed(ch)
+			}
+			got := r.takeIn()
+			if !bytes.Equal(got, want) {
+				t.Fatalf("amqp091-go was handed the close-ok behind the broker's unanswered channel.close "+
+					"(DroppedInbound %d): %s", r.c.DroppedInbound(), diff(got, want))
+			}
+			r.write(chanCloseOK(5)) // amqp091-go's answer, written when it dispatches the close
+			r.write(chanOpen(5))    // the id reused
+			r.feed(chanOpenOK(5))
+			if got := r.takeIn(); !bytes.Equal(got, chanOpenOK(5)) {
+				t.Fatalf("open-ok: %s", diff(got, chanOpenOK(5)))
+			}
+		})
 	}
-	r := s.reads[0]
-	s.reads = s.reads[1:]
-	return copy(p, r.b), r.err
 }
-
-func (s *scriptConn) Write(p []byte) (int, error) { return len(p), nil }
 
 // ---------------------------------------------------------------------------
 // Inbound: onClose.
@@ -1165,26 +1786,38 @@ func TestOnCloseSplitEverywhere(t *testing.T) {
 			before := delivery(1, 1, pattern(20))
 			stream := cat(before, tc.frame, heartbeat())
 			end := len(before) + len(tc.frame) // the close frame is complete at this offset
-			for k := 1; k < len(stream); k++ {
-				r := newRig(t)
-				r.deliver(stream[:k])
-				ev := r.events()
-				if k < end && len(ev) != 0 {
-					t.Fatalf("split %d: onClose ran before the frame was complete: %v", k, ev)
+			for _, sizes := range [][]int{{4096}, {22}, {1}, {13}} {
+				for k := 1; k < len(stream); k++ {
+					r := newMemRig(t, sizes...)
+					r.feed(stream[:k])
+					if k < end && len(r.closes) != 0 {
+						t.Fatalf("sizes %v split %d: onClose ran before the frame was complete: %v", sizes, k, r.closes)
+					}
+					if k >= end && !slices.Equal(r.closes, []closeEvent{tc.want}) {
+						t.Fatalf("sizes %v split %d: onClose saw %v once the frame was complete, want [%v]", sizes, k, r.closes, tc.want)
+					}
+					r.feed(stream[k:])
+					if !slices.Equal(r.closes, []closeEvent{tc.want}) {
+						t.Fatalf("sizes %v split %d: onClose saw %v, want [%v]", sizes, k, r.closes, tc.want)
+					}
+					if got := r.takeIn(); !bytes.Equal(got, stream) {
+						t.Fatalf("sizes %v split %d: %s", sizes, k, diff(got, stream))
+					}
+					if tc.want.id != 0 && !r.c.awaiting.get(tc.want.id) {
+						t.Fatalf("sizes %v split %d: channel %d not marked as awaiting close-ok", sizes, k, tc.want.id)
+					}
 				}
-				r.deliver(stream[k:])
-				if ev := r.events(); !slices.Equal(ev, []closeEvent{tc.want}) {
-					t.Fatalf("split %d: onClose saw %v, want [%v]", k, ev, tc.want)
-				}
-				if tc.want.id != 0 && !bit(&r.c.awaiting, tc.want.id) {
-					t.Fatalf("split %d: channel %d not marked as awaiting close-ok", k, tc.want.id)
-				}
-				r.shutdown()
 			}
-			// Byte by byte.
+			// Byte by byte over the pipe, amqp091-go's reader reading 4096.
 			r := newRig(t)
 			for i := range stream {
-				r.deliver(stream[i : i+1])
+				r.send(stream[i : i+1])
+				if ev := r.events(); (i+1 < end) != (len(ev) == 0) {
+					t.Fatalf("byte by byte, %d bytes sent: onClose saw %v", i+1, ev)
+				}
+			}
+			if got := r.takeIn(); !bytes.Equal(got, stream) {
+				t.Fatalf("byte by byte: %s", diff(got, stream))
 			}
 			if ev := r.events(); !slices.Equal(ev, []closeEvent{tc.want}) {
 				t.Fatalf("byte by byte: onClose saw %v, want [%v]", ev, tc.want)
@@ -1195,15 +1828,25 @@ func TestOnCloseSplitEverywhere(t *testing.T) {
 
 func TestOnCloseIgnoresOtherMethods(t *testing.T) {
 	r := newRig(t)
-	r.deliver(cat(
+	r.recv(cat(
 		methodFrame(0, 20, 40, closeArgs(1, "channel.close on 0", 0, 0)), // not a channel's
 		methodFrame(3, 10, 50, closeArgs(2, "connection.close on 3", 0, 0)),
-		chanCloseOK(3), connCloseOK(), chanOpenOK(3),
+		connCloseOK(), chanOpenOK(3),
 		methodFrame(3, 20, 40, nil),       // close without arguments
 		methodFrame(3, 20, 40, []byte{1}), // truncated arguments
+	), cat(
+		methodFrame(0, 20, 40, closeArgs(1, "channel.close on 0", 0, 0)),
+		methodFrame(3, 10, 50, closeArgs(2, "connection.close on 3", 0, 0)),
+		chanCloseOK(3), // a stray: dropped, and not a close
+		connCloseOK(), chanOpenOK(3),
+		methodFrame(3, 20, 40, nil),
+		methodFrame(3, 20, 40, []byte{1}),
 	))
 	if ev := r.events(); len(ev) != 0 {
 		t.Fatalf("onClose saw %v, want nothing", ev)
+	}
+	if d := r.c.DroppedInbound(); d != 1 {
+		t.Fatalf("DroppedInbound() = %d, want 1", d)
 	}
 }
 
@@ -1260,6 +1903,9 @@ func TestOnCloseMalformedReplyText(t *testing.T) {
 // Inbound walker robustness.
 
 func TestInboundBadFrameEndStopsWalker(t *testing.T) {
+	// amqp091-go fails the connection at a frame whose end octet is not
+	// 0xCE; from there on Conn hands everything on untouched and acts on
+	// nothing.
 	for _, tc := range []struct {
 		name string
 		bad  []byte
@@ -1270,24 +1916,30 @@ func TestInboundBadFrameEndStopsWalker(t *testing.T) {
 		{"method-size-0", rawFrame(frameMethod, 1, nil)[:7:7]}, // end octet missing: next frame's type byte is taken for it
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			stream := cat(delivery(1, 1, pattern(10)), tc.bad, chanClose(5, 406, "after"), connClose(320, "after"))
-			for k := 1; k <= len(stream); k++ {
-				r := newRig(t)
-				r.deliver(stream[:k])
-				if k < len(stream) {
-					r.deliver(stream[k:])
+			stream := cat(delivery(1, 1, pattern(10)), tc.bad, chanClose(5, 406, "after"), chanCloseOK(7), connClose(320, "after"))
+			later := cat(chanClose(6, 406, "later read"), chanCloseOK(8))
+			for _, sizes := range [][]int{{4096}, {22}, {1}} {
+				for k := 1; k <= len(stream); k++ {
+					r := newMemRig(t, sizes...)
+					r.write([]byte(protoHeader))
+					r.feed(stream[:k])
+					if k < len(stream) {
+						r.feed(stream[k:])
+					}
+					r.feed(later)
+					if !r.c.broken {
+						t.Fatalf("sizes %v split %d: walker not marked broken", sizes, k)
+					}
+					if got, want := r.takeIn(), cat(stream, later); !bytes.Equal(got, want) {
+						t.Fatalf("sizes %v split %d: after a bad frame end bytes must pass untouched: %s", sizes, k, diff(got, want))
+					}
+					if len(r.closes) != 0 {
+						t.Fatalf("sizes %v split %d: onClose ran after a bad frame end: %v", sizes, k, r.closes)
+					}
+					if r.c.awaiting.get(5) || r.c.awaiting.get(6) || r.c.DroppedInbound() != 0 {
+						t.Fatalf("sizes %v split %d: frames after a bad frame end were acted on", sizes, k)
+					}
 				}
-				r.deliver(chanClose(6, 406, "later read"))
-				if !r.c.in.broken {
-					t.Fatalf("split %d: walker not marked broken", k)
-				}
-				if ev := r.events(); len(ev) != 0 {
-					t.Fatalf("split %d: onClose ran after a bad frame end: %v", k, ev)
-				}
-				if bit(&r.c.awaiting, 5) || bit(&r.c.awaiting, 6) {
-					t.Fatalf("split %d: frames after a bad frame end were acted on", k)
-				}
-				r.shutdown()
 			}
 		})
 	}
@@ -1301,31 +1953,34 @@ func TestInboundSmallMethodFrame(t *testing.T) {
 	if ev := r.events(); !slices.Equal(ev, []closeEvent{{2, 404, "ok"}}) {
 		t.Fatalf("onClose saw %v", ev)
 	}
-	if r.c.in.broken {
+	if r.c.broken {
 		t.Fatal("walker broken")
 	}
 }
 
 func TestInboundRandomGarbageNoPanic(t *testing.T) {
 	rng := rand.New(rand.NewPCG(3, 4))
-	for i := range 200 {
+	for i := range 300 {
 		data := make([]byte, 1+rng.IntN(600))
 		for j := range data {
 			data[j] = byte(rng.Uint32())
 		}
 		if i%2 == 0 { // mostly plausible frames with some noise
-			data = cat(delivery(1, 1, pattern(rng.IntN(50))), chanClose(2, 1, "a"), data)
+			data = cat(delivery(1, 1, pattern(rng.IntN(50))), chanClose(2, 1, "a"), chanCloseOK(2), data)
 			data[rng.IntN(len(data))] ^= byte(1 + rng.IntN(255))
 		}
-		sc := &scriptConn{}
-		c := New(sc, func(uint16, uint16, string) {})
-		for len(data) > 0 {
-			n := min(len(data), 1+rng.IntN(64))
-			sc.reads = []scriptRead{{b: data[:n]}}
-			if _, err := c.Read(make([]byte, n)); err != nil {
-				t.Fatal(err)
+		sizes := []int{1 + rng.IntN(64), 4096, 1 + rng.IntN(21)}
+		r := newMemRig(t, sizes...)
+		r.write([]byte(protoHeader), chanOpen(2), chanClose(2, 200, ""))
+		r.feed(chunks(data, randomCuts(rng, len(data), 64))...)
+		if got := r.takeIn(); len(got) > len(data) {
+			t.Fatalf("handed on %d bytes of %d", len(got), len(data))
+		}
+		r.mc.eof = true
+		for range 3 {
+			if _, err := r.read(); err != io.EOF {
+				t.Fatalf("Read at the end = %v, want EOF", err)
 			}
-			data = data[n:]
 		}
 	}
 }
@@ -1345,9 +2000,12 @@ func TestConcurrentWritesAndReads(t *testing.T) {
 
 	// The broker side keeps sending deliveries and closes on channels
 	// nobody writes on; a reader goroutine reads them through Conn.
+	// The stray close-ok on 102 is dropped; the reads that carry it are
+	// compacted while the writers run.
 	inbound := cat(delivery(100, 1, pattern(128)), chanClose(101, 406, "x"), chanCloseOK(102), heartbeat())
 	stopBroker := make(chan struct{})
 	brokerDone := make(chan struct{})
+	var brokerSent int
 	go func() {
 		defer close(brokerDone)
 		for {
@@ -1356,22 +2014,17 @@ func TestConcurrentWritesAndReads(t *testing.T) {
 				return
 			default:
 			}
-			if _, err := r.peer.Write(inbound); err != nil {
-				return
+			// Odd-sized writes, so frames straddle Reads.
+			for _, part := range [][]byte{inbound[:17], inbound[17:200], inbound[200:]} {
+				if _, err := r.peer.Write(part); err != nil {
+					return
+				}
+				brokerSent += len(part)
 			}
 		}
 	}()
-	readerDone := make(chan error, 1)
-	go func() {
-		buf := make([]byte, 4096)
-		for {
-			if _, err := r.c.Read(buf); err != nil {
-				readerDone <- err
-				return
-			}
-		}
-	}()
-	// Someone else polls the pending-close API meanwhile.
+	r.startReader(4096)
+	// Someone else polls the counters meanwhile.
 	pollDone := make(chan struct{})
 	stopPoll := make(chan struct{})
 	go func() {
@@ -1382,10 +2035,8 @@ func TestConcurrentWritesAndReads(t *testing.T) {
 				return
 			default:
 			}
-			if id, d := r.c.PendingClose(); d != nil && id > 200 {
-				r.c.ForgetClose(id)
-			}
 			_ = r.c.Dropped()
+			_ = r.c.DroppedInbound()
 			runtime.Gosched()
 		}
 	}()
@@ -1427,16 +2078,29 @@ func TestConcurrentWritesAndReads(t *testing.T) {
 	<-pollDone
 	got := r.take()
 	close(stopBroker)
-	_ = r.raw.Conn.Close() // stops the reader and the broker writer
-	select {
-	case <-readerDone:
-	case <-time.After(testTimeout):
-		t.Fatal("reader did not stop")
-	}
 	select {
 	case <-brokerDone:
 	case <-time.After(testTimeout):
 		t.Fatal("broker writer did not stop")
+	}
+	r.sent = brokerSent
+	r.send() // wait until the reader has everything
+	in := r.takeIn()
+	r.shutdown()
+
+	// amqp091-go got every inbound frame whole, in order, except the strays.
+	cycle := slices.DeleteFunc(splitFrames(inbound), func(f []byte) bool { return bytes.Equal(f, chanCloseOK(102)) })
+	frames := splitFrames(in)
+	if len(frames)%len(cycle) != 0 || len(frames) == 0 {
+		t.Errorf("amqp091-go got %d frames, not a whole number of %d-frame cycles", len(frames), len(cycle))
+	}
+	for i, f := range frames {
+		if !bytes.Equal(f, cycle[i%len(cycle)]) {
+			t.Fatalf("inbound frame %d: %s", i, diff(f, cycle[i%len(cycle)]))
+		}
+	}
+	if d, want := r.c.DroppedInbound(), uint64(len(frames)/len(cycle)); d != want {
+		t.Errorf("DroppedInbound() = %d, want %d", d, want)
 	}
 
 	// Every frame arrived whole and each Write's frames stayed together.
@@ -1476,51 +2140,36 @@ func TestConcurrentWritesAndReads(t *testing.T) {
 	}
 }
 
-func TestConcurrentClosesAndSettles(t *testing.T) {
-	// Pending closes registered by writers, settled by the reader and
-	// forgotten by a third goroutine at once: no double close, no race.
+func TestConcurrentClosesAndCloseOKs(t *testing.T) {
+	// Writers open and close channels 1..4 over and over while the broker
+	// sends close-oks for them and amqp091-go's reader reads them in tiny
+	// pieces (through Conn's own buffer): closeSent is set by writers and
+	// read and cleared by the reader at once. Whatever Conn decides, every
+	// frame amqp091-go gets must be whole, and every close-ok is either
+	// handed on or counted as dropped.
 	r := newRig(t)
 	r.writeStr(protoHeader)
 	r.take()
+	r.startReader(7)
 	const rounds = 200
 	stop := make(chan struct{})
-	var wg sync.WaitGroup
-	wg.Add(2)
-	go func() { // the broker answers every close at once
-		defer wg.Done()
+	brokerDone := make(chan struct{})
+	var sent, hbs, oks int
+	go func() {
+		defer close(brokerDone)
 		for i := 0; ; i++ {
 			select {
 			case <-stop:
 				return
 			default:
 			}
-			if _, err := r.peer.Write(cat(chanCloseOK(uint16(1+i%4)), heartbeat())); err != nil {
+			b := cat(chanCloseOK(uint16(1+i%4)), heartbeat())
+			if _, err := r.peer.Write(b); err != nil {
 				return
 			}
-		}
-	}()
-	go func() {
-		defer wg.Done()
-		buf := make([]byte, 7)
-		for {
-			if _, err := r.c.Read(buf); err != nil {
-				return
-			}
-		}
-	}()
-	var fwg sync.WaitGroup
-	fwg.Add(1)
-	go func() {
-		defer fwg.Done()
-		for {
-			select {
-			case <-stop:
-				return
-			default:
-			}
-			if id, d := r.c.PendingClose(); d != nil && id%2 == 0 {
-				r.c.ForgetClose(id)
-			}
+			sent += len(b)
+			hbs++
+			oks++
 		}
 	}()
 	var wwg sync.WaitGroup
@@ -1533,20 +2182,34 @@ func TestConcurrentClosesAndSettles(t *testing.T) {
 					t.Error(err)
 					return
 				}
-				_, _ = r.c.PendingClose()
+				_ = r.c.DroppedInbound()
 			}
 		}()
 	}
 	wwg.Wait()
 	close(stop)
-	fwg.Wait()
-	_ = r.raw.Conn.Close()
-	wg.Wait()
-	r.c.mu.Lock()
-	n := len(r.c.closing)
-	r.c.mu.Unlock()
-	if n != 0 {
-		t.Fatalf("%d pending closes survive a Read error", n)
+	select {
+	case <-brokerDone:
+	case <-time.After(testTimeout):
+		t.Fatal("broker writer did not stop")
+	}
+	r.sent = sent
+	r.send()
+	frames := splitFrames(r.takeIn())
+	gotHB, gotOK := 0, 0
+	for i, f := range frames {
+		switch {
+		case bytes.Equal(f, heartbeat()):
+			gotHB++
+		case len(f) == 12 && f[0] == frameMethod && binary.BigEndian.Uint16(f[1:3]) >= 1 && binary.BigEndian.Uint16(f[1:3]) <= 4 &&
+			bytes.Equal(f[3:], chanCloseOK(0)[3:]):
+			gotOK++
+		default:
+			t.Fatalf("frame %d handed on is neither a heartbeat nor a close-ok: % x", i, f)
+		}
+	}
+	if gotHB != hbs || uint64(gotOK)+r.c.DroppedInbound() != uint64(oks) {
+		t.Fatalf("handed on %d heartbeats of %d and %d close-oks + %d dropped of %d", gotHB, hbs, gotOK, r.c.DroppedInbound(), oks)
 	}
 }
 
@@ -1646,14 +2309,40 @@ func (l *loopConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
+func TestReadAllocations(t *testing.T) {
+	one := delivery(1, 1, pattern(128))
+	stream := bytes.Repeat(one, 64)
+	// Reads that end on frame boundaries hold nothing back: no allocation.
+	c := New(&loopConn{stream: stream}, nil)
+	buf := make([]byte, 8*len(one))
+	if a := testing.AllocsPerRun(1000, func() { _, _ = c.Read(buf) }); a != 0 {
+		t.Fatalf("Read on frame boundaries allocates %.2f times", a)
+	}
+	// bufio's 4096-byte reads end inside frames; a frame start kept back is
+	// copied (at most once per Read).
+	c = New(&loopConn{stream: stream}, nil)
+	buf = make([]byte, 4096)
+	a := testing.AllocsPerRun(1000, func() { _, _ = c.Read(buf) })
+	if a > 1 {
+		t.Fatalf("a 4096-byte Read allocates %.2f times", a)
+	}
+	t.Logf("4096-byte Reads of %d-byte deliveries: %.2f allocations per Read", len(one), a)
+}
+
 func BenchmarkReadDeliveries(b *testing.B) {
 	one := delivery(1, 1, pattern(128))
-	var stream []byte
-	for len(stream) < 1<<20 {
-		stream = append(stream, one...)
+	build := func(strays bool) []byte {
+		var stream []byte
+		for i := 0; len(stream) < 1<<20; i++ {
+			stream = append(stream, one...)
+			if strays && i%10 == 9 {
+				stream = append(stream, chanCloseOK(2)...) // dropped: no close of ours on 2
+			}
+		}
+		return stream
 	}
-	run := func(b *testing.B, wrap bool) {
-		var r io.Reader = &loopConn{stream: stream}
+	run := func(b *testing.B, wrap, strays bool) {
+		var r io.Reader = &loopConn{stream: build(strays)}
 		var c *Conn
 		if wrap {
 			c = New(r.(net.Conn), func(uint16, uint16, string) {})
@@ -1661,17 +2350,296 @@ func BenchmarkReadDeliveries(b *testing.B) {
 		}
 		buf := make([]byte, 4096) // amqp091-go reads through a default bufio.Reader
 		b.ReportAllocs()
-		b.SetBytes(int64(len(buf)))
+		total := 0
 		for b.Loop() {
-			if _, err := r.Read(buf); err != nil {
+			n, err := r.Read(buf)
+			if err != nil {
 				b.Fatal(err)
 			}
+			total += n
 		}
-		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/(float64(b.N)*float64(len(buf))/float64(len(one))), "ns/delivery")
-		if c != nil && c.in.broken {
+		deliveries := float64(total) / float64(len(one))
+		b.ReportMetric(float64(b.Elapsed().Nanoseconds())/deliveries, "ns/delivery")
+		b.ReportMetric(float64(total)/float64(b.N), "B/read")
+		if c != nil && c.broken {
 			b.Fatal("walker lost frame sync")
 		}
 	}
-	b.Run("wire", func(b *testing.B) { run(b, true) })
-	b.Run("raw", func(b *testing.B) { run(b, false) })
+	b.Run("wire", func(b *testing.B) { run(b, true, false) })
+	b.Run("wire/strays", func(b *testing.B) { run(b, true, true) })
+	b.Run("raw", func(b *testing.B) { run(b, false, false) })
+}
+
+// ---------------------------------------------------------------------------
+// End to end: amqp091-go itself reads and writes through Conn, against a
+// scripted broker on the other end of a net.Pipe.
+
+type fbFrame struct {
+	ch            uint16
+	class, method uint16
+	b             []byte
+}
+
+func (f fbFrame) is(class, method uint16) bool { return f.class == class && f.method == method }
+
+// fakeBroker does the AMQP handshake with channel_max 1 (so amqp091-go
+// reuses channel id 1 at once), then answers channel.open, basic.qos and
+// connection.close, and leaves everything else to script.
+type fakeBroker struct {
+	t      testing.TB
+	c      net.Conn
+	br     *bufio.Reader
+	script func(b *fakeBroker, f fbFrame) bool // true: handled
+	done   chan struct{}
+}
+
+func longstr(s string) []byte { return append(u32(uint32(len(s))), s...) }
+
+func (b *fakeBroker) send(fs ...[]byte) {
+	if _, err := b.c.Write(cat(fs...)); err != nil && !errors.Is(err, io.ErrClosedPipe) {
+		b.t.Errorf("fake broker write: %v", err)
+	}
+}
+
+func (b *fakeBroker) read() (fbFrame, error) {
+	var h [frameHeaderLen]byte
+	if _, err := io.ReadFull(b.br, h[:]); err != nil {
+		return fbFrame{}, err
+	}
+	f := make([]byte, frameHeaderLen+int(binary.BigEndian.Uint32(h[3:7]))+1)
+	copy(f, h[:])
+	if _, err := io.ReadFull(b.br, f[frameHeaderLen:]); err != nil {
+		return fbFrame{}, err
+	}
+	fr := fbFrame{ch: binary.BigEndian.Uint16(f[1:3]), b: f}
+	if class, method, ok := methodOf(f); ok {
+		fr.class, fr.method = class, method
+	}
+	return fr, nil
+}
+
+func (b *fakeBroker) expect(class, method uint16) {
+	f, err := b.read()
+	if err != nil || !f.is(class, method) {
+		b.t.Errorf("fake broker: got %d.%d, %v; want %d.%d", f.class, f.method, err, class, method)
+	}
+}
+
+func (b *fakeBroker) run() {
+	defer close(b.done)
+	hdr := make([]byte, len(protoHeader))
+	if _, err := io.ReadFull(b.br, hdr); err != nil || string(hdr) != protoHeader {
+		b.t.Errorf("fake broker: protocol header %q, %v", hdr, err)
+		return
+	}
+	b.send(methodFrame(0, 10, 10, cat([]byte{0, 9}, u32(0), longstr("PLAIN"), longstr("en_US"))))
+	b.expect(10, 11)
+	b.send(methodFrame(0, 10, 30, cat(u16(1), u32(131072), u16(0))))
+	b.expect(10, 31)
+	b.expect(10, 40)
+	b.send(methodFrame(0, 10, 41, shortstr("")))
+	for {
+		f, err := b.read()
+		if err != nil {
+			return
+		}
+		if b.script != nil && b.script(b, f) {
+			continue
+		}
+		switch {
+		case f.is(10, 50):
+			b.send(connCloseOK()) // and read on: amqp091-go may send another
+		case f.is(20, 10):
+			b.send(chanOpenOK(f.ch))
+		case f.is(60, 10):
+			b.send(methodFrame(f.ch, 60, 11, nil))
+		}
+	}
+}
+
+// dialFake connects amqp091-go to a fake broker, through Conn when wrap is
+// set, and returns the connection and the Conn (nil without wrap).
+func dialFake(t *testing.T, wrap bool, script func(*fakeBroker, fbFrame) bool) (*amqp.Connection, *Conn, *fakeBroker) {
+	t.Helper()
+	a, bc := net.Pipe()
+	b := &fakeBroker{t: t, c: bc, br: bufio.NewReader(bc), script: script, done: make(chan struct{})}
+	go b.run()
+	var rw net.Conn = a
+	var c *Conn
+	if wrap {
+		c = New(a, nil)
+		rw = c
+	}
+	conn, err := amqp.Open(rw, amqp.Config{SASL: []amqp.Authentication{&amqp.PlainAuth{Username: "guest", Password: "guest"}}, Vhost: "/"})
+	if err != nil {
+		a.Close()
+		bc.Close()
+		t.Fatalf("amqp.Open: %v", err)
+	}
+	t.Cleanup(func() {
+		done := make(chan struct{})
+		go func() { _ = conn.Close(); close(done) }()
+		select {
+		case <-done:
+		case <-time.After(2 * time.Second):
+			if wrap { // without Conn the connection may be wrecked already
+				t.Errorf("amqp091-go Connection.Close hung")
+			}
+		}
+		a.Close()
+		bc.Close()
+		select {
+		case <-done:
+		case <-time.After(testTimeout):
+			t.Errorf("amqp091-go Connection.Close still hangs with the pipe closed: its reader is wedged")
+		}
+		<-b.done
+	})
+	return conn, c, b
+}
+
+// channelWithin runs conn.Channel with a time limit.
+func channelWithin(conn *amqp.Connection, d time.Duration) (*amqp.Channel, error) {
+	type res struct {
+		ch  *amqp.Channel
+		err error
+	}
+	rc := make(chan res, 1)
+	go func() { ch, err := conn.Channel(); rc <- res{ch, err} }()
+	select {
+	case r := <-rc:
+		return r.ch, r.err
+	case <-time.After(d):
+		return nil, errors.New("conn.Channel hung")
+	}
+}
+
+func TestAmqp091CrossingCloseReusedID(t *testing.T) {
+	// DESIGN item 8 with amqp091-go itself: our channel.close crosses the
+	// broker's; amqp091-go answers the broker's and releases id 1; the next
+	// Channel gets id 1 again (channel_max 1); the broker's close-ok for our
+	// close arrives only now, just before the new channel's open-ok.
+	// Without Conn amqp091-go hands the stray close-ok to the new channel's
+	// open, which fails with 503 "unexpected command received"; through
+	// Conn it never sees it.
+	for _, wrap := range []bool{false, true} {
+		t.Run(fmt.Sprintf("wire=%v", wrap), func(t *testing.T) {
+			crossed := false
+			conn, c, _ := dialFake(t, wrap, func(b *fakeBroker, f fbFrame) bool {
+				switch {
+				case f.is(20, 40) && !crossed: // our close: the broker's crosses it
+					crossed = true
+					b.send(chanClose(f.ch, 406, "PRECONDITION_FAILED - crossing"))
+					return true
+				case f.is(20, 10) && crossed: // the reopen: stray close-ok, then open-ok
+					b.send(chanCloseOK(f.ch))
+					if wrap {
+						// Without Conn the open-ok would either tear the
+						// connection down or wedge amqp091-go's reader for
+						// good (channel.go dispatch, rpc <- msg), depending on
+						// timing; that would leak its goroutines here.
+						b.send(chanOpenOK(f.ch))
+					}
+					return true
+				}
+				return false
+			})
+			ch, err := channelWithin(conn, testTimeout)
+			if err != nil {
+				t.Fatalf("Channel: %v", err)
+			}
+			_ = ch.Close() // fails with the broker's 406: it crossed
+			ch2, err := channelWithin(conn, testTimeout)
+			var qerr error = errors.New("no channel")
+			if err == nil {
+				qerr = ch2.Qos(1, 0, false)
+			}
+			if !wrap {
+				if err == nil && qerr == nil {
+					t.Fatal("without Conn the stray close-ok did no harm; the test does not reproduce DESIGN item 8")
+				}
+				t.Logf("without Conn: Channel: %v; Qos: %v", err, qerr)
+				return
+			}
+			if err != nil || qerr != nil {
+				t.Fatalf("through Conn: Channel: %v; Qos: %v", err, qerr)
+			}
+			if d := c.DroppedInbound(); d != 1 {
+				t.Fatalf("DroppedInbound() = %d, want 1", d)
+			}
+		})
+	}
+}
+
+func TestAmqp091CloseOKBehindBrokersClose(t *testing.T) {
+	// The broker's close-ok for our crossed close comes right behind its own
+	// channel.close, in one write: both are in amqp091-go's bufio buffer (and
+	// walked by Conn) before amqp091-go answers the close. amqp091-go then
+	// answers, releases id 1, and blocks on a NotifyBlocked listener for a
+	// connection.blocked that sits between the two; meanwhile Channel reuses
+	// id 1. When the reader goes on, the close-ok must not reach the new
+	// channel.
+	for _, wrap := range []bool{false, true} {
+		t.Run(fmt.Sprintf("wire=%v", wrap), func(t *testing.T) {
+			opened := make(chan struct{})
+			crossed := false
+			conn, c, _ := dialFake(t, wrap, func(b *fakeBroker, f fbFrame) bool {
+				switch {
+				case f.is(20, 40) && !crossed:
+					crossed = true
+					b.send(chanClose(f.ch, 406, "PRECONDITION_FAILED - crossing"),
+						methodFrame(0, 10, 60, shortstr("hold the reader")), // connection.blocked
+						chanCloseOK(f.ch))
+					return true
+				case f.is(20, 10) && crossed:
+					close(opened)
+					if wrap { // see TestAmqp091CrossingCloseReusedID
+						b.send(chanOpenOK(f.ch))
+					}
+					return true
+				}
+				return false
+			})
+			blocked := conn.NotifyBlocked(make(chan amqp.Blocking))
+			ch, err := channelWithin(conn, testTimeout)
+			if err != nil {
+				t.Fatalf("Channel: %v", err)
+			}
+			_ = ch.Close()
+			type res struct {
+				ch  *amqp.Channel
+				err error
+			}
+			rc := make(chan res, 1)
+			go func() { ch, err := channelWithin(conn, testTimeout); rc <- res{ch, err} }()
+			select {
+			case <-opened: // id 1 reused while the reader holds the close-ok
+			case <-time.After(testTimeout):
+				t.Fatal("the second channel.open never reached the broker")
+			}
+			select {
+			case <-blocked: // lets the reader go on to the close-ok
+			case <-time.After(testTimeout):
+				t.Fatal("connection.blocked never dispatched")
+			}
+			r := <-rc
+			var qerr error = errors.New("no channel")
+			if r.err == nil {
+				qerr = r.ch.Qos(1, 0, false)
+			}
+			if !wrap {
+				if r.err == nil && qerr == nil {
+					t.Fatal("without Conn the close-ok did no harm; the test does not reproduce the race")
+				}
+				t.Logf("without Conn: Channel: %v; Qos: %v", r.err, qerr)
+				return
+			}
+			if r.err != nil || qerr != nil {
+				t.Fatalf("through Conn: Channel: %v; Qos: %v (DroppedInbound %d)", r.err, qerr, c.DroppedInbound())
+			}
+			if d := c.DroppedInbound(); d != 1 {
+				t.Fatalf("DroppedInbound() = %d, want 1", d)
+			}
+		})
+	}
 }

@@ -3,137 +3,169 @@ package wire
 import (
 	"bytes"
 	"encoding/binary"
+	"errors"
 	"io"
-	"net"
 	"slices"
 	"strings"
 	"testing"
 )
 
-// memConn is an in-memory net.Conn for the fuzz targets: Reads return the
-// queued chunks one by one, Writes are recorded. The deterministic tests run
-// Conn over net.Pipe; fuzzing uses this to get many more executions per
-// second through the same Conn code.
-type memConn struct {
-	net.Conn
-	reads [][]byte
-	out   []byte
-}
-
-func (m *memConn) Read(p []byte) (int, error) {
-	if len(m.reads) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(p, m.reads[0])
-	if n < len(m.reads[0]) {
-		m.reads[0] = m.reads[0][n:]
-	} else {
-		m.reads = m.reads[1:]
-	}
-	return n, nil
-}
-
-func (m *memConn) Write(p []byte) (int, error) {
-	m.out = append(m.out, p...)
-	return len(p), nil
-}
-
-// memRig is a Conn over a memConn that records onClose events.
-type memRig struct {
-	t      *testing.T
-	mc     *memConn
-	c      *Conn
-	closes []closeEvent
-}
-
-func newMemRig(t *testing.T) *memRig {
-	r := &memRig{t: t, mc: &memConn{}}
-	r.c = New(r.mc, func(id, code uint16, text string) { r.closes = append(r.closes, closeEvent{id, code, text}) })
-	return r
-}
-
-// deliver reads chunk through Conn in one Read call.
-func (r *memRig) deliver(chunk []byte) {
-	r.t.Helper()
-	r.mc.reads = append(r.mc.reads[:0], chunk)
-	buf := make([]byte, len(chunk)+16)
-	if n, err := r.c.Read(buf); n != len(chunk) || err != nil || !bytes.Equal(buf[:n], chunk) {
-		r.t.Fatalf("Read = %d, %v; want %d, nil, unchanged", n, err, len(chunk))
-	}
-}
-
-func (r *memRig) write(chunks ...[]byte) {
-	r.t.Helper()
-	for _, p := range chunks {
-		if n, err := r.c.Write(p); n != len(p) || err != nil {
-			r.t.Fatalf("Write(%d bytes) = %d, %v; want %d, nil", len(p), n, err, len(p))
-		}
-	}
-}
+// The fuzz targets run Conn over memConn (conn_test.go): the deterministic
+// tests use net.Pipe as well, fuzzing uses only the in-memory conn to get
+// many more executions per second through the same Conn code.
 
 // ---------------------------------------------------------------------------
 // Reference models. They follow the rules in conn.go's package comment and
-// the AMQP framing, written independently of Conn's incremental walkers.
+// the AMQP framing, written independently of Conn's incremental walkers: they
+// look at whole frames, or at whole frame starts, never at Read boundaries.
 
-// refInbound returns what Conn must report for an inbound byte stream: the
-// channel.close events (id > 0) of complete frames, in order, and the channels
-// whose channel.close method id has been read. Like amqp091-go, it stops at
-// the first frame whose end octet is not 0xCE.
-func refInbound(data []byte) (events []closeEvent, awaiting []uint16, broken bool) {
+// judgeLen is how many bytes of a frame Conn needs to judge it: header and
+// method id for a method frame that has one, the header for the rest.
+func judgeLen(f []byte) int {
+	if f[0] == frameMethod && binary.BigEndian.Uint32(f[3:7]) >= methodIDLen {
+		return frameHeaderLen + methodIDLen
+	}
+	return frameHeaderLen
+}
+
+// methodOf returns the class and method id of a frame, if it has them.
+func methodOf(f []byte) (class, method uint16, ok bool) {
+	if len(f) < frameHeaderLen+methodIDLen || f[0] != frameMethod || binary.BigEndian.Uint32(f[3:7]) < methodIDLen {
+		return 0, 0, false
+	}
+	return binary.BigEndian.Uint16(f[7:9]), binary.BigEndian.Uint16(f[9:11]), true
+}
+
+// closeEventOf decodes a complete channel.close or connection.close frame
+// the way Conn reports it: from at most maxCloseArgs bytes of the arguments
+// (the end octet included when they are shorter).
+func closeEventOf(f []byte) (closeEvent, bool) {
+	args := f[frameHeaderLen+methodIDLen:]
+	args = args[:min(len(args), maxCloseArgs)]
+	if len(args) < 3 {
+		return closeEvent{}, false
+	}
+	text := args[3:]
+	text = text[:min(len(text), int(args[2]))]
+	return closeEvent{binary.BigEndian.Uint16(f[1:3]), binary.BigEndian.Uint16(args[0:2]), string(text)}, true
+}
+
+// refIn is what Conn must do with an inbound byte stream read to its end
+// when no channel.close of ours is outstanding (so every channel close-ok
+// is a stray).
+type refIn struct {
+	events   []closeEvent // channel.close and connection.close, complete frames
+	awaiting []uint16     // channels whose channel.close method id was read
+	dropped  uint64       // stray close-oks whose start was read
+	want     []byte       // what amqp091-go is handed, up to a bad frame
+	broken   bool         // a frame's end octet is not 0xCE
+	tail     []byte       // broken: the stream from the bad frame on
+	tailMin  int          // broken: how much of tail at least is handed on
+}
+
+func refInbound(data []byte) (r refIn) {
 	for p := 0; ; {
 		rest := data[p:]
-		if len(rest) < frameHeaderLen {
-			return
+		if len(rest) < frameHeaderLen || len(rest) < judgeLen(rest) {
+			return // kept back, never handed on
 		}
-		typ, ch := rest[0], binary.BigEndian.Uint16(rest[1:3])
+		ch := binary.BigEndian.Uint16(rest[1:3])
 		size := uint64(binary.BigEndian.Uint32(rest[3:7]))
-		hasID := typ == frameMethod && size >= methodIDLen
-		var class, method uint16
-		if hasID {
-			if len(rest) < frameHeaderLen+methodIDLen {
-				return
-			}
-			class, method = binary.BigEndian.Uint16(rest[7:9]), binary.BigEndian.Uint16(rest[9:11])
-		}
+		class, method, hasID := methodOf(rest)
 		isChClose := hasID && ch != 0 && class == classChannel && method == methodClose
+		isConnClose := hasID && ch == 0 && class == classConnection && method == methodConnClose
+		stray := hasID && ch != 0 && class == classChannel && method == methodCloseO
 		if isChClose {
-			awaiting = append(awaiting, ch)
+			r.awaiting = append(r.awaiting, ch)
+		}
+		if stray {
+			r.dropped++
 		}
 		end := uint64(frameHeaderLen) + size // index of the end octet
 		if end >= uint64(len(rest)) {
+			if !stray {
+				r.want = append(r.want, rest...)
+			}
 			return
 		}
 		if rest[end] != frameEnd {
-			broken = true
+			// Like amqp091-go, Conn gives up here and hands the rest on
+			// untouched: all of it, or for a stray whose first part was
+			// already left out, what follows that part.
+			r.broken, r.tail, r.tailMin = true, rest, len(rest)
+			if stray {
+				r.tailMin = len(rest) - int(end)
+			}
 			return
 		}
-		if isChClose {
-			// Conn keeps at most maxCloseArgs bytes of the arguments (and
-			// the end octet, when they are shorter).
-			args := rest[frameHeaderLen+methodIDLen : end+1]
-			args = args[:min(len(args), maxCloseArgs)]
-			if len(args) >= 3 {
-				text := args[3:]
-				text = text[:min(len(text), int(args[2]))]
-				events = append(events, closeEvent{ch, binary.BigEndian.Uint16(args[0:2]), string(text)})
+		f := rest[:end+1]
+		if isChClose || isConnClose {
+			if ev, ok := closeEventOf(f); ok {
+				r.events = append(r.events, ev)
 			}
+		}
+		if !stray {
+			r.want = append(r.want, f...)
 		}
 		p += int(end) + 1
 	}
 }
 
-// model is the channel-state machine Conn implements, fed whole frames.
+// checkRefIn compares what a Conn handed on and reported with refInbound.
+func checkRefIn(t *testing.T, what string, ref refIn, r *memRig) {
+	t.Helper()
+	got := r.in
+	if !bytes.HasPrefix(got, ref.want) {
+		t.Fatalf("%s: amqp091-go was handed the wrong bytes: %s", what, diff(got, ref.want))
+	}
+	if extra := got[len(ref.want):]; !ref.broken && len(extra) > 0 {
+		t.Fatalf("%s: %d bytes too many handed on: %s", what, len(extra), diff(got, ref.want))
+	} else if ref.broken && (!bytes.HasSuffix(ref.tail, extra) || len(extra) < ref.tailMin) {
+		t.Fatalf("%s: after the bad frame: handed on % x, want a suffix of at least %d bytes of % x", what, extra, ref.tailMin, ref.tail)
+	}
+	if !slices.Equal(r.closes, ref.events) {
+		t.Fatalf("%s: onClose saw %v, want %v", what, r.closes, ref.events)
+	}
+	aw := slices.Clone(ref.awaiting)
+	slices.Sort(aw)
+	aw = slices.Compact(aw)
+	if got := awaitingSet(r.c); !slices.Equal(got, aw) {
+		t.Fatalf("%s: awaiting close-ok: %v, want %v", what, got, aw)
+	}
+	if d := r.c.DroppedInbound(); d != ref.dropped {
+		t.Fatalf("%s: DroppedInbound() = %d, want %d", what, d, ref.dropped)
+	}
+	if r.c.broken != ref.broken {
+		t.Fatalf("%s: broken %v, want %v", what, r.c.broken, ref.broken)
+	}
+}
+
+// model is the channel-state machine Conn implements, fed whole outbound
+// frames and inbound frames whose starts and ends become readable.
 type model struct {
-	open, awaiting map[uint16]bool
-	closing        map[uint16]int // pending close → Read call its close-ok came in (0: not yet)
-	reads          int
-	dropped        uint64
-	out            []byte
-	events         []closeEvent
+	open, awaiting, closeSent map[uint16]bool
+
+	dropped   uint64
+	droppedIn uint64
+	out       []byte // what the broker must receive
+	events    []closeEvent
+
+	// inbound
+	in        []modelIn // frames the broker sent, in order
+	inData    []byte    // their bytes
+	delivered int       // bytes of inData Conn has read
+	next      int       // first frame not yet complete
+}
+
+type modelIn struct {
+	off    int
+	b      []byte
+	judged bool
+	pass   bool
 }
 
 func newModel() *model {
-	return &model{open: map[uint16]bool{}, awaiting: map[uint16]bool{}, closing: map[uint16]int{}}
+	return &model{open: map[uint16]bool{}, awaiting: map[uint16]bool{}, closeSent: map[uint16]bool{}}
 }
 
 // decide says whether an outbound frame passes, and updates the state.
@@ -143,12 +175,14 @@ func (m *model) decide(ch uint16, hasID bool, class, method uint16) bool {
 	}
 	isCh := hasID && class == classChannel
 	if isCh && method == methodCloseO && m.awaiting[ch] {
-		m.awaiting[ch], m.open[ch] = false, false
+		// The answer to the broker's close: always out; from here on a
+		// close-ok for a crossed close of ours is a stray.
+		m.awaiting[ch], m.open[ch], m.closeSent[ch] = false, false, false
 		return true
 	}
 	if !m.open[ch] {
 		if isCh && method == methodOpen {
-			m.open[ch] = true
+			m.open[ch], m.closeSent[ch] = true, false
 			return true
 		}
 		return false
@@ -159,9 +193,7 @@ func (m *model) decide(ch uint16, hasID bool, class, method uint16) bool {
 			if m.awaiting[ch] {
 				return false
 			}
-			if _, ok := m.closing[ch]; !ok {
-				m.closing[ch] = 0
-			}
+			m.closeSent[ch] = true
 		case methodCloseO:
 			m.open[ch] = false
 		}
@@ -171,73 +203,111 @@ func (m *model) decide(ch uint16, hasID bool, class, method uint16) bool {
 
 // outFrame feeds one whole, well-formed outbound frame.
 func (m *model) outFrame(f []byte) {
-	ch := binary.BigEndian.Uint16(f[1:3])
-	hasID := f[0] == frameMethod && binary.BigEndian.Uint32(f[3:7]) >= methodIDLen
-	var class, method uint16
-	if hasID {
-		class, method = binary.BigEndian.Uint16(f[7:9]), binary.BigEndian.Uint16(f[9:11])
-	}
-	if m.decide(ch, hasID, class, method) {
+	class, method, hasID := methodOf(f)
+	if m.decide(binary.BigEndian.Uint16(f[1:3]), hasID, class, method) {
 		m.out = append(m.out, f...)
 	} else {
 		m.dropped++
 	}
 }
 
-// inRead feeds one Read call carrying exactly one whole inbound frame.
-func (m *model) inRead(f []byte) []uint16 {
-	m.reads++
-	var settled []uint16
-	for ch, at := range m.closing {
-		if at != 0 && at < m.reads {
-			delete(m.closing, ch)
-			settled = append(settled, ch)
-		}
+// queueIn adds well-formed inbound frames the broker sends.
+func (m *model) queueIn(b []byte) {
+	for _, f := range splitFrames(b) {
+		m.in = append(m.in, modelIn{off: len(m.inData), b: f})
+		m.inData = append(m.inData, f...)
 	}
-	ev, aw, _ := refInbound(f)
-	m.events = append(m.events, ev...)
-	for _, ch := range aw {
-		m.awaiting[ch] = true
-	}
-	if f[0] == frameMethod && binary.BigEndian.Uint32(f[3:7]) >= methodIDLen {
-		ch := binary.BigEndian.Uint16(f[1:3])
-		if ch != 0 && binary.BigEndian.Uint16(f[7:9]) == classChannel && binary.BigEndian.Uint16(f[9:11]) == methodCloseO {
-			m.open[ch] = false
-			if at, ok := m.closing[ch]; ok && at == 0 {
-				m.closing[ch] = m.reads
+}
+
+func (m *model) pending() int { return len(m.inData) - m.delivered }
+
+// deliver makes n more inbound bytes readable, and judges and completes
+// frames as their starts and ends come in.
+func (m *model) deliver(n int) {
+	m.delivered += n
+	for m.next < len(m.in) {
+		f := &m.in[m.next]
+		if !f.judged {
+			if f.off+judgeLen(f.b) > m.delivered {
+				return
 			}
+			f.judged = true
+			f.pass = m.judgeIn(f.b)
+		}
+		if f.off+len(f.b) > m.delivered {
+			return
+		}
+		m.completeIn(f)
+		m.next++
+	}
+}
+
+// judgeIn decides on an inbound frame once its start has been read.
+func (m *model) judgeIn(f []byte) bool {
+	ch := binary.BigEndian.Uint16(f[1:3])
+	class, method, ok := methodOf(f)
+	if !ok || ch == 0 || class != classChannel {
+		return true
+	}
+	switch method {
+	case methodClose:
+		// amqp091-go will answer it, and a close of ours that crossed it
+		// can get at most a stray close-ok from here on, even one read
+		// before the answer goes out.
+		m.awaiting[ch], m.closeSent[ch] = true, false
+	case methodCloseO:
+		if !m.closeSent[ch] {
+			m.droppedIn++
+			return false
 		}
 	}
-	return settled
+	return true
+}
+
+// completeIn acts on an inbound frame once its last byte has been read.
+func (m *model) completeIn(f *modelIn) {
+	ch := binary.BigEndian.Uint16(f.b[1:3])
+	class, method, _ := methodOf(f.b)
+	switch {
+	case ch != 0 && class == classChannel && method == methodClose,
+		ch == 0 && class == classConnection && method == methodConnClose:
+		if ev, ok := closeEventOf(f.b); ok {
+			m.events = append(m.events, ev)
+		}
+	case ch != 0 && class == classChannel && method == methodCloseO && f.pass:
+		m.closeSent[ch], m.open[ch] = false, false
+	}
+}
+
+// handedOn is what amqp091-go must have been handed so far: the readable
+// bytes of every frame judged to pass.
+func (m *model) handedOn() []byte {
+	var b []byte
+	for _, f := range m.in {
+		if !f.judged {
+			break
+		}
+		if f.pass {
+			b = append(b, m.inData[f.off:min(f.off+len(f.b), m.delivered)]...)
+		}
+	}
+	return b
 }
 
 // refOutbound runs an arbitrary outbound byte stream (no inbound traffic)
-// through the model. ok is false when the stream holds a method frame too
-// short for a method id followed by enough bytes that Conn reads a method id
-// from beyond the frame: amqp091-go never writes such frames, and Conn's
-// decision on them depends on how the stream is chunked.
-func refOutbound(data []byte) (out []byte, dropped uint64, ok bool) {
+// through the model.
+func refOutbound(data []byte) (out []byte, dropped uint64) {
 	m := newModel()
 	i := min(protocolHeaderLen, len(data))
 	out = append(out, data[:i]...)
 	for i < len(data) {
 		rest := data[i:]
-		if len(rest) < frameHeaderLen {
+		if len(rest) < frameHeaderLen || len(rest) < judgeLen(rest) {
 			break // held back
 		}
-		typ, ch := rest[0], binary.BigEndian.Uint16(rest[1:3])
+		ch := binary.BigEndian.Uint16(rest[1:3])
 		size := uint64(binary.BigEndian.Uint32(rest[3:7]))
-		hasID := typ == frameMethod && size >= methodIDLen
-		if hasID && len(rest) < frameHeaderLen+methodIDLen {
-			break // held back
-		}
-		if typ == frameMethod && !hasID && ch != 0 && len(rest) >= frameHeaderLen+methodIDLen {
-			return nil, 0, false
-		}
-		var class, method uint16
-		if hasID {
-			class, method = binary.BigEndian.Uint16(rest[7:9]), binary.BigEndian.Uint16(rest[9:11])
-		}
+		class, method, hasID := methodOf(rest)
 		n := min(uint64(len(rest)), frameHeaderLen+size+1)
 		if m.decide(ch, hasID, class, method) {
 			out = append(out, rest[:n]...)
@@ -246,13 +316,13 @@ func refOutbound(data []byte) (out []byte, dropped uint64, ok bool) {
 		}
 		i += int(n)
 	}
-	return out, dropped, true
+	return out, dropped
 }
 
-// cutsFrom turns two fuzz numbers into at most two cut points in (0, n).
-func cutsFrom(n int, a, b uint16) []int {
+// cutsFrom turns fuzz numbers into cut points in (0, n), sorted.
+func cutsFrom(n int, nums ...uint16) []int {
 	var cuts []int
-	for _, c := range []uint16{a, b} {
+	for _, c := range nums {
 		if n > 1 {
 			k := 1 + int(c)%(n-1)
 			if !slices.Contains(cuts, k) {
@@ -281,16 +351,12 @@ func awaitingSet(c *Conn) []uint16 {
 			continue
 		}
 		for b := range 64 {
-			if ch := uint16(w*64 + b); bit(&c.awaiting, ch) {
+			if ch := uint16(w*64 + b); c.awaiting.get(ch) {
 				ids = append(ids, ch)
 			}
 		}
 	}
 	return ids
-}
-
-func channelEvents(ev []closeEvent) []closeEvent {
-	return slices.DeleteFunc(slices.Clone(ev), func(e closeEvent) bool { return e.id == 0 })
 }
 
 // ---------------------------------------------------------------------------
@@ -299,6 +365,8 @@ func channelEvents(ev []closeEvent) []closeEvent {
 func inboundSeeds() [][]byte {
 	bad := heartbeat()
 	bad[len(bad)-1] = 0
+	badOK := chanCloseOK(3)
+	badOK[len(badOK)-1] = 1
 	return [][]byte{
 		nil,
 		heartbeat(),
@@ -307,11 +375,14 @@ func inboundSeeds() [][]byte {
 		cat(connClose(320, "CONNECTION_FORCED"), heartbeat()),
 		chanClose(300, 404, strings.Repeat("z", 255)),
 		cat(bad, chanClose(5, 1, "after bad end")),
+		cat(heartbeat(), badOK, heartbeat()),
 		cat(rawFrame(frameMethod, 2, nil), rawFrame(frameMethod, 2, []byte{0, 20, 0}), chanClose(2, 2, "x")),
 		methodFrame(2, 20, 40, []byte{1}),
 		methodFrame(2, 20, 40, cat(u16(1), []byte{250}, []byte("short"))),
 		[]byte("AMQP\x00\x00\x09\x01"),
 		{1, 0, 1, 0xff, 0xff, 0xff, 0xff, 0, 20, 0, 40},
+		cat(chanCloseOK(7), chanCloseOK(0), chanOpenOK(7), chanCloseOK(7)[:9]),
+		cat(delivery(1, 1, pattern(3)), chanClose(2, 1, "x")[:10]),
 	}
 }
 
@@ -325,6 +396,7 @@ func outboundSeeds() [][]byte {
 		cat(h, publish(9, pattern(5)), chanClose(9, 200, ""), heartbeat()),
 		cat(h, chanOpen(1), chanClose(1, 200, "bye"), chanCloseOK(1), chanCloseOK(1)),
 		cat(h, rawFrame(frameMethod, 1, nil), chanOpen(1)),
+		cat(h, chanOpen(1), rawFrame(frameMethod, 1, []byte{0, 20}), chanCloseOK(1), basicQos(1, 1)),
 		cat(h, []byte{3, 0, 1, 0xff, 0xff, 0xff, 0xf0}, pattern(100)),
 		cat(h, chanOpen(1), []byte{1, 0, 1, 0, 0}),
 	}
@@ -333,52 +405,39 @@ func outboundSeeds() [][]byte {
 // ---------------------------------------------------------------------------
 // Fuzz targets.
 
-// FuzzConnInbound reads arbitrary bytes through Conn, once whole and once
-// split in up to three Reads. It must not panic; both runs must agree with
-// each other, and the channel.close events and awaiting marks must match the
-// reference walk. (connection.close reporting, id 0, is pinned by the
-// TestOnClose* tests rather than here.)
+// readSizeTable maps fuzz numbers to Read buffer sizes: bufio's, the
+// smallest Read serves directly, and tiny ones through Conn's own buffer.
+var readSizeTable = []int{4096, 22, 1, 7, 11, 21, 23, 100, 3, 4096}
+
+// FuzzConnInbound reads arbitrary bytes through Conn (no outbound traffic,
+// so every channel close-ok is a stray), whole, split in up to four Reads,
+// and with Read buffers of several sizes. It must not panic or return
+// (0, nil); what amqp091-go is handed, the close events, the awaiting marks,
+// DroppedInbound and the broken flag must match the reference walk.
 func FuzzConnInbound(f *testing.F) {
 	for i, s := range inboundSeeds() {
-		f.Add(s, uint16(i*7), uint16(i*13+5))
+		f.Add(s, uint16(i*7), uint16(i*13+5), uint16(i), uint8(i))
 	}
-	f.Fuzz(func(t *testing.T, data []byte, a, b uint16) {
-		run := func(parts [][]byte) *memRig {
-			r := newMemRig(t)
+	f.Fuzz(func(t *testing.T, data []byte, a, b, c uint16, sz uint8) {
+		ref := refInbound(data)
+		run := func(what string, parts [][]byte, sizes ...int) {
+			r := newMemRig(t, sizes...)
 			for _, p := range parts {
-				if len(p) > 0 {
-					r.deliver(p)
+				r.feed(p)
+			}
+			r.mc.eof = true
+			for range 2 {
+				if n, err := r.read(); n != 0 || err != io.EOF {
+					t.Fatalf("%s: Read at the end = %d, %v; want 0, EOF", what, n, err)
 				}
 			}
-			return r
+			checkRefIn(t, what, ref, r)
 		}
-		whole := run([][]byte{data})
-		split := run(chunks(data, cutsFrom(len(data), a, b)))
-
-		we, se := whole.closes, split.closes
-		if !slices.Equal(we, se) {
-			t.Fatalf("onClose differs with chunking: whole %v, split %v", we, se)
-		}
-		for _, e := range we {
-			if len(e.text) > 255 {
-				t.Fatalf("reply text of %d bytes", len(e.text))
-			}
-		}
-		refEv, refAw, refBroken := refInbound(data)
-		if got := channelEvents(we); !slices.Equal(got, refEv) {
-			t.Fatalf("channel.close events %v, want %v", got, refEv)
-		}
-		slices.Sort(refAw)
-		refAw = slices.Compact(refAw)
-		if got := awaitingSet(whole.c); !slices.Equal(got, refAw) {
-			t.Fatalf("awaiting close-ok: %v, want %v", got, refAw)
-		}
-		if got := awaitingSet(split.c); !slices.Equal(got, refAw) {
-			t.Fatalf("awaiting close-ok (split): %v, want %v", got, refAw)
-		}
-		if whole.c.in.broken != refBroken || split.c.in.broken != refBroken {
-			t.Fatalf("broken: whole %v split %v, want %v", whole.c.in.broken, split.c.in.broken, refBroken)
-		}
+		run("whole", [][]byte{data})
+		cuts := cutsFrom(len(data), a, b, c)
+		run("split", chunks(data, cuts))
+		run("split, read sizes", chunks(data, cuts), readSizeTable[int(sz)%len(readSizeTable)], 1+int(sz)%40)
+		run("byte-sized reads", [][]byte{data}, 1)
 	})
 }
 
@@ -398,15 +457,7 @@ func FuzzConnOutbound(f *testing.F) {
 		}
 		wholeOut, wholeD := run([][]byte{data})
 		splitOut, splitD := run(chunks(data, cutsFrom(len(data), a, b)))
-		for _, out := range [][]byte{wholeOut, splitOut} {
-			if len(out) > len(data) {
-				t.Fatalf("broker received %d bytes from %d written", len(out), len(data))
-			}
-		}
-		want, wantD, ok := refOutbound(data)
-		if !ok {
-			return
-		}
+		want, wantD := refOutbound(data)
 		if !bytes.Equal(wholeOut, want) || wholeD != wantD {
 			t.Fatalf("one write: Dropped %d want %d; %s", wholeD, wantD, diff(wholeOut, want))
 		}
@@ -416,17 +467,29 @@ func FuzzConnOutbound(f *testing.F) {
 	})
 }
 
-// FuzzConnModel runs a program of outbound frames (whole, split, or two per
-// Write) and inbound frames (one per Read) against Conn and the model, and
-// compares after every step: pending closes and their done channels,
-// Dropped, and at the end the bytes the broker received and the
-// channel.close events.
+// FuzzConnModel runs a program of outbound writes and inbound reads against
+// Conn and the model. Outbound frames go out whole, split over two Writes
+// (with inbound reads between the halves), or two per Write. Inbound frames
+// are queued and delivered in chunks of any size, read with buffers of any
+// size. After every step the broker's bytes, what amqp091-go was handed,
+// Dropped, DroppedInbound and the close events must match the model, which
+// decides independently which inbound frames amqp091-go sees.
 func FuzzConnModel(f *testing.F) {
-	f.Add([]byte{0, 0, 1, 0, 0, 3, 1, 0, 0, 2, 1, 0, 0, 1, 1, 0, 2, 0, 1, 9, 0, 2, 1, 0, 2, 1, 1, 0, 2, 3, 1, 0, 0, 7, 1, 0})
-	f.Add([]byte{0, 0, 3, 0, 3, 3, 3, 0, 0, 2, 3, 0, 1, 3, 3, 5, 1, 4, 3, 7, 1, 5, 3, 33, 0, 0, 3, 0, 3, 5, 3, 10})
-	f.Add([]byte{0, 0, 4, 0, 2, 0, 4, 40, 0, 1, 4, 0, 0, 2, 4, 0, 2, 1, 4, 0, 2, 3, 4, 0, 0, 7, 4, 0})
-	f.Add([]byte{0, 0, 5, 0, 0, 1, 5, 0, 2, 1, 5, 0, 2, 3, 5, 0, 0, 0, 5, 0, 0, 1, 5, 0, 2, 1, 5, 0, 2, 4, 5, 0})
-	chans := []uint16{0, 1, 2, 63, 64, 65535}
+	// ops: {op, kind, channel index, x}; channel index 1 is channel 1.
+	f.Add([]byte{ // crossing close, id reused, stray close-ok and open-ok read in pieces
+		0, 0, 1, 0, 0, 1, 1, 0, 5, 0, 1, 5, 0, 2, 1, 0, 0, 0, 1, 0,
+		3, 1, 1, 0, 3, 4, 1, 0, 4, 2, 1, 5, 4, 3, 1, 7, 6, 0, 0, 0,
+		0, 1, 1, 0, 5, 1, 1, 0, 0, 3, 1, 0, 5, 1, 1, 0})
+	f.Add([]byte{ // clean close, close-ok split at every size, second close-ok a stray
+		0, 0, 2, 0, 0, 1, 2, 0, 3, 1, 2, 0, 3, 2, 2, 9, 4, 1, 2, 10, 4, 5, 2, 0, 6, 2, 0, 0,
+		0, 7, 2, 3, 5, 1, 2, 0, 0, 3, 2, 0})
+	f.Add([]byte{ // close-ok read behind the broker's close, before the answer
+		0, 0, 1, 0, 0, 1, 1, 0, 3, 0, 1, 4, 3, 1, 1, 0, 6, 0, 0, 0, 0, 2, 1, 0, 0, 0, 1, 0,
+		3, 4, 1, 0, 6, 2, 0, 0})
+	f.Add([]byte{ // outbound close split around the broker's close
+		0, 0, 3, 0, 3, 0, 3, 2, 7, 1, 3, 5, 0, 2, 3, 0, 5, 1, 3, 0, 2, 0, 3, 0})
+	f.Add([]byte{0, 0, 4, 0, 2, 0, 4, 40, 0, 1, 4, 0, 5, 6, 4, 7, 5, 2, 4, 200, 0, 2, 4, 0, 1, 3, 4, 1})
+	chans := []uint16{0, 1, 2, 63, 64, 65535, 1, 2}
 	outFrame := func(kind, x byte, ch uint16) []byte {
 		switch kind % 8 {
 		case 0:
@@ -447,11 +510,11 @@ func FuzzConnModel(f *testing.F) {
 			return basicQos(ch, uint16(x))
 		}
 	}
-	inFrame := func(kind, x byte, ch uint16) []byte {
-		switch kind % 6 {
+	inFrames := func(kind, x byte, ch uint16) []byte {
+		switch kind % 8 {
 		case 0:
-			return chanClose(ch, 300+uint16(x), strings.Repeat("e", int(x)))
-		case 1:
+			return chanClose(ch, 300+uint16(x), strings.Repeat("e", int(x)%64))
+		case 1, 7:
 			return chanCloseOK(ch)
 		case 2:
 			return delivery(ch, uint64(x), pattern(int(x)%40))
@@ -459,8 +522,10 @@ func FuzzConnModel(f *testing.F) {
 			return heartbeat()
 		case 4:
 			return chanOpenOK(ch)
-		default:
+		case 5:
 			return basicAck(ch, uint64(x))
+		default:
+			return connClose(300+uint16(x), "conn "+strings.Repeat("c", int(x)%8))
 		}
 	}
 	f.Fuzz(func(t *testing.T, prog []byte) {
@@ -471,12 +536,20 @@ func FuzzConnModel(f *testing.F) {
 		m := newModel()
 		r.write([]byte(protoHeader))
 		m.out = append(m.out, protoHeader...)
-		dones := map[uint16]<-chan struct{}{}
+		deliver := func(n int, size int) {
+			if n == 0 {
+				return
+			}
+			r.sizes, r.nread = []int{size}, 0
+			r.feed(m.inData[m.delivered : m.delivered+n])
+			m.deliver(n)
+		}
 		for step := 0; len(prog) >= 4; step++ {
 			op, kind, chi, x := prog[0], prog[1], prog[2], prog[3]
 			prog = prog[4:]
 			ch := chans[int(chi)%len(chans)]
-			switch op % 4 {
+			size := readSizeTable[int(kind)%len(readSizeTable)]
+			switch op % 8 {
 			case 0: // one frame, one Write
 				fr := outFrame(kind, x, ch)
 				r.write(fr)
@@ -486,56 +559,61 @@ func FuzzConnModel(f *testing.F) {
 				k := int(x) % len(fr)
 				r.write(fr[:k], fr[k:])
 				m.outFrame(fr)
-			case 2: // one inbound frame, one Read
-				fr := inFrame(kind, x, ch)
-				r.deliver(fr)
-				for _, id := range m.inRead(fr) {
-					if d := dones[id]; d == nil || !isClosed(d) {
-						t.Fatalf("step %d: pending close of %d settled in the model but its done is not closed", step, id)
-					}
-					delete(dones, id)
-				}
-			case 3: // two frames in one Write
+			case 2: // two frames in one Write
 				f1, f2 := outFrame(kind, x, ch), outFrame(kind>>3, x, chans[int(chi>>3)%len(chans)])
 				r.write(cat(f1, f2))
 				m.outFrame(f1)
 				m.outFrame(f2)
-			}
-			// Compare pending closes.
-			var want []uint16
-			for id := range m.closing {
-				want = append(want, id)
-			}
-			slices.Sort(want)
-			if got := pendingIDs(r.c); !slices.Equal(got, want) {
-				t.Fatalf("step %d (op %d kind %d ch %d): pending closes %v, want %v", step, op%4, kind, ch, got, want)
-			}
-			r.c.mu.Lock()
-			for id, pc := range r.c.closing {
-				if d, ok := dones[id]; ok && d != (<-chan struct{})(pc.done) {
-					t.Errorf("step %d: pending close of %d got a new done channel", step, id)
+			case 3: // the broker sends frames (not read yet)
+				m.queueIn(inFrames(kind, x, ch))
+			case 4: // a chunk of what the broker sent is read
+				if p := m.pending(); p > 0 {
+					deliver(1+int(x)%p, size)
 				}
-				dones[id] = pc.done
-				if isClosed(pc.done) {
-					t.Errorf("step %d: pending close of %d is still listed but done is closed", step, id)
+			case 5: // the broker sends frames and everything is read
+				m.queueIn(inFrames(kind, x, ch))
+				deliver(m.pending(), size)
+			case 6: // everything the broker sent is read
+				deliver(m.pending(), size)
+			case 7: // one frame split over two Writes, with reads between
+				fr := outFrame(kind, x, ch)
+				k := int(x) % len(fr)
+				r.write(fr[:k])
+				if k >= judgeLen(fr) {
+					m.outFrame(fr) // judged on the first Write
+				}
+				deliver(m.pending(), size)
+				r.write(fr[k:])
+				if k < judgeLen(fr) {
+					m.outFrame(fr)
 				}
 			}
-			r.c.mu.Unlock()
-			if t.Failed() {
-				t.FailNow()
+			if got, want := r.in, m.handedOn(); !bytes.Equal(got, want) {
+				t.Fatalf("step %d (op %d kind %d ch %d x %d): amqp091-go was handed the wrong bytes: %s", step, op%8, kind, ch, x, diff(got, want))
+			}
+			if got := r.mc.out; !bytes.Equal(got, m.out) {
+				t.Fatalf("step %d (op %d kind %d ch %d x %d): broker received: %s", step, op%8, kind, ch, x, diff(got, m.out))
 			}
 			if d := r.c.Dropped(); d != m.dropped {
 				t.Fatalf("step %d: Dropped() = %d, want %d", step, d, m.dropped)
 			}
-			if id, d := r.c.PendingClose(); (d == nil) != (len(m.closing) == 0) {
-				t.Fatalf("step %d: PendingClose = %d, %v with model pending %v", step, id, d, m.closing)
+			if d := r.c.DroppedInbound(); d != m.droppedIn {
+				t.Fatalf("step %d: DroppedInbound() = %d, want %d", step, d, m.droppedIn)
+			}
+			if !slices.Equal(r.closes, m.events) {
+				t.Fatalf("step %d: close events %v, want %v", step, r.closes, m.events)
 			}
 		}
-		if got := r.mc.out; !bytes.Equal(got, m.out) {
-			t.Fatalf("broker received: %s", diff(got, m.out))
+		deliver(m.pending(), 4096)
+		if got, want := r.in, m.handedOn(); !bytes.Equal(got, want) || m.next != len(m.in) {
+			t.Fatalf("at the end: amqp091-go was handed the wrong bytes: %s", diff(got, want))
 		}
-		if got := channelEvents(r.closes); !slices.Equal(got, m.events) {
-			t.Fatalf("channel.close events %v, want %v", got, m.events)
+		if r.c.broken {
+			t.Fatal("walker lost frame sync")
+		}
+		r.mc.eof = true
+		if n, err := r.read(); n != 0 || !errors.Is(err, io.EOF) {
+			t.Fatalf("Read at the end = %d, %v; want 0, EOF", n, err)
 		}
 	})
 }

@@ -1,0 +1,24 @@
+// Package warren is a RabbitMQ (AMQP 0-9-1) client for Go: a safer layer
+// over github.com/rabbitmq/amqp091-go.
+//
+// A Client owns exactly one connection. Channels opened on it are numbered
+// sequentially from 1 (Channel.ID is the number the broker shows) and are
+// bounded by the negotiated channel_max (Client.ChannelMax).
+//
+// A Channel belongs to one goroutine at a time: every operation goes through
+// one serialisation point, and a second goroutine calling in gets
+// ErrConcurrentUse instead of interleaving frames on the wire. Every
+// blocking operation takes a context; an RPC abandoned by its context
+// poisons its channel, which warren then closes.
+//
+// Errors are typed. When the broker closes a channel (a soft error, e.g.
+// publishing to an exchange that does not exist), every later operation on
+// that channel and its Close return the broker's *ChannelError, matched with
+// errors.Is against sentinels such as ErrNotFound; other channels are
+// unaffected. When the connection ends, every channel and waiting call
+// returns its *ConnectionError.
+//
+// Close never hangs: Client.Close and Channel.Close are bounded by their
+// context (or WithCloseTimeout), and survive the broker closing the same
+// channel at the same moment.
+package warren

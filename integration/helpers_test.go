@@ -1,0 +1,365 @@
+package integration
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/warrenmq/warren"
+	"github.com/warrenmq/warren/internal/brokertest"
+)
+
+const (
+	// opTimeout bounds a whole test's worth of broker operations.
+	opTimeout = 30 * time.Second
+	// ctlTimeout bounds one rabbitmqctl call (each starts an Erlang VM).
+	ctlTimeout = 30 * time.Second
+	// pollEvery is the pause between two looks at the broker's state.
+	pollEvery = 100 * time.Millisecond
+)
+
+// testCtx returns a context that ends after d or when the test ends.
+func testCtx(t *testing.T, d time.Duration) context.Context {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+// randHex returns n random bytes as hex.
+func randHex(n int) string {
+	b := make([]byte, n)
+	_, _ = rand.Read(b)
+	return hex.EncodeToString(b)
+}
+
+// uniqueName returns a name for a queue, exchange, user or connection that
+// no other test (or earlier run) uses: the test's name plus a random suffix.
+func uniqueName(t *testing.T, prefix string) string {
+	t.Helper()
+	n := strings.NewReplacer("/", ".", " ", "_").Replace(t.Name())
+	if len(n) > 150 {
+		n = n[:150]
+	}
+	return prefix + n + "-" + randHex(4)
+}
+
+// dial dials url and closes the client when the test ends. Tests that care
+// about Close's result call it themselves; Close is idempotent.
+func dial(t *testing.T, url string, opts ...warren.Option) *warren.Client {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+	defer cancel()
+	c, err := warren.Dial(ctx, url, opts...)
+	if err != nil {
+		t.Fatalf("Dial: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		_ = c.Close(ctx)
+	})
+	return c
+}
+
+// openChannel opens a channel on c and closes it when the test ends.
+func openChannel(t *testing.T, ctx context.Context, c *warren.Client) warren.Channel {
+	t.Helper()
+	ch, err := c.Channel(ctx)
+	if err != nil {
+		t.Fatalf("Channel: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		_ = ch.Close(ctx)
+	})
+	return ch
+}
+
+// declareQueue declares a non-exclusive queue named name on ch and deletes
+// it (over a connection of its own) when the test ends.
+func declareQueue(t *testing.T, ctx context.Context, b *brokertest.Broker, ch warren.Channel, name string) {
+	t.Helper()
+	if _, err := ch.QueueDeclare(ctx, name, warren.QueueOptions{}); err != nil {
+		t.Fatalf("QueueDeclare(%q): %v", name, err)
+	}
+	deleteQueueLater(t, b, name)
+}
+
+// deleteQueueLater deletes queue name when the test ends, over a connection
+// of its own so that it works whatever state the test left its clients in.
+func deleteQueueLater(t *testing.T, b *brokertest.Broker, name string) {
+	t.Helper()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
+		defer cancel()
+		c, err := warren.Dial(ctx, b.URL)
+		if err != nil {
+			t.Errorf("cleanup: deleting queue %q: Dial: %v", name, err)
+			return
+		}
+		defer c.Close(ctx)
+		ch, err := c.Channel(ctx)
+		if err != nil {
+			t.Errorf("cleanup: deleting queue %q: Channel: %v", name, err)
+			return
+		}
+		if _, err := ch.QueueDelete(ctx, name, warren.QueueDeleteOptions{}); err != nil {
+			t.Errorf("cleanup: deleting queue %q: %v", name, err)
+		}
+	})
+}
+
+// needPrivate ends the test unless the broker is a private node that Ctl can
+// control: a skip normally, a failure when a broker is required.
+func needPrivate(t *testing.T, b *brokertest.Broker) {
+	t.Helper()
+	if b.Private() {
+		return
+	}
+	msg := fmt.Sprintf("needs a private node controllable with rabbitmqctl; the broker is %s", b)
+	if brokertest.Required() {
+		t.Fatal(msg)
+	}
+	t.Skip(msg)
+}
+
+// ctl runs rabbitmqctl on the private node and fails the test if it fails.
+func ctl(t *testing.T, b *brokertest.Broker, args ...string) string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+	defer cancel()
+	out, err := b.Ctl(ctx, args...)
+	if err != nil {
+		t.Fatalf("rabbitmqctl %s: %v", strings.Join(args, " "), err)
+	}
+	return out
+}
+
+// pidLines returns the tab-separated fields of the lines of rabbitmqctl's
+// --quiet --no-table-headers output that start with an Erlang pid; anything
+// else it printed (warnings) is ignored.
+func pidLines(out string) [][]string {
+	var rows [][]string
+	for _, line := range strings.Split(out, "\n") {
+		if strings.HasPrefix(line, "<") {
+			rows = append(rows, strings.Split(line, "\t"))
+		}
+	}
+	return rows
+}
+
+// connectionPid returns the broker's pid (as rabbitmqctl close_connection
+// takes it) of the connection whose client-provided name is name, or "" if
+// the broker lists no such connection.
+func connectionPid(t *testing.T, b *brokertest.Broker, name string) string {
+	t.Helper()
+	out := ctl(t, b, "list_connections", "--quiet", "--no-table-headers", "pid", "client_properties")
+	want := `{"connection_name","` + name + `"}`
+	for _, f := range pidLines(out) {
+		if len(f) >= 2 && strings.Contains(f[1], want) {
+			return f[0]
+		}
+	}
+	return ""
+}
+
+// mustConnectionPid is connectionPid for a connection that must be listed.
+func mustConnectionPid(t *testing.T, b *brokertest.Broker, name string) string {
+	t.Helper()
+	pid := connectionPid(t, b, name)
+	if pid == "" {
+		t.Fatalf("rabbitmqctl list_connections shows no connection named %q", name)
+	}
+	return pid
+}
+
+// brokerChannelNumbers returns, sorted, the channel numbers the broker lists
+// for the connection with pid connPid.
+func brokerChannelNumbers(t *testing.T, b *brokertest.Broker, connPid string) []int {
+	t.Helper()
+	out := ctl(t, b, "list_channels", "--quiet", "--no-table-headers", "connection", "number")
+	var nums []int
+	for _, f := range pidLines(out) {
+		if len(f) < 2 || f[0] != connPid {
+			continue
+		}
+		n, err := strconv.Atoi(strings.TrimSpace(f[1]))
+		if err != nil {
+			t.Fatalf("list_channels: bad channel number in %q", strings.Join(f, "\t"))
+		}
+		nums = append(nums, n)
+	}
+	slices.Sort(nums)
+	return nums
+}
+
+// brokerConnection is one row of `rabbitmqctl list_connections --formatter json`.
+type brokerConnection struct {
+	Name             string  `json:"name"`
+	User             string  `json:"user"`
+	Timeout          int     `json:"timeout"`
+	ChannelMax       int     `json:"channel_max"`
+	Channels         int     `json:"channels"`
+	ClientProperties [][]any `json:"client_properties"` // [key, type, value]
+}
+
+// property returns the client property key as rabbitmqctl renders it.
+func (c brokerConnection) property(key string) (any, bool) {
+	for _, p := range c.ClientProperties {
+		if len(p) == 3 && p[0] == key {
+			return p[2], true
+		}
+	}
+	return nil, false
+}
+
+// brokerConnectionNamed returns the broker's view of the connection whose
+// client-provided name is name; ok is false if there is none.
+func brokerConnectionNamed(t *testing.T, b *brokertest.Broker, name string) (conn brokerConnection, ok bool) {
+	t.Helper()
+	out := ctl(t, b, "list_connections", "--formatter", "json",
+		"name", "user", "timeout", "channel_max", "channels", "client_properties")
+	// Anything printed before the JSON array (warnings) is skipped.
+	i := strings.Index(out, "[")
+	if i < 0 {
+		t.Fatalf("list_connections --formatter json printed no JSON array:\n%s", out)
+	}
+	var conns []brokerConnection
+	if err := json.Unmarshal([]byte(out[i:]), &conns); err != nil {
+		t.Fatalf("list_connections --formatter json: %v\n%s", err, out)
+	}
+	for _, c := range conns {
+		if v, _ := c.property("connection_name"); v == name {
+			return c, true
+		}
+	}
+	return brokerConnection{}, false
+}
+
+// eventually calls check until it returns "" or ctx ends, in which case the
+// test fails with check's last complaint.
+func eventually(t *testing.T, ctx context.Context, what string, check func() string) {
+	t.Helper()
+	for {
+		msg := check()
+		if msg == "" {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: still not so after waiting: %s", what, msg)
+		case <-time.After(pollEvery):
+		}
+	}
+}
+
+// addUser creates a user on the private node with the given permissions on
+// vhost "/" and deletes it when the test ends.
+func addUser(t *testing.T, b *brokertest.Broker, user, pass, configure, write, read string) {
+	t.Helper()
+	ctl(t, b, "add_user", user, pass)
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
+		defer cancel()
+		if _, err := b.Ctl(ctx, "delete_user", user); err != nil {
+			t.Errorf("cleanup: %v", err)
+		}
+	})
+	ctl(t, b, "set_permissions", "-p", "/", user, configure, write, read)
+}
+
+// getOne polls basic.get on queue until a message arrives or ctx ends.
+func getOne(t *testing.T, ctx context.Context, ch warren.Channel, queue string) *warren.Delivery {
+	t.Helper()
+	for {
+		d, ok, err := ch.Get(ctx, queue, warren.GetOptions{})
+		if err != nil {
+			t.Fatalf("Get(%q): %v", queue, err)
+		}
+		if ok {
+			return d
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("Get(%q): no message before %v", queue, ctx.Err())
+		case <-time.After(10 * time.Millisecond):
+		}
+	}
+}
+
+// roundTrip checks that c still works end to end: it opens a channel,
+// declares an exclusive queue, publishes to it and gets the message back.
+func roundTrip(t *testing.T, ctx context.Context, c *warren.Client) {
+	t.Helper()
+	ch, err := c.Channel(ctx)
+	if err != nil {
+		t.Fatalf("round trip: Channel: got %v, want nil", err)
+	}
+	defer ch.Close(ctx)
+	q, err := ch.QueueDeclare(ctx, "", warren.QueueOptions{Exclusive: true, AutoDelete: true})
+	if err != nil {
+		t.Fatalf("round trip: QueueDeclare: got %v, want nil", err)
+	}
+	body := "round-trip-" + randHex(4)
+	if err := ch.Publish(ctx, "", q.Name, warren.Publishing{Body: []byte(body)}); err != nil {
+		t.Fatalf("round trip: Publish: got %v, want nil", err)
+	}
+	d := getOne(t, ctx, ch, q.Name)
+	if string(d.Body) != body {
+		t.Fatalf("round trip: got body %q, want %q", d.Body, body)
+	}
+	if err := d.Ack(ctx); err != nil {
+		t.Fatalf("round trip: Ack: got %v, want nil", err)
+	}
+	if err := ch.Close(ctx); err != nil {
+		t.Fatalf("round trip: channel Close: got %v, want nil", err)
+	}
+}
+
+// wantChannelError checks that err is the broker closing channel id with
+// code, matched by sentinel, and that its text contains each of texts. It
+// returns the *ChannelError.
+func wantChannelError(t *testing.T, what string, err error, sentinel error, code warren.ReplyCode, id uint16, texts ...string) *warren.ChannelError {
+	t.Helper()
+	if err == nil {
+		t.Fatalf("%s: got nil error, want a *warren.ChannelError with code %d", what, code)
+	}
+	if !errors.Is(err, sentinel) {
+		t.Errorf("%s: errors.Is(err, %v) = false, want true; err = %v", what, sentinel, err)
+	}
+	var ce *warren.ChannelError
+	if !errors.As(err, &ce) {
+		t.Fatalf("%s: got %T (%v), want a *warren.ChannelError", what, err, err)
+	}
+	if ce.ChannelID != id {
+		t.Errorf("%s: got ChannelID %d, want %d", what, ce.ChannelID, id)
+	}
+	if ce.Code != code {
+		t.Errorf("%s: got Code %d, want %d", what, ce.Code, code)
+	}
+	if got, ok := warren.CodeOf(err); !ok || got != code {
+		t.Errorf("%s: CodeOf = %d, %v; want %d, true", what, got, ok, code)
+	}
+	if !warren.IsChannelLevel(err) {
+		t.Errorf("%s: IsChannelLevel = false, want true", what)
+	}
+	if warren.IsConnectionLevel(err) {
+		t.Errorf("%s: IsConnectionLevel = true, want false", what)
+	}
+	for _, s := range texts {
+		if !strings.Contains(err.Error(), s) {
+			t.Errorf("%s: error text %q does not contain %q", what, err.Error(), s)
+		}
+	}
+	return ce
+}

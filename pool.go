@@ -1,0 +1,362 @@
+package warren
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/warrenmq/warren/internal/chanpool"
+)
+
+// Pool errors.
+var (
+	// ErrPoolClosed is returned by Acquire, TryAcquire and Do after Close.
+	ErrPoolClosed = errors.New("warren: pool closed")
+	// ErrPoolExhausted is returned by TryAcquire when every channel is
+	// leased and no more may be opened.
+	ErrPoolExhausted = errors.New("warren: pool exhausted: every channel is leased")
+)
+
+// PoolOptions configure a Pool. The zero value is a pool of 8 plain
+// channels opened on demand.
+type PoolOptions struct {
+	// Size is the most channels the pool holds open at once (default 8).
+	// Size plus Headroom, plus the sizes of the client's other pools, must
+	// fit in the negotiated channel_max.
+	Size int
+	// MinIdle channels are opened when the pool is made and kept open
+	// (default 0: every channel opens on first use).
+	MinIdle int
+	// Mode of the pool's channels: ModePlain (default) or ModeConfirm. A
+	// leased channel switched to another mode is closed on release.
+	Mode Mode
+	// Headroom is how many channel numbers stay free for channels opened
+	// outside pools (default 16).
+	Headroom int
+}
+
+const (
+	defaultPoolSize     = 8
+	defaultPoolHeadroom = 16
+)
+
+// DiscardStats counts channels a Pool closed instead of reusing, by reason.
+type DiscardStats struct {
+	BrokerClosed int64 // the broker closed the channel (a *ChannelError)
+	Poisoned     int64 // an operation on it was abandoned by its context
+	Closed       int64 // the lease holder closed it
+	Busy         int64 // released while an operation on it was still running
+	ModeChanged  int64 // switched away from the pool's mode (confirm, tx)
+	Connection   int64 // the connection ended
+}
+
+// PoolStats is a snapshot of a Pool, like database/sql's DBStats: gauges
+// and cumulative counters.
+type PoolStats struct {
+	Mode    Mode
+	Max     int // Size
+	Open    int // channels open, leased or idle (and opens in progress)
+	InUse   int // leased
+	Idle    int
+	Waiting int // Acquire calls waiting now
+
+	WaitCount       int64         // Acquire calls that had to wait
+	WaitDuration    time.Duration // total time spent waiting
+	AcquireTimeouts int64         // waits ended by their context
+	Opened          int64         // channels opened since the pool was made (churn)
+	Discarded       DiscardStats
+}
+
+// Pool is a bounded pool of channels on one Client that gives each goroutine
+// a channel of its own: Acquire leases one exclusively, Release returns it.
+// Waiters are served in arrival order. A leased Channel is a handle valid
+// until its Release; using it afterwards returns ErrReleased.
+//
+// A channel that the broker closed, that an abandoned operation poisoned,
+// that changed mode, or that is released while still in use, is closed
+// instead of reused, and replaced on demand.
+//
+// A Pool is safe for concurrent use. Close stops new leases and closes the
+// channels.
+type Pool struct {
+	c    *Client
+	opts PoolOptions
+	core *chanpool.Pool[*channel]
+
+	discards [6]atomic.Int64 // indexed by discard*
+	closed   atomic.Bool
+	warming  atomic.Bool
+	closing  sync.WaitGroup // channel closes in flight
+}
+
+const (
+	discardBrokerClosed = iota
+	discardPoisoned
+	discardClosed
+	discardBusy
+	discardMode
+	discardConnection
+)
+
+// NewPool makes a pool of channels on c. It opens opts.MinIdle channels
+// before returning (bounded by ctx). A size that cannot fit in the
+// negotiated channel_max is refused with an error that says why.
+func (c *Client) NewPool(ctx context.Context, opts PoolOptions) (*Pool, error) {
+	if opts.Size == 0 {
+		opts.Size = defaultPoolSize
+	}
+	if opts.Headroom == 0 {
+		opts.Headroom = defaultPoolHeadroom
+	}
+	switch {
+	case opts.Size < 0 || opts.MinIdle < 0 || opts.Headroom < 0:
+		return nil, fmt.Errorf("%w: pool: negative Size, MinIdle or Headroom", ErrInvalidArgument)
+	case opts.MinIdle > opts.Size:
+		return nil, fmt.Errorf("%w: pool: MinIdle %d exceeds Size %d", ErrInvalidArgument, opts.MinIdle, opts.Size)
+	case opts.Mode != ModePlain && opts.Mode != ModeConfirm:
+		return nil, fmt.Errorf("%w: pool: mode %s; pools hold plain or confirm channels (tx channels never return to a pool)", ErrInvalidArgument, opts.Mode)
+	}
+	p := &Pool{c: c, opts: opts}
+	p.core = chanpool.New(chanpool.Config[*channel]{
+		Max:     opts.Size,
+		Open:    p.open,
+		Destroy: p.destroy,
+	})
+
+	c.mu.Lock()
+	switch {
+	case c.closing:
+		c.mu.Unlock()
+		return nil, ErrClientClosed
+	case c.pooled+opts.Size+opts.Headroom > int(c.channelMax):
+		other := c.pooled
+		c.mu.Unlock()
+		return nil, fmt.Errorf("%w: pool: Size %d + Headroom %d + %d channels of other pools exceeds the negotiated channel_max %d",
+			ErrInvalidArgument, opts.Size, opts.Headroom, other, c.channelMax)
+	}
+	c.pooled += opts.Size
+	c.pools[p] = struct{}{}
+	c.mu.Unlock()
+
+	select {
+	case <-c.dead:
+		p.fail()
+	default:
+	}
+	if opts.MinIdle > 0 {
+		if err := p.core.Warm(ctx, opts.MinIdle); err != nil {
+			_ = p.Close(context.Background())
+			return nil, fmt.Errorf("warren: pool: opening %d channels: %w", opts.MinIdle, p.mapErr(err))
+		}
+	}
+	return p, nil
+}
+
+// open opens one channel in the pool's mode.
+func (p *Pool) open(ctx context.Context) (*channel, error) {
+	st, err := p.c.openChannel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if p.opts.Mode != ModePlain {
+		if err := (Channel{s: st}).SetMode(ctx, p.opts.Mode); err != nil {
+			p.destroy(st)
+			return nil, err
+		}
+	}
+	return st, nil
+}
+
+// destroy closes a channel the pool no longer holds, in the background.
+func (p *Pool) destroy(st *channel) {
+	gen := st.gen.Add(1) // any handle still out is now stale
+	p.closing.Add(1)
+	if !p.c.goTracked(func() {
+		defer p.closing.Done()
+		_ = st.close(context.Background(), gen)
+	}) {
+		p.closing.Done()
+		p.c.forget(st)
+	}
+}
+
+// fail makes Acquire return the connection's error at once.
+func (p *Pool) fail() { p.core.Fail(p.c.connError("pool.acquire")) }
+
+// Acquire leases a channel: an idle one, a new one if fewer than Size are
+// open, or else the next one released, waiting in arrival order until ctx
+// ends. The lease holds until Release.
+//
+// When the connection has ended, Acquire returns its *ConnectionError at
+// once. When ctx ends first, the context error is returned wrapped with the
+// pool's state; a channel handed over at that moment goes back to the pool.
+func (p *Pool) Acquire(ctx context.Context) (Channel, error) {
+	for {
+		st, err := p.core.Acquire(ctx)
+		if err != nil {
+			return Channel{}, p.mapErr(err)
+		}
+		if ch, ok := p.lease(st); ok {
+			return ch, nil
+		}
+	}
+}
+
+// TryAcquire leases a channel if one is idle or may be opened (bounded by
+// ctx), and returns ErrPoolExhausted instead of waiting.
+func (p *Pool) TryAcquire(ctx context.Context) (Channel, error) {
+	for {
+		st, err := p.core.TryAcquire(ctx)
+		if err != nil {
+			return Channel{}, p.mapErr(err)
+		}
+		if ch, ok := p.lease(st); ok {
+			return ch, nil
+		}
+	}
+}
+
+// lease hands out st unless it died while idle.
+func (p *Pool) lease(st *channel) (Channel, bool) {
+	if st.unusable("") != nil {
+		p.discard(st)
+		return Channel{}, false
+	}
+	return Channel{s: st, gen: st.gen.Add(1)}, true
+}
+
+// Release ends the lease of ch and returns the channel to the pool, or
+// closes it if it is no longer fit to reuse. Release is idempotent, and
+// releasing a handle whose lease already ended does nothing.
+func (p *Pool) Release(ch Channel) {
+	st := ch.s
+	if st == nil || ch.gen == 0 || !st.gen.CompareAndSwap(ch.gen, ch.gen+1) {
+		return
+	}
+	if st.busy.Load() || st.unusable("") != nil || Mode(st.mode.Load()) != p.opts.Mode {
+		p.discard(st)
+		return
+	}
+	p.core.Release(st)
+}
+
+// discard closes st instead of reusing it and counts why.
+func (p *Pool) discard(st *channel) {
+	reason := discardBusy
+	switch err := st.unusable(""); {
+	case err == nil && Mode(st.mode.Load()) != p.opts.Mode:
+		reason = discardMode
+	case err == nil:
+	case errors.Is(err, ErrPoisoned):
+		reason = discardPoisoned
+	case errors.As(err, new(*ChannelError)):
+		reason = discardBrokerClosed
+	case errors.Is(err, ErrChannelClosed):
+		reason = discardClosed
+	default:
+		reason = discardConnection
+	}
+	p.discards[reason].Add(1)
+	p.core.Discard(st)
+	p.keepWarm()
+}
+
+// keepWarm reopens channels in the background while fewer than MinIdle
+// are open.
+func (p *Pool) keepWarm() {
+	if p.opts.MinIdle == 0 || p.closed.Load() || !p.warming.CompareAndSwap(false, true) {
+		return
+	}
+	if !p.c.goTracked(func() {
+		defer p.warming.Store(false)
+		ctx, cancel := context.WithTimeout(context.Background(), p.c.opts.closeTimeout)
+		defer cancel()
+		_ = p.core.Warm(ctx, p.opts.MinIdle)
+	}) {
+		p.warming.Store(false)
+	}
+}
+
+// Do leases a channel, runs fn with it, and releases it, also when fn
+// panics (the panic then continues). It returns fn's error, or the error
+// that prevented the lease.
+func (p *Pool) Do(ctx context.Context, fn func(Channel) error) error {
+	ch, err := p.Acquire(ctx)
+	if err != nil {
+		return err
+	}
+	defer p.Release(ch)
+	return fn(ch)
+}
+
+// mapErr turns the core's errors into warren's.
+func (p *Pool) mapErr(err error) error {
+	switch {
+	case errors.Is(err, chanpool.ErrClosed):
+		return ErrPoolClosed
+	case errors.Is(err, chanpool.ErrExhausted):
+		return ErrPoolExhausted
+	case errors.Is(err, context.DeadlineExceeded), errors.Is(err, context.Canceled):
+		s := p.core.Stats()
+		return fmt.Errorf("warren: pool acquire: %w (%d of %d channels leased, %d waiting)", err, s.InUse, s.Max, s.Waiting)
+	}
+	return err
+}
+
+// Stats returns a snapshot of the pool's gauges and counters.
+func (p *Pool) Stats() PoolStats {
+	s := p.core.Stats()
+	return PoolStats{
+		Mode:            p.opts.Mode,
+		Max:             s.Max,
+		Open:            s.Open,
+		InUse:           s.InUse,
+		Idle:            s.Idle,
+		Waiting:         s.Waiting,
+		WaitCount:       s.WaitCount,
+		WaitDuration:    s.WaitDuration,
+		AcquireTimeouts: s.AcquireTimeout,
+		Opened:          s.Opened,
+		Discarded: DiscardStats{
+			BrokerClosed: p.discards[discardBrokerClosed].Load(),
+			Poisoned:     p.discards[discardPoisoned].Load(),
+			Closed:       p.discards[discardClosed].Load(),
+			Busy:         p.discards[discardBusy].Load(),
+			ModeChanged:  p.discards[discardMode].Load(),
+			Connection:   p.discards[discardConnection].Load(),
+		},
+	}
+}
+
+// Close makes new Acquire calls fail with ErrPoolClosed, waits up to ctx
+// for leased channels to be released, and closes the pool's channels.
+// It is idempotent.
+func (p *Pool) Close(ctx context.Context) error {
+	if p.closed.CompareAndSwap(false, true) {
+		c := p.c
+		c.mu.Lock()
+		if _, ok := c.pools[p]; ok {
+			delete(c.pools, p)
+			c.pooled -= p.opts.Size
+		}
+		c.mu.Unlock()
+	}
+	if err := p.core.Close(ctx); err != nil {
+		return fmt.Errorf("warren: pool close: %d channels still leased: %w", p.core.Stats().InUse, err)
+	}
+	done := make(chan struct{})
+	go func() { p.closing.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("warren: pool close: channels still closing: %w", ctx.Err())
+	}
+}
+
+// poolSet is the client's registry of pools, failed together when the
+// connection ends.
+type poolSet map[*Pool]struct{}

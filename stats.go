@@ -1,0 +1,28 @@
+package warren
+
+// ClientStats is a snapshot of a Client's gauges and counters.
+type ClientStats struct {
+	OpenChannels int  // channels warren has open on the connection
+	Blocked      bool // the broker has blocked publishing (connection.blocked)
+
+	// LateFramesDropped counts frames amqp091-go tried to send on a channel
+	// after its close-ok, or a channel.close that would only have crossed
+	// the broker's; RabbitMQ would have closed the connection for the
+	// former (504 "expected 'channel.open'"). Non-zero is normal under
+	// channel errors; it means the guard worked.
+	LateFramesDropped uint64
+	// StrayCloseOKsDropped counts channel.close-ok frames that answered a
+	// channel.close which crossed the broker's own: amqp091-go would have
+	// handed them to whichever channel reused the id next.
+	StrayCloseOKsDropped uint64
+}
+
+// Stats returns a snapshot of the client's gauges and counters.
+func (c *Client) Stats() ClientStats {
+	return ClientStats{
+		OpenChannels:         c.OpenChannels(),
+		Blocked:              c.Blocked(),
+		LateFramesDropped:    c.wire.Dropped(),
+		StrayCloseOKsDropped: c.wire.DroppedInbound(),
+	}
+}
