@@ -43,8 +43,9 @@ type channel struct {
 	id uint16
 
 	// gen counts leases: a pooled channel's handle is valid only while gen
-	// equals the handle's. Unpooled channels stay at 0.
-	gen atomic.Uint64
+	// equals the handle's; Release moves it on. Unpooled channels stay at 0.
+	gen  atomic.Uint64
+	pool *Pool // the pool that owns the channel, nil if none; set before first lease
 
 	mode    atomic.Int32 // Mode; changed only by SetMode
 	busy    atomic.Bool  // the serialisation point: true while an operation runs
@@ -146,9 +147,11 @@ func (ch *channel) enter(ctx context.Context, op string, gen uint64) error {
 		ch.busy.Store(false)
 		return fmt.Errorf("%w (channel %d, %s)", ErrReleased, ch.id, op)
 	}
-	if err := ch.unusable(op); err != nil {
-		ch.busy.Store(false)
-		return err
+	if ch.suspect() {
+		if err := ch.unusable(op); err != nil {
+			ch.busy.Store(false)
+			return err
+		}
 	}
 	if err := ctx.Err(); err != nil {
 		ch.busy.Store(false)
@@ -174,6 +177,14 @@ func (ch *channel) unusable(op string) error {
 	default:
 		return nil
 	}
+}
+
+// suspect is a lock-free hint that the channel may be unusable: a cause is
+// recorded, or the broker's channel.close has been read off the wire. A
+// channel that went down with its connection is not flagged here; amqp091-go
+// refuses the next operation on it, and result reports the cause.
+func (ch *channel) suspect() bool {
+	return ch.cause.Load() != nil || ch.brokerClose.Load() != nil
 }
 
 // setCause records err as the reason the channel is unusable unless one is

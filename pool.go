@@ -161,6 +161,8 @@ func (p *Pool) open(ctx context.Context) (*channel, error) {
 	if err != nil {
 		return nil, err
 	}
+	st.pool = p
+	st.gen.Store(1) // generation 0 is for channels outside pools
 	if p.opts.Mode != ModePlain {
 		if err := (Channel{s: st}).SetMode(ctx, p.opts.Mode); err != nil {
 			p.destroy(st)
@@ -221,11 +223,13 @@ func (p *Pool) TryAcquire(ctx context.Context) (Channel, error) {
 
 // lease hands out st unless it died while idle.
 func (p *Pool) lease(st *channel) (Channel, bool) {
-	if st.unusable("") != nil {
+	if st.suspect() && st.unusable("") != nil {
 		p.discard(st)
 		return Channel{}, false
 	}
-	return Channel{s: st, gen: st.gen.Add(1)}, true
+	// The generation moves on at Release, not here: one atomic RMW per
+	// lease instead of two.
+	return Channel{s: st, gen: st.gen.Load()}, true
 }
 
 // Release ends the lease of ch and returns the channel to the pool, or
@@ -233,10 +237,10 @@ func (p *Pool) lease(st *channel) (Channel, bool) {
 // releasing a handle whose lease already ended does nothing.
 func (p *Pool) Release(ch Channel) {
 	st := ch.s
-	if st == nil || ch.gen == 0 || !st.gen.CompareAndSwap(ch.gen, ch.gen+1) {
-		return
+	if st == nil || st.pool != p || !st.gen.CompareAndSwap(ch.gen, ch.gen+1) {
+		return // not this pool's, or this lease already ended
 	}
-	if st.busy.Load() || st.unusable("") != nil || Mode(st.mode.Load()) != p.opts.Mode {
+	if st.busy.Load() || (st.suspect() && st.unusable("") != nil) || Mode(st.mode.Load()) != p.opts.Mode {
 		p.discard(st)
 		return
 	}

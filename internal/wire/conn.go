@@ -98,7 +98,8 @@ type Conn struct {
 	droppedIn  atomic.Uint64
 
 	// inbound state, touched only inside Read
-	inHeld  []byte // an incomplete frame start kept back from amqp091-go
+	inHeld  []byte // an incomplete frame start kept back from amqp091-go (in inBuf)
+	inBuf   [frameStartLen]byte
 	inReady []byte // walked bytes not yet handed on (tiny reads only)
 	inErr   error  // a read error to report after inReady
 	inRem   int    // bytes of the current inbound frame still to pass or drop
@@ -198,7 +199,7 @@ func (c *Conn) walkIn(b []byte) int {
 		rest := b[i:]
 		if len(rest) < frameHeaderLen || (rest[0] == frameMethod && len(rest) < frameStartLen &&
 			binary.BigEndian.Uint32(rest[3:7]) >= methodIDLen) {
-			c.inHeld = append([]byte(nil), rest...)
+			c.inHeld = c.inBuf[:copy(c.inBuf[:], rest)] // len(rest) < frameStartLen
 			return out
 		}
 		c.startIn(rest)

@@ -470,26 +470,78 @@ func FuzzConnOutbound(f *testing.F) {
 // FuzzConnModel runs a program of outbound writes and inbound reads against
 // Conn and the model. Outbound frames go out whole, split over two Writes
 // (with inbound reads between the halves), or two per Write. Inbound frames
-// are queued and delivered in chunks of any size, read with buffers of any
+// are queued and delivered in chunks of any size (often ending right at or
+// just before a frame's judging point or end), read with buffers of any
 // size. After every step the broker's bytes, what amqp091-go was handed,
 // Dropped, DroppedInbound and the close events must match the model, which
 // decides independently which inbound frames amqp091-go sees.
+//
+// A program is a list of two-byte steps: op<<5 | kind<<2 | channel index,
+// then an argument x. Every byte means something, so that random programs
+// often go through a channel's whole life (open, close, crossing close,
+// answer, reopen, close-oks in pieces).
 func FuzzConnModel(f *testing.F) {
-	// ops: {op, kind, channel index, x}; channel index 1 is channel 1.
-	f.Add([]byte{ // crossing close, id reused, stray close-ok and open-ok read in pieces
-		0, 0, 1, 0, 0, 1, 1, 0, 5, 0, 1, 5, 0, 2, 1, 0, 0, 0, 1, 0,
-		3, 1, 1, 0, 3, 4, 1, 0, 4, 2, 1, 5, 4, 3, 1, 7, 6, 0, 0, 0,
-		0, 1, 1, 0, 5, 1, 1, 0, 0, 3, 1, 0, 5, 1, 1, 0})
-	f.Add([]byte{ // clean close, close-ok split at every size, second close-ok a stray
-		0, 0, 2, 0, 0, 1, 2, 0, 3, 1, 2, 0, 3, 2, 2, 9, 4, 1, 2, 10, 4, 5, 2, 0, 6, 2, 0, 0,
-		0, 7, 2, 3, 5, 1, 2, 0, 0, 3, 2, 0})
-	f.Add([]byte{ // close-ok read behind the broker's close, before the answer
-		0, 0, 1, 0, 0, 1, 1, 0, 3, 0, 1, 4, 3, 1, 1, 0, 6, 0, 0, 0, 0, 2, 1, 0, 0, 0, 1, 0,
-		3, 4, 1, 0, 6, 2, 0, 0})
-	f.Add([]byte{ // outbound close split around the broker's close
-		0, 0, 3, 0, 3, 0, 3, 2, 7, 1, 3, 5, 0, 2, 3, 0, 5, 1, 3, 0, 2, 0, 3, 0})
-	f.Add([]byte{0, 0, 4, 0, 2, 0, 4, 40, 0, 1, 4, 0, 5, 6, 4, 7, 5, 2, 4, 200, 0, 2, 4, 0, 1, 3, 4, 1})
-	chans := []uint16{0, 1, 2, 63, 64, 65535, 1, 2}
+	const (
+		opOut       = iota // one frame, one Write
+		opOutSplit         // one frame over two Writes
+		opOutTwo           // two frames, one Write
+		opQueue            // the broker sends frames (not read yet)
+		opRead             // a chunk of what the broker sent is read
+		opQueueRead        // the broker sends frames and everything is read
+		opReadAll          // everything the broker sent is read
+		opOutAround        // one frame over two Writes, everything sent read between them
+	)
+	const ( // outbound kinds
+		oOpen = iota
+		oClose
+		oCloseOK
+		oPublish
+		oHeader
+		oBody
+		oHeartbeat
+		oQos
+	)
+	const ( // inbound kinds
+		iClose = iota
+		iCloseOK
+		iDelivery
+		iHeartbeat
+		iOpenOK
+		iAck
+		iConnClose
+		iCloseOK2
+	)
+	const ( // read chunk modes (x%4 for opRead)
+		toJudge = iota
+		toBeforeJudge
+		toBeforeEnd
+	)
+	step := func(op, kind, chi int, x byte) []byte { return []byte{byte(op<<5 | kind<<2 | chi), x} }
+	prog := func(steps ...[]byte) []byte { return slices.Concat(steps...) }
+	f.Add(prog( // crossing close, id reused, stray close-ok and open-ok read in pieces
+		step(opOut, oOpen, 0, 0), step(opOut, oClose, 0, 0), step(opQueueRead, iClose, 0, 5),
+		step(opOut, oCloseOK, 0, 0), step(opOut, oOpen, 0, 0), step(opQueue, iCloseOK, 0, 0),
+		step(opQueue, iOpenOK, 0, 0), step(opRead, 2, 0, toBeforeJudge), step(opRead, 3, 0, toJudge),
+		step(opReadAll, 0, 0, 0), step(opOut, oClose, 0, 0), step(opQueueRead, iCloseOK, 0, 0),
+		step(opOut, oPublish, 0, 0), step(opQueueRead, iCloseOK, 0, 0)))
+	f.Add(prog( // clean close, close-ok judged but incomplete while frames go out
+		step(opOut, oOpen, 1, 0), step(opOut, oClose, 1, 0), step(opQueue, iCloseOK, 1, 0),
+		step(opRead, 1, 1, toJudge), step(opOut, oQos, 1, 3), step(opRead, 2, 1, toBeforeEnd),
+		step(opOut, oQos, 1, 4), step(opReadAll, 0, 0, 0), step(opOut, oQos, 1, 5),
+		step(opQueueRead, iCloseOK, 1, 0)))
+	f.Add(prog( // close-ok read behind the broker's close, before the answer
+		step(opOut, oOpen, 0, 0), step(opOut, oClose, 0, 0), step(opQueue, iClose, 0, 4),
+		step(opQueue, iCloseOK, 0, 0), step(opReadAll, 0, 0, 0), step(opOut, oCloseOK, 0, 0),
+		step(opOut, oOpen, 0, 0), step(opQueue, iOpenOK, 0, 0), step(opReadAll, 2, 0, 0)))
+	f.Add(prog( // outbound close split around the broker's close
+		step(opOut, oOpen, 0, 0), step(opQueue, iClose, 0, 2), step(opOutAround, oClose, 0, 5),
+		step(opOut, oCloseOK, 0, 0), step(opQueueRead, iCloseOK, 0, 0)))
+	f.Add(prog( // our close-ok without the broker's close, then reopen
+		step(opOut, oOpen, 1, 0), step(opOut, oClose, 1, 0), step(opOut, oCloseOK, 1, 0),
+		step(opOut, oOpen, 1, 0), step(opQueueRead, iCloseOK, 1, 0), step(opOutTwo, oPublish, 1, 1)))
+	f.Add(prog(step(opOut, oOpen, 3, 0), step(opOutTwo, oClose|oHeader<<3, 3, 40), step(opQueueRead, iConnClose, 2, 7),
+		step(opQueueRead, iDelivery, 3, 200), step(opOutSplit, oBody, 3, 9)))
+	chans := []uint16{1, 2, 0, 65535}
 	outFrame := func(kind, x byte, ch uint16) []byte {
 		switch kind % 8 {
 		case 0:
@@ -529,54 +581,70 @@ func FuzzConnModel(f *testing.F) {
 		}
 	}
 	f.Fuzz(func(t *testing.T, prog []byte) {
-		if len(prog) > 400 {
-			prog = prog[:400]
+		if len(prog) > 300 {
+			prog = prog[:300]
 		}
 		r := newMemRig(t)
 		m := newModel()
 		r.write([]byte(protoHeader))
 		m.out = append(m.out, protoHeader...)
 		deliver := func(n int, size int) {
-			if n == 0 {
+			if n <= 0 {
 				return
 			}
 			r.sizes, r.nread = []int{size}, 0
 			r.feed(m.inData[m.delivered : m.delivered+n])
 			m.deliver(n)
 		}
-		for step := 0; len(prog) >= 4; step++ {
-			op, kind, chi, x := prog[0], prog[1], prog[2], prog[3]
-			prog = prog[4:]
-			ch := chans[int(chi)%len(chans)]
-			size := readSizeTable[int(kind)%len(readSizeTable)]
-			switch op % 8 {
-			case 0: // one frame, one Write
-				fr := outFrame(kind, x, ch)
+		for step := 0; len(prog) >= 2; step++ {
+			op, kind, chi, x := int(prog[0]>>5), int(prog[0]>>2)&7, int(prog[0]&3), prog[1]
+			prog = prog[2:]
+			ch := chans[chi]
+			size := readSizeTable[(kind+int(x))%len(readSizeTable)]
+			switch op {
+			case opOut:
+				fr := outFrame(byte(kind), x, ch)
 				r.write(fr)
 				m.outFrame(fr)
-			case 1: // one frame split over two Writes
-				fr := outFrame(kind, x, ch)
+			case opOutSplit:
+				fr := outFrame(byte(kind), x, ch)
 				k := int(x) % len(fr)
 				r.write(fr[:k], fr[k:])
 				m.outFrame(fr)
-			case 2: // two frames in one Write
-				f1, f2 := outFrame(kind, x, ch), outFrame(kind>>3, x, chans[int(chi>>3)%len(chans)])
+			case opOutTwo:
+				f1, f2 := outFrame(byte(kind), x, ch), outFrame(x&7, x>>3, chans[(chi+int(x>>6))%len(chans)])
 				r.write(cat(f1, f2))
 				m.outFrame(f1)
 				m.outFrame(f2)
-			case 3: // the broker sends frames (not read yet)
-				m.queueIn(inFrames(kind, x, ch))
-			case 4: // a chunk of what the broker sent is read
-				if p := m.pending(); p > 0 {
-					deliver(1+int(x)%p, size)
+			case opQueue:
+				m.queueIn(inFrames(byte(kind), x, ch))
+			case opRead:
+				if m.pending() == 0 {
+					break
 				}
-			case 5: // the broker sends frames and everything is read
-				m.queueIn(inFrames(kind, x, ch))
+				n := 1 + int(x>>2)%m.pending()
+				if m.next < len(m.in) {
+					// Read up to a point that matters for the frame being
+					// read: its judging point, just before it, or just
+					// before its end.
+					fr := m.in[m.next]
+					switch x % 4 {
+					case toJudge:
+						n = fr.off + judgeLen(fr.b) - m.delivered
+					case toBeforeJudge:
+						n = fr.off + judgeLen(fr.b) - 1 - m.delivered
+					case toBeforeEnd:
+						n = fr.off + len(fr.b) - 1 - m.delivered
+					}
+				}
+				deliver(n, size)
+			case opQueueRead:
+				m.queueIn(inFrames(byte(kind), x, ch))
 				deliver(m.pending(), size)
-			case 6: // everything the broker sent is read
+			case opReadAll:
 				deliver(m.pending(), size)
-			case 7: // one frame split over two Writes, with reads between
-				fr := outFrame(kind, x, ch)
+			case opOutAround:
+				fr := outFrame(byte(kind), x, ch)
 				k := int(x) % len(fr)
 				r.write(fr[:k])
 				if k >= judgeLen(fr) {
@@ -589,10 +657,10 @@ func FuzzConnModel(f *testing.F) {
 				}
 			}
 			if got, want := r.in, m.handedOn(); !bytes.Equal(got, want) {
-				t.Fatalf("step %d (op %d kind %d ch %d x %d): amqp091-go was handed the wrong bytes: %s", step, op%8, kind, ch, x, diff(got, want))
+				t.Fatalf("step %d (op %d kind %d ch %d x %d): amqp091-go was handed the wrong bytes: %s", step, op, kind, ch, x, diff(got, want))
 			}
 			if got := r.mc.out; !bytes.Equal(got, m.out) {
-				t.Fatalf("step %d (op %d kind %d ch %d x %d): broker received: %s", step, op%8, kind, ch, x, diff(got, m.out))
+				t.Fatalf("step %d (op %d kind %d ch %d x %d): broker received: %s", step, op, kind, ch, x, diff(got, m.out))
 			}
 			if d := r.c.Dropped(); d != m.dropped {
 				t.Fatalf("step %d: Dropped() = %d, want %d", step, d, m.dropped)
