@@ -140,6 +140,12 @@ func (ch Channel) send(ctx context.Context, op string, fn func() error) error {
 // enter claims the serialisation point for op and checks that the channel
 // is usable. Every successful enter is paired with exit.
 func (ch *channel) enter(ctx context.Context, op string, gen uint64) error {
+	if ch.gen.Load() != gen {
+		// Checked before taking the serialisation point too, so that a
+		// stale handle never makes the current lease holder see
+		// ErrConcurrentUse. (A stale generation never becomes valid again.)
+		return fmt.Errorf("%w (channel %d, %s)", ErrReleased, ch.id, op)
+	}
 	if !ch.busy.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w (channel %d, %s)", ErrConcurrentUse, ch.id, op)
 	}
@@ -180,11 +186,37 @@ func (ch *channel) unusable(op string) error {
 }
 
 // suspect is a lock-free hint that the channel may be unusable: a cause is
-// recorded, or the broker's channel.close has been read off the wire. A
-// channel that went down with its connection is not flagged here; amqp091-go
-// refuses the next operation on it, and result reports the cause.
+// recorded, the broker's channel.close has been read off the wire, or the
+// connection has ended.
 func (ch *channel) suspect() bool {
-	return ch.cause.Load() != nil || ch.brokerClose.Load() != nil
+	if ch.cause.Load() != nil || ch.brokerClose.Load() != nil {
+		return true
+	}
+	select {
+	case <-ch.c.dead:
+		return true
+	default:
+		return false
+	}
+}
+
+// closeWhenIdle closes the channel (generation gen) once no operation is
+// running on it: a pool discards a channel released mid-operation, and the
+// operation must finish (or fail with the connection) first.
+func (ch *channel) closeWhenIdle(gen uint64) {
+	t := time.NewTicker(time.Millisecond)
+	defer t.Stop()
+	for {
+		if err := ch.close(context.Background(), gen); !errors.Is(err, ErrConcurrentUse) {
+			return
+		}
+		select {
+		case <-t.C:
+		case <-ch.c.dead:
+			ch.c.forget(ch)
+			return
+		}
+	}
 }
 
 // setCause records err as the reason the channel is unusable unless one is
@@ -367,6 +399,9 @@ func (ch Channel) Close(ctx context.Context) error {
 }
 
 func (ch *channel) close(ctx context.Context, gen uint64) error {
+	if ch.gen.Load() != gen {
+		return fmt.Errorf("%w (channel %d, close)", ErrReleased, ch.id)
+	}
 	if !ch.busy.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w (channel %d, close)", ErrConcurrentUse, ch.id)
 	}

@@ -161,14 +161,14 @@ func (p *Pool) open(ctx context.Context) (*channel, error) {
 	if err != nil {
 		return nil, err
 	}
-	st.pool = p
-	st.gen.Store(1) // generation 0 is for channels outside pools
 	if p.opts.Mode != ModePlain {
 		if err := (Channel{s: st}).SetMode(ctx, p.opts.Mode); err != nil {
-			p.destroy(st)
+			_ = st.close(context.Background(), 0)
 			return nil, err
 		}
 	}
+	st.pool = p
+	st.gen.Store(1) // generation 0 is for channels outside pools
 	return st, nil
 }
 
@@ -178,7 +178,7 @@ func (p *Pool) destroy(st *channel) {
 	p.closing.Add(1)
 	if !p.c.goTracked(func() {
 		defer p.closing.Done()
-		_ = st.close(context.Background(), gen)
+		st.closeWhenIdle(gen)
 	}) {
 		p.closing.Done()
 		p.c.forget(st)
@@ -339,18 +339,18 @@ func (p *Pool) Stats() PoolStats {
 // for leased channels to be released, and closes the pool's channels.
 // It is idempotent.
 func (p *Pool) Close(ctx context.Context) error {
-	if p.closed.CompareAndSwap(false, true) {
-		c := p.c
-		c.mu.Lock()
-		if _, ok := c.pools[p]; ok {
-			delete(c.pools, p)
-			c.pooled -= p.opts.Size
-		}
-		c.mu.Unlock()
-	}
+	p.closed.Store(true)
 	if err := p.core.Close(ctx); err != nil {
 		return fmt.Errorf("warren: pool close: %d channels still leased: %w", p.core.Stats().InUse, err)
 	}
+	// Every channel is back: give the channel numbers back to the client.
+	c := p.c
+	c.mu.Lock()
+	if _, ok := c.pools[p]; ok {
+		delete(c.pools, p)
+		c.pooled -= p.opts.Size
+	}
+	c.mu.Unlock()
 	done := make(chan struct{})
 	go func() { p.closing.Wait(); close(done) }()
 	select {
