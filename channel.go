@@ -189,15 +189,7 @@ func (ch *channel) unusable(op string) error {
 // recorded, the broker's channel.close has been read off the wire, or the
 // connection has ended.
 func (ch *channel) suspect() bool {
-	if ch.cause.Load() != nil || ch.brokerClose.Load() != nil {
-		return true
-	}
-	select {
-	case <-ch.c.dead:
-		return true
-	default:
-		return false
-	}
+	return ch.cause.Load() != nil || ch.brokerClose.Load() != nil || ch.c.isDead.Load()
 }
 
 // closeWhenIdle closes the channel (generation gen) once no operation is

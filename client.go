@@ -53,6 +53,7 @@ type Client struct {
 	connErr   atomic.Pointer[ConnectionError] // why the connection ended; set before dead closes
 	rawErr    *amqp.Error                     // amqp091-go's pointer for connErr; read after dead closes
 	dead      chan struct{}                   // closed when the connection is gone, for any reason
+	isDead    atomic.Bool                     // set just before dead is closed (cheaper to poll)
 	closeDone chan struct{}                   // closed when Close has finished
 	wg        sync.WaitGroup                  // every goroutine warren starts for this client
 
@@ -339,6 +340,7 @@ func (c *Client) watch(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking) {
 				c.connErr.Store(ce)
 				c.opts.logger.Warn("warren: connection closed", "endpoint", c.endpoint, "code", e.Code, "reason", e.Reason, "server", e.Server)
 			}
+			c.isDead.Store(true)
 			close(c.dead)
 			c.failPools()
 			// amqp091-go closes the blocked listener during shutdown;
