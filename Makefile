@@ -16,3 +16,9 @@ vet:
 	test -z "$$(gofmt -l . | tee /dev/stderr)"
 	$(GO) vet ./...
 	cd integration && $(GO) vet ./...
+
+# make bench   runs every benchmark scenario (benchmarks/, its own module) and
+#              prints the Markdown report of BENCHMARKS.md; about 2 minutes
+.PHONY: bench
+bench:
+	cd benchmarks && $(GO) run ./cmd/warrenbench

@@ -1,0 +1,61 @@
+package bench
+
+import (
+	"math"
+	"math/rand/v2"
+	"slices"
+	"testing"
+)
+
+func TestBucketsCoverEveryValueInOrder(t *testing.T) {
+	prev := -1
+	for _, v := range []int64{0, 1, 31, 32, 63, 64, 65, 127, 128, 1000, 1 << 20, 1<<30 + 12345, 1 << 36} {
+		i := bucketOf(v)
+		if i < prev {
+			t.Fatalf("bucketOf(%d) = %d, below the bucket of a smaller value (%d)", v, i, prev)
+		}
+		prev = i
+		if hi := bucketHigh(i); hi < v || float64(hi-v) > 0.035*float64(v)+1 {
+			t.Errorf("value %d: bucket %d tops out at %d, want within 3.5%% above it", v, i, hi)
+		}
+	}
+}
+
+func TestQuantilesAreWithinABucketOfTheExactOnes(t *testing.T) {
+	rng := rand.New(rand.NewPCG(1, 2))
+	var h Histogram
+	vs := make([]int64, 100_000)
+	for i := range vs {
+		vs[i] = int64(rng.ExpFloat64() * 50_000)
+		h.Record(vs[i])
+	}
+	slices.Sort(vs)
+	for _, q := range []float64{0.5, 0.9, 0.99, 0.999} {
+		exact := float64(vs[int(math.Ceil(q*float64(len(vs))))-1])
+		got := h.Quantile(q)
+		if got < exact || got > exact*1.035+1 {
+			t.Errorf("q%.3f: got %.0f, want %.0f to 3.5%% above", q, got, exact)
+		}
+	}
+	if h.Max() != vs[len(vs)-1] || h.Quantile(1) != float64(vs[len(vs)-1]) {
+		t.Errorf("max: got %d and q1 %.0f, want %d", h.Max(), h.Quantile(1), vs[len(vs)-1])
+	}
+}
+
+func TestMedianIgnoresNaN(t *testing.T) {
+	for _, c := range []struct {
+		in   []float64
+		want float64
+	}{
+		{[]float64{3, 1, 2}, 2},
+		{[]float64{4, 1, 3, 2}, 2.5},
+		{[]float64{math.NaN(), 5, 1}, 3},
+	} {
+		if got := Median(c.in); got != c.want {
+			t.Errorf("Median(%v): got %v, want %v", c.in, got, c.want)
+		}
+	}
+	if got := Median([]float64{math.NaN()}); !math.IsNaN(got) {
+		t.Errorf("Median(NaN): got %v, want NaN", got)
+	}
+}
