@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"sync"
 	"sync/atomic"
 	"time"
 
@@ -89,7 +88,6 @@ type Pool struct {
 	discards [6]atomic.Int64 // indexed by discard*
 	closed   atomic.Bool
 	warming  atomic.Bool
-	closing  sync.WaitGroup // channel closes in flight
 }
 
 const (
@@ -172,17 +170,13 @@ func (p *Pool) open(ctx context.Context) (*channel, error) {
 	return st, nil
 }
 
-// destroy closes a channel the pool no longer holds, in the background.
+// destroy closes a channel the pool no longer holds. It returns once the
+// channel is closed, so that a replacement never makes the broker see more
+// than Size pooled channels. (A channel the broker or the connection already
+// closed, or that a poisoning already closes, costs no round-trip.)
 func (p *Pool) destroy(st *channel) {
 	gen := st.gen.Add(1) // any handle still out is now stale
-	p.closing.Add(1)
-	if !p.c.goTracked(func() {
-		defer p.closing.Done()
-		st.closeWhenIdle(gen)
-	}) {
-		p.closing.Done()
-		p.c.forget(st)
-	}
+	st.closeWhenIdle(gen)
 }
 
 // fail makes Acquire return the connection's error at once.
@@ -241,13 +235,26 @@ func (p *Pool) Release(ch Channel) {
 		return // not this pool's, or this lease already ended
 	}
 	if st.busy.Load() || (st.suspect() && st.unusable("") != nil) || Mode(st.mode.Load()) != p.opts.Mode {
+		if st.busy.Load() {
+			// Released mid-operation: the channel can only be closed once
+			// the operation ends. Do that off the caller's path; the slot
+			// stays taken (Open, InUse) until the channel is closed, so
+			// the pool never exceeds Size channels on the broker.
+			p.discards[discardBusy].Add(1)
+			if !p.c.goTracked(func() { p.drop(st) }) {
+				p.drop(st)
+			}
+			return
+		}
 		p.discard(st)
 		return
 	}
 	p.core.Release(st)
 }
 
-// discard closes st instead of reusing it and counts why.
+// discard closes st instead of reusing it and counts why. A channel the
+// broker, the connection or a poisoning already closed costs no round-trip;
+// one that changed mode costs a channel.close.
 func (p *Pool) discard(st *channel) {
 	reason := discardBusy
 	switch err := st.unusable(""); {
@@ -264,6 +271,11 @@ func (p *Pool) discard(st *channel) {
 		reason = discardConnection
 	}
 	p.discards[reason].Add(1)
+	p.drop(st)
+}
+
+// drop closes st and then frees its slot.
+func (p *Pool) drop(st *channel) {
 	p.core.Discard(st)
 	p.keepWarm()
 }
@@ -351,14 +363,7 @@ func (p *Pool) Close(ctx context.Context) error {
 		c.pooled -= p.opts.Size
 	}
 	c.mu.Unlock()
-	done := make(chan struct{})
-	go func() { p.closing.Wait(); close(done) }()
-	select {
-	case <-done:
-		return nil
-	case <-ctx.Done():
-		return fmt.Errorf("warren: pool close: channels still closing: %w", ctx.Err())
-	}
+	return nil
 }
 
 // poolSet is the client's registry of pools, failed together when the

@@ -1039,8 +1039,10 @@ func TestPoolReleaseDuringARunningOperationDiscardsAndClosesTheChannel(t *testin
 	}
 
 	p.Release(ch) // while the QueueDeclare is still running
+	// The channel stays open on the broker until the operation ends, so its
+	// slot stays taken: the pool never has more than Size channels.
 	wantPoolState(t, "after releasing a channel with an operation running", p,
-		poolState{Opened: 1, Discarded: warren.DiscardStats{Busy: 1}})
+		poolState{Open: 1, InUse: 1, Opened: 1, Discarded: warren.DiscardStats{Busy: 1}})
 
 	r.proxy.Resume(faultproxy.ServerToClient)
 	took, _ := faultWithin(t, 5*time.Second, "the running QueueDeclare after the broker resumed", func() error { return <-opDone })
@@ -1055,6 +1057,14 @@ func TestPoolReleaseDuringARunningOperationDiscardsAndClosesTheChannel(t *testin
 		return ""
 	}); msg != "" {
 		t.Errorf("5 s after the discard: %s", msg)
+	}
+	if msg := poolPoll(5*time.Second, func() string {
+		if s := p.Stats(); s.Open != 0 || s.InUse != 0 {
+			return fmt.Sprintf("got Open %d, InUse %d, want the slot freed once the channel closed", s.Open, s.InUse)
+		}
+		return ""
+	}); msg != "" {
+		t.Errorf("5 s after the running operation ended: %s", msg)
 	}
 	wantErrIs(t, "QueueDeclare on the released handle", func() error {
 		_, err := ch.QueueDeclare(ctx, "", warren.QueueOptions{Exclusive: true})

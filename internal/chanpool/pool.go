@@ -262,13 +262,14 @@ func (p *Pool[T]) Release(r T) {
 	p.mu.Unlock()
 }
 
-// Discard destroys a leased resource instead of returning it; its slot goes
-// to the first waiter, who opens a replacement.
+// Discard destroys a leased resource instead of returning it; then its slot
+// goes to the first waiter, who opens a replacement. The slot is freed only
+// after Destroy returns, so no more than Max resources ever exist at once.
 func (p *Pool[T]) Discard(r T) {
+	p.destroy(r)
 	p.mu.Lock()
 	p.freeSlotLocked()
 	p.mu.Unlock()
-	p.destroy(r)
 }
 
 // Prune destroys idle resources for which bad reports true (checked under
