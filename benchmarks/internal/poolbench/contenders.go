@@ -8,7 +8,6 @@ import (
 	"github.com/jackc/puddle/v2"
 
 	"github.com/warrenmq/warren"
-	"github.com/warrenmq/warren/benchmarks/internal/experiment/yieldpool"
 	"github.com/warrenmq/warren/internal/chanpool"
 )
 
@@ -17,10 +16,6 @@ const (
 	Warren   = "warren"   // warren.Pool over real channels on one Client
 	Chanpool = "chanpool" // warren's internal/chanpool core, trivial resources
 	Puddle   = "puddle"   // github.com/jackc/puddle/v2, trivial resources
-
-	// Yield is an experiment, run only when asked for with -contenders:
-	// chanpool with runtime.Gosched() after a hand-off (internal/experiment/yieldpool).
-	Yield = "chanpool-yield"
 )
 
 // contender is one pool under test. Its loops call the pool directly, with
@@ -213,46 +208,3 @@ func (c *puddlePool) close(context.Context) error {
 	c.pool.Close()
 	return nil
 }
-
-// yieldPool leases trivial resources from the yieldpool experiment.
-type yieldPool struct{ pool *yieldpool.Pool[*res] }
-
-func newYield(ctx context.Context, size int) (*yieldPool, error) {
-	var o resOpener
-	p := yieldpool.New(yieldpool.Config[*res]{Max: size, Open: o.open, Destroy: func(*res) {}})
-	if err := p.Warm(ctx, size); err != nil {
-		return nil, err
-	}
-	return &yieldPool{pool: p}, nil
-}
-
-func (c *yieldPool) serial(n int) error {
-	ctx := context.Background()
-	for range n {
-		r, err := c.pool.Acquire(ctx)
-		if err != nil {
-			return err
-		}
-		c.pool.Release(r)
-	}
-	return nil
-}
-
-func (c *yieldPool) loop(w *worker) error {
-	ctx := context.Background()
-	for !w.stop.Load() {
-		t0 := w.begin()
-		r, err := c.pool.Acquire(ctx)
-		if err != nil {
-			return err
-		}
-		w.acquired(t0, r.id)
-		w.holdIt()
-		w.releasing(r.id)
-		c.pool.Release(r)
-		w.released()
-	}
-	return nil
-}
-
-func (c *yieldPool) close(ctx context.Context) error { return c.pool.Close(ctx) }

@@ -111,10 +111,8 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 			c, err = newCore(ctx, opts.Size)
 		case Puddle:
 			c, err = newPuddle(ctx, opts.Size)
-		case Yield:
-			c, err = newYield(ctx, opts.Size)
 		default:
-			err = fmt.Errorf("unknown contender (have %s, %s, %s and the experiment %s)", Warren, Chanpool, Puddle, Yield)
+			err = fmt.Errorf("unknown contender (have %s, %s and %s)", Warren, Chanpool, Puddle)
 		}
 		if err != nil {
 			_ = closeAll(ctx)
@@ -131,7 +129,6 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 		Doc: fmt.Sprintf("Acquire+Release on a pool of %d. warren: warren.Pool leasing real channels of one Client "+
 			"(opened once before the run; the broker is not on the measured path). chanpool: warren's internal/chanpool "+
 			"core alone, trivial resources. puddle: github.com/jackc/puddle/v2 %s, trivial resources. "+
-			"chanpool-yield (only when selected): an experiment, chanpool with runtime.Gosched() after a hand-off. "+
 			"Acquire latency and hand-off are measured in a separate timed pass (three clock reads and an atomic store per operation); "+
 			"throughput, ns/op and allocs/op come from an untimed pass. A hand-off is an Acquire that began before "+
 			"the resource it got was released; its time runs from that Release to the waiter returning with the "+
