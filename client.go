@@ -20,9 +20,6 @@ import (
 	"github.com/warrenmq/warren/internal/wire"
 )
 
-// wireTrace, when set by a test in this package, traces method frames.
-var wireTrace func(dir string, ch, class, method uint16)
-
 // Version is reported to the broker in the client properties.
 const Version = "0.1.0"
 
@@ -153,9 +150,6 @@ func (c *Client) connect(ctx context.Context, uri amqp.URI, sasl []amqp.Authenti
 		conn = tc
 	}
 	c.wire = wire.New(conn, c.sawClose)
-	if wireTrace != nil {
-		c.wire.Trace = wireTrace
-	}
 
 	// Cancelling ctx during the handshake fails the pending read or write.
 	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })

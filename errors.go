@@ -288,7 +288,8 @@ func IsConnectionLevel(err error) bool {
 	return errors.As(err, &conn) || errors.Is(err, ErrClientClosed)
 }
 
-// replyText trims RabbitMQ's habit of prefixing the text with the code name.
+// replyText renders the reply text led by the code name, as RabbitMQ writes
+// it ("NOT_FOUND - ..."), adding the name when the text lacks it.
 func replyText(code ReplyCode, text string) string {
 	name := code.String()
 	if strings.HasPrefix(text, name) {
@@ -300,9 +301,8 @@ func replyText(code ReplyCode, text string) string {
 	return name + " - " + text
 }
 
-// fromAMQP converts an *amqp.Error seen on channel id into warren's type.
-// connErr, when non-nil, is the connection's own close cause: a channel that
-// was shut down because the connection died reports the connection error.
+// channelCause converts the broker's channel.close on channel id, as
+// observed by op, into warren's type.
 func channelCause(id uint16, op string, e *amqp.Error) *ChannelError {
 	return &ChannelError{ChannelID: id, Code: ReplyCode(e.Code), Reason: e.Reason, Op: op}
 }
