@@ -47,9 +47,12 @@ type channel struct {
 	gen  atomic.Uint64
 	pool *Pool // the pool that owns the channel, nil if none; set before first lease
 
-	mode    atomic.Int32 // Mode; changed only by SetMode
-	busy    atomic.Bool  // the serialisation point: true while an operation runs
-	writing atomic.Int32 // writeIdle, writeActive, writeAborted: see send
+	mode    atomic.Int32    // Mode; changed only by SetMode
+	confirm *confirmTracker // set before mode becomes ModeConfirm
+	txDirty atomic.Bool     // tx mode: work since the last commit or rollback
+	held    atomic.Bool     // a delivery needing settlement was received on it
+	busy    atomic.Bool     // the serialisation point: true while an operation runs
+	writing atomic.Int32    // writeIdle, writeActive, writeAborted: see send
 
 	closes      chan *amqp.Error           // buffered NotifyClose listener registered at open
 	brokerClose atomic.Pointer[amqp.Error] // the broker's channel.close, as read off the wire

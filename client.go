@@ -56,6 +56,9 @@ type Client struct {
 
 	blocked atomic.Bool // the broker sent connection.blocked and no unblocked since
 
+	strayReturns  atomic.Uint64 // basic.return matching no pending publish
+	strayConfirms atomic.Uint64 // acks or nacks matching no pending publish
+
 	abortReason atomic.Pointer[string]     // why warren cut the socket, if it did
 	wireClose   atomic.Pointer[amqp.Error] // connection.close as read off the wire
 }

@@ -49,6 +49,9 @@ func (ch Channel) Get(ctx context.Context, queue string, opts GetOptions) (d *De
 		return nil, false, err
 	}
 	ad.Acknowledger = nil // settle through warren only
+	if !opts.AutoAck {
+		ch.s.held.Store(true)
+	}
 	d = &Delivery{Delivery: ad, ch: ch}
 	d.settled.Store(opts.AutoAck)
 	return d, true, nil
@@ -87,16 +90,23 @@ func (d *Delivery) settle(ctx context.Context, fn func() error) error {
 // Ack acknowledges the delivery with tag, and with multiple every earlier
 // unacknowledged one.
 func (ch Channel) Ack(ctx context.Context, tag uint64, multiple bool) error {
-	return ch.send(ctx, "basic.ack", func() error { return ch.s.ch.Ack(tag, multiple) })
+	return ch.send(ctx, "basic.ack", func() error { ch.s.markTx(); return ch.s.ch.Ack(tag, multiple) })
 }
 
 // Nack negatively acknowledges the delivery with tag (and with multiple every
 // earlier one); requeue puts them back on the queue.
 func (ch Channel) Nack(ctx context.Context, tag uint64, multiple, requeue bool) error {
-	return ch.send(ctx, "basic.nack", func() error { return ch.s.ch.Nack(tag, multiple, requeue) })
+	return ch.send(ctx, "basic.nack", func() error { ch.s.markTx(); return ch.s.ch.Nack(tag, multiple, requeue) })
 }
 
 // Reject rejects the delivery with tag; requeue puts it back on the queue.
 func (ch Channel) Reject(ctx context.Context, tag uint64, requeue bool) error {
-	return ch.send(ctx, "basic.reject", func() error { return ch.s.ch.Reject(tag, requeue) })
+	return ch.send(ctx, "basic.reject", func() error { ch.s.markTx(); return ch.s.ch.Reject(tag, requeue) })
+}
+
+// markTx records that a transaction on the channel has work to commit.
+func (ch *channel) markTx() {
+	if Mode(ch.mode.Load()) == ModeTx {
+		ch.txDirty.Store(true)
+	}
 }

@@ -18,6 +18,14 @@
 // unaffected. When the connection ends, every channel and waiting call
 // returns its *ConnectionError.
 //
+// Publisher confirms report four distinct outcomes: nil (acked),
+// *NackedError, *UnroutableError (a mandatory message came back), and
+// *OutcomeUnknownError (the channel or connection closed before the
+// broker's answer; never reported as an ack or a nack). A Publisher gives
+// any number of goroutines confirmed publishing, pipelined over a few
+// confirm channels. Tx, Client.Tx and Pool.Tx wrap AMQP transactions with
+// database/sql semantics.
+//
 // Close never hangs: Client.Close and Channel.Close are bounded by their
 // context (or WithCloseTimeout), and survive the broker closing the same
 // channel at the same moment.

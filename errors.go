@@ -310,3 +310,96 @@ func channelCause(id uint16, op string, e *amqp.Error) *ChannelError {
 func connectionCause(op string, e *amqp.Error) *ConnectionError {
 	return &ConnectionError{Code: ReplyCode(e.Code), Reason: e.Reason, Server: e.Server, Op: op}
 }
+
+// Publish outcomes on confirm channels, and transactions.
+var (
+	// ErrNacked matches a *NackedError: the broker refused responsibility
+	// for a message (basic.nack), e.g. a queue with x-overflow
+	// reject-publish was full. The message was not enqueued.
+	ErrNacked = errors.New("warren: publish nacked by the broker")
+	// ErrUnroutable matches an *UnroutableError: a mandatory publish could
+	// not be routed to any queue and came back on basic.return.
+	ErrUnroutable = errors.New("warren: mandatory publish returned unroutable")
+	// ErrOutcomeUnknown matches an *OutcomeUnknownError: the message was
+	// sent but the broker's answer never arrived (the channel or connection
+	// closed first, or the caller stopped waiting). It may or may not have
+	// been enqueued; it is never reported as an ack or a nack.
+	ErrOutcomeUnknown = errors.New("warren: publish outcome unknown")
+	// ErrNotConfirmMode is returned by operations that need a channel in
+	// confirm mode (see Channel.SetMode and PoolOptions.Mode).
+	ErrNotConfirmMode = errors.New("warren: channel is not in confirm mode")
+	// ErrTxDone is returned by every operation on a Tx after Commit or
+	// Rollback, as database/sql's ErrTxDone: `defer tx.Rollback(ctx)` is
+	// always safe.
+	ErrTxDone = errors.New("warren: transaction has already been committed or rolled back")
+	// ErrPublisherClosed is returned by a Publisher's Publish after Close.
+	ErrPublisherClosed = errors.New("warren: publisher closed")
+)
+
+// NackedError reports a basic.nack for one publish: the broker did not take
+// the message. errors.Is(err, ErrNacked) holds.
+type NackedError struct {
+	ChannelID   uint16
+	DeliveryTag uint64 // the publish's sequence number on its channel
+}
+
+func (e *NackedError) Error() string {
+	return fmt.Sprintf("warren: publish %d on channel %d nacked by the broker", e.DeliveryTag, e.ChannelID)
+}
+
+// Is matches ErrNacked.
+func (e *NackedError) Is(target error) bool { return target == ErrNacked }
+
+// UnroutableError reports that a mandatory publish came back on basic.return
+// (312 NO_ROUTE: no queue is bound for its routing key). The broker acked it
+// afterwards, but no queue holds it. errors.Is matches ErrUnroutable and the
+// reply-code sentinel (ErrNoRoute, ErrNoConsumers).
+type UnroutableError struct {
+	ChannelID   uint16
+	DeliveryTag uint64
+	Code        ReplyCode // 312 NO_ROUTE or 313 NO_CONSUMERS
+	Reason      string    // the broker's reply text
+	Return      Return    // the message as the broker returned it
+}
+
+func (e *UnroutableError) Error() string {
+	return fmt.Sprintf("warren: mandatory publish %d on channel %d returned unroutable (exchange %q, routing key %q): %d %s",
+		e.DeliveryTag, e.ChannelID, e.Return.Exchange, e.Return.RoutingKey, int(e.Code), replyText(e.Code, e.Reason))
+}
+
+// Is matches ErrUnroutable and the sentinel for e.Code.
+func (e *UnroutableError) Is(target error) bool {
+	if target == ErrUnroutable {
+		return true
+	}
+	ce, ok := target.(*codeError)
+	return ok && ce.code == e.Code
+}
+
+// OutcomeUnknownError reports a publish, or a transaction commit, whose
+// outcome nobody can know: the frames were written but the broker's answer
+// never came, because the channel or the connection closed (Cause is the
+// typed *ChannelError, *ConnectionError, ErrChannelClosed...) or because the
+// caller's context ended (Cause is the context error). The message may have
+// been enqueued. errors.Is matches ErrOutcomeUnknown and, through Unwrap,
+// the cause.
+type OutcomeUnknownError struct {
+	ChannelID   uint16
+	DeliveryTag uint64 // 0 for a transaction commit
+	Op          string // "publish" or "tx.commit"
+	Cause       error
+}
+
+func (e *OutcomeUnknownError) Error() string {
+	what := fmt.Sprintf("publish %d on channel %d", e.DeliveryTag, e.ChannelID)
+	if e.Op != "" && e.Op != "publish" {
+		what = fmt.Sprintf("%s on channel %d", e.Op, e.ChannelID)
+	}
+	return fmt.Sprintf("warren: %s: outcome unknown (the broker may or may not have it): %v", what, e.Cause)
+}
+
+// Is matches ErrOutcomeUnknown.
+func (e *OutcomeUnknownError) Is(target error) bool { return target == ErrOutcomeUnknown }
+
+// Unwrap returns the cause.
+func (e *OutcomeUnknownError) Unwrap() error { return e.Cause }

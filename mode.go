@@ -66,18 +66,26 @@ func (ch Channel) SetMode(ctx context.Context, m Mode) error {
 	case cur != ModePlain:
 		return fmt.Errorf("%w: channel %d is in %s mode; %s mode would make the broker close it (406)", ErrModeConflict, ch.s.id, cur, m)
 	}
-	op := "confirm.select"
 	if m == ModeTx {
-		op = "tx.select"
+		err := ch.call(ctx, "tx.select", func() error { return ch.s.ch.Tx() })
+		if err == nil {
+			ch.s.mode.Store(int32(ModeTx))
+		}
+		return err
 	}
-	err := ch.call(ctx, op, func() error {
-		if m == ModeTx {
-			return ch.s.ch.Tx()
+	// The listeners go in before confirm.select, so that no confirmation
+	// arrives unheard; the drainer runs until the channel ends.
+	var t *confirmTracker
+	err := ch.call(ctx, "confirm.select", func() error {
+		t = newConfirmTracker(ch.s)
+		if !ch.s.c.goTracked(t.run) {
+			return ErrClientClosed
 		}
 		return ch.s.ch.Confirm(false)
 	})
 	if err == nil {
-		ch.s.mode.Store(int32(m))
+		ch.s.confirm = t
+		ch.s.mode.Store(int32(ModeConfirm))
 	}
 	return err
 }

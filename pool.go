@@ -29,8 +29,11 @@ type PoolOptions struct {
 	// MinIdle channels are opened when the pool is made and kept open
 	// (default 0: every channel opens on first use).
 	MinIdle int
-	// Mode of the pool's channels: ModePlain (default) or ModeConfirm. A
-	// leased channel switched to another mode is closed on release.
+	// Mode of the pool's channels: ModePlain (default), ModeConfirm or
+	// ModeTx. A leased channel switched to another mode is closed on
+	// release. A tx channel released with uncommitted work, or holding
+	// fetched messages it did not settle, is closed too (which discards
+	// the work and returns the messages to their queues).
 	Mode Mode
 	// Headroom is how many channel numbers stay free for channels opened
 	// outside pools (default 16).
@@ -50,6 +53,7 @@ type DiscardStats struct {
 	Busy         int64 // released while an operation on it was still running
 	ModeChanged  int64 // switched away from the pool's mode (confirm, tx)
 	Connection   int64 // the connection ended
+	TxUnfinished int64 // a tx channel released with uncommitted work or unsettled messages
 }
 
 // PoolStats is a snapshot of a Pool, like database/sql's DBStats: gauges
@@ -85,7 +89,7 @@ type Pool struct {
 	opts PoolOptions
 	core *chanpool.Pool[*channel]
 
-	discards [6]atomic.Int64 // indexed by discard*
+	discards [7]atomic.Int64 // indexed by discard*
 	closed   atomic.Bool
 	warming  atomic.Bool
 }
@@ -97,6 +101,7 @@ const (
 	discardBusy
 	discardMode
 	discardConnection
+	discardTx
 )
 
 // NewPool makes a pool of channels on c. It opens opts.MinIdle channels
@@ -114,8 +119,8 @@ func (c *Client) NewPool(ctx context.Context, opts PoolOptions) (*Pool, error) {
 		return nil, fmt.Errorf("%w: pool: negative Size, MinIdle or Headroom", ErrInvalidArgument)
 	case opts.MinIdle > opts.Size:
 		return nil, fmt.Errorf("%w: pool: MinIdle %d exceeds Size %d", ErrInvalidArgument, opts.MinIdle, opts.Size)
-	case opts.Mode != ModePlain && opts.Mode != ModeConfirm:
-		return nil, fmt.Errorf("%w: pool: mode %s; pools hold plain or confirm channels (tx channels never return to a pool)", ErrInvalidArgument, opts.Mode)
+	case opts.Mode != ModePlain && opts.Mode != ModeConfirm && opts.Mode != ModeTx:
+		return nil, fmt.Errorf("%w: pool: unknown mode %s", ErrInvalidArgument, opts.Mode)
 	}
 	p := &Pool{c: c, opts: opts}
 	p.core = chanpool.New(chanpool.Config[*channel]{
@@ -234,7 +239,8 @@ func (p *Pool) Release(ch Channel) {
 	if st == nil || st.pool != p || !st.gen.CompareAndSwap(ch.gen, ch.gen+1) {
 		return // not this pool's, or this lease already ended
 	}
-	if st.busy.Load() || (st.suspect() && st.unusable("") != nil) || Mode(st.mode.Load()) != p.opts.Mode {
+	if st.busy.Load() || (st.suspect() && st.unusable("") != nil) || Mode(st.mode.Load()) != p.opts.Mode ||
+		(p.opts.Mode == ModeTx && (st.txDirty.Load() || st.held.Load())) {
 		if st.busy.Load() {
 			// Released mid-operation: the channel can only be closed once
 			// the operation ends. Do that off the caller's path; the slot
@@ -260,6 +266,8 @@ func (p *Pool) discard(st *channel) {
 	switch err := st.unusable(""); {
 	case err == nil && Mode(st.mode.Load()) != p.opts.Mode:
 		reason = discardMode
+	case err == nil && p.opts.Mode == ModeTx:
+		reason = discardTx
 	case err == nil:
 	case errors.Is(err, ErrPoisoned):
 		reason = discardPoisoned
@@ -343,6 +351,7 @@ func (p *Pool) Stats() PoolStats {
 			Busy:         p.discards[discardBusy].Load(),
 			ModeChanged:  p.discards[discardMode].Load(),
 			Connection:   p.discards[discardConnection].Load(),
+			TxUnfinished: p.discards[discardTx].Load(),
 		},
 	}
 }

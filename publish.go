@@ -16,9 +16,13 @@ const (
 	Persistent = amqp.Persistent // 2: written to disk by durable queues
 )
 
-// Publish sends msg to exchange with routing key key, fire-and-forget: a nil
-// error means the frames were handed to the socket, not that the broker
-// accepted them. (Publisher confirms report the broker's answer.)
+// Publish sends msg to exchange with routing key key.
+//
+// On a plain or tx channel it is fire-and-forget: a nil error means the
+// frames were handed to the socket, not that the broker accepted them. On a
+// confirm channel (SetMode(ctx, ModeConfirm), or a confirm Pool) it returns
+// once the broker has answered, and nil means the broker acked; see
+// PublishMessage, PublishDeferred and Publisher.
 //
 // If the exchange does not exist the broker closes the channel
 // asynchronously: this call may still return nil, and the next operation on
@@ -29,13 +33,13 @@ const (
 // write is stalled (a blocked broker, a dead network), the connection is
 // closed, because a partly written message cannot be taken back.
 func (ch Channel) Publish(ctx context.Context, exchange, key string, msg Publishing) error {
-	const op = "basic.publish"
-	if err := checkPublishing(op, exchange, key, &msg); err != nil {
-		return err
-	}
-	return ch.send(ctx, op, func() error {
-		return ch.s.ch.Publish(exchange, key, false, false, msg)
-	})
+	return ch.PublishMessage(ctx, Message{Exchange: exchange, Key: key, Publishing: msg})
+}
+
+// checkMessage refuses a message amqp091-go would fail to encode only after
+// taking the connection down.
+func checkMessage(op string, m *Message) error {
+	return checkPublishing(op, m.Exchange, m.Key, &m.Publishing)
 }
 
 // checkPublishing refuses what amqp091-go would fail to encode only after

@@ -15,6 +15,11 @@ type ClientStats struct {
 	// channel.close which crossed the broker's own: amqp091-go would have
 	// handed them to whichever channel reused the id next.
 	StrayCloseOKsDropped uint64
+	// StrayReturns and StrayConfirms count basic.return, basic.ack and
+	// basic.nack frames that matched no pending publish (zero unless the
+	// broker misbehaves).
+	StrayReturns  uint64
+	StrayConfirms uint64
 }
 
 // Stats returns a snapshot of the client's gauges and counters.
@@ -24,5 +29,7 @@ func (c *Client) Stats() ClientStats {
 		Blocked:              c.Blocked(),
 		LateFramesDropped:    c.wire.Dropped(),
 		StrayCloseOKsDropped: c.wire.DroppedInbound(),
+		StrayReturns:         c.strayReturns.Load(),
+		StrayConfirms:        c.strayConfirms.Load(),
 	}
 }

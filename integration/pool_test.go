@@ -229,7 +229,7 @@ func TestNewPoolRefusesSizesThatDoNotFitChannelMaxAndSaysWhy(t *testing.T) {
 		"channel_max", strconv.Itoa(channelMax))
 	refused("MinIdle above Size", warren.PoolOptions{Size: 2, MinIdle: 3}, "MinIdle")
 	refused("negative Size", warren.PoolOptions{Size: -1}, "Size")
-	refused("tx mode", warren.PoolOptions{Size: 1, Mode: warren.ModeTx}, "tx")
+	refused("unknown mode", warren.PoolOptions{Size: 1, Mode: warren.Mode(7)}, "mode")
 	if got := c.OpenChannels(); got != 0 {
 		t.Errorf("OpenChannels after refused NewPool calls: got %d, want 0", got)
 	}

@@ -1,0 +1,478 @@
+package warren
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// Return is a message the broker sent back with basic.return.
+type Return = amqp.Return
+
+// StampHeader is the header warren adds to a mandatory publish on a confirm
+// channel. basic.return carries no delivery tag, so the header (the publish's
+// delivery tag, an int64) is how a returned message is matched to its
+// Confirmation, even when other publishes on the channel are still waiting
+// for their acks. Consumers see it on mandatory messages; warren removes it
+// from the Return it reports. The caller's Headers table is not modified.
+const StampHeader = "x-warren-seq"
+
+// Message is a message with its destination.
+type Message struct {
+	Exchange string
+	Key      string // routing key
+	// Mandatory asks the broker to return the message when no queue is
+	// bound for it; the publish then fails with an *UnroutableError. It
+	// needs a confirm-mode channel (or a Publisher), which is where the
+	// return can be reported; plain and tx channels refuse it.
+	Mandatory bool
+	Publishing
+}
+
+// Confirmation is the broker's answer to one publish on a confirm channel,
+// delivered later. It resolves exactly once, to one of:
+//
+//   - nil: the broker acked the message;
+//   - *NackedError (ErrNacked): the broker nacked it;
+//   - *UnroutableError (ErrUnroutable): a mandatory message came back
+//     unroutable (the broker acks it after returning it);
+//   - *OutcomeUnknownError (ErrOutcomeUnknown): the channel or connection
+//     closed before the broker answered; it wraps the typed cause.
+type Confirmation struct {
+	tag  uint64
+	chID uint16
+	done chan struct{}
+	err  error         // valid once done is closed
+	ret  *amqp.Return  // set by the drainer, under the tracker's lock
+	slot chan struct{} // a Publisher's window: one token released on resolve
+}
+
+func newConfirmation() *Confirmation {
+	return &Confirmation{done: make(chan struct{})}
+}
+
+// DeliveryTag returns the publish's sequence number on its channel (the tag
+// the broker acks).
+func (c *Confirmation) DeliveryTag() uint64 { return c.tag }
+
+// ChannelID returns the number of the channel the message was published on.
+func (c *Confirmation) ChannelID() uint16 { return c.chID }
+
+// Done returns a channel that is closed once the outcome is known.
+func (c *Confirmation) Done() <-chan struct{} { return c.done }
+
+// Wait waits for the outcome and returns it (see Confirmation). If ctx ends
+// first, Wait returns the context error and the confirmation stays pending:
+// ctx ends the wait, not the publish, and Wait may be called again.
+func (c *Confirmation) Wait(ctx context.Context) error {
+	if err, ok := c.waitDone(ctx); ok {
+		return err
+	}
+	return fmt.Errorf("warren: waiting for the confirmation of publish %d on channel %d: %w", c.tag, c.chID, ctx.Err())
+}
+
+// await is Wait for callers that will not wait again: a wait ended by ctx
+// is an unknown outcome.
+func (c *Confirmation) await(ctx context.Context) error {
+	if err, ok := c.waitDone(ctx); ok {
+		return err
+	}
+	return c.unknown(ctx.Err())
+}
+
+// waitDone waits for the outcome until ctx ends; an outcome already known
+// wins over an ended ctx.
+func (c *Confirmation) waitDone(ctx context.Context) (error, bool) {
+	select {
+	case <-c.done:
+		return c.err, true
+	case <-ctx.Done():
+	}
+	select {
+	case <-c.done:
+		return c.err, true
+	default:
+		return nil, false
+	}
+}
+
+func (c *Confirmation) resolve(err error) {
+	c.err = err
+	close(c.done)
+	if c.slot != nil {
+		<-c.slot
+	}
+}
+
+func (c *Confirmation) unknown(cause error) *OutcomeUnknownError {
+	return &OutcomeUnknownError{ChannelID: c.chID, DeliveryTag: c.tag, Op: "publish", Cause: cause}
+}
+
+// Listener buffers. amqp091-go sends confirms and returns from its single
+// frame reader and stalls it while a listener is full; the drainer empties
+// them without ever blocking on anything but the tracker's short lock.
+const (
+	confirmBuffer = 512
+	returnBuffer  = 64
+)
+
+// confirmTracker follows the publishes of one confirm channel. Publishes
+// are tracked in tag order (tags are contiguous: a publish that fails is
+// taken back before the next one); amqp091-go delivers confirmations in tag
+// order too, resequencing out-of-order acks and expanding multiple ones.
+type confirmTracker struct {
+	st   *channel
+	acks chan amqp.Confirmation
+	rets chan amqp.Return
+
+	last uint64 // tag of the last publish written; touched only under the channel's serialisation point
+
+	mu      sync.Mutex
+	q       []*Confirmation // unresolved publishes, in tag order
+	sending *Confirmation   // the publish being written, if any (last in q)
+	end     error           // why the channel ended; set once the drainer has stopped
+}
+
+// newConfirmTracker registers the listeners on st's channel. It must run
+// before confirm.select, so that no confirmation can arrive unheard.
+func newConfirmTracker(st *channel) *confirmTracker {
+	t := &confirmTracker{
+		st:   st,
+		acks: make(chan amqp.Confirmation, confirmBuffer),
+		rets: make(chan amqp.Return, returnBuffer),
+	}
+	st.ch.NotifyPublish(t.acks)
+	st.ch.NotifyReturn(t.rets)
+	return t
+}
+
+// publish writes m and tracks it as c. It runs inside the channel's
+// serialisation point. On error nothing was published and c is unresolved.
+func (t *confirmTracker) publish(m *Message, c *Confirmation) error {
+	t.mu.Lock()
+	if t.end != nil {
+		t.mu.Unlock()
+		return amqp.ErrClosed // mapped to the channel's cause by the caller
+	}
+	c.tag = t.last + 1
+	c.chID = t.st.id
+	t.q = append(t.q, c)
+	t.sending = c
+	t.mu.Unlock()
+
+	msg := m.Publishing
+	if m.Mandatory {
+		msg.Headers = stamped(msg.Headers, c.tag)
+	}
+	dc, err := t.st.ch.PublishWithDeferredConfirm(m.Exchange, m.Key, m.Mandatory, false, msg)
+	if err == nil && (dc == nil || dc.DeliveryTag != c.tag) {
+		// Cannot happen while every publish on the channel goes through
+		// the tracker; if it did, every later outcome would be wrong.
+		err = fmt.Errorf("warren: internal error: publish sequence out of step on channel %d", t.st.id)
+		t.st.setCause(err)
+		_ = t.st.ch.Close()
+	}
+
+	t.mu.Lock()
+	t.sending = nil
+	queued := len(t.q) > 0 && t.q[len(t.q)-1] == c
+	if err != nil {
+		if queued {
+			t.q[len(t.q)-1] = nil
+			t.q = t.q[:len(t.q)-1]
+		}
+		t.mu.Unlock()
+		return err
+	}
+	t.last = c.tag
+	end := t.end
+	if end != nil && queued {
+		// The channel ended while the frames were being written; the
+		// drainer left this publish to us.
+		t.q[len(t.q)-1] = nil
+		t.q = t.q[:len(t.q)-1]
+	}
+	t.mu.Unlock()
+	if end != nil && queued {
+		c.resolve(c.unknown(end))
+	}
+	return nil
+}
+
+// stamped returns a copy of h with the stamp header set to tag.
+func stamped(h amqp.Table, tag uint64) amqp.Table {
+	out := make(amqp.Table, len(h)+1)
+	for k, v := range h {
+		out[k] = v
+	}
+	out[StampHeader] = int64(tag)
+	return out
+}
+
+// stampOf reads and removes the stamp header from a returned message.
+func stampOf(r *amqp.Return) (uint64, bool) {
+	v, ok := r.Headers[StampHeader]
+	if !ok {
+		return 0, false
+	}
+	delete(r.Headers, StampHeader)
+	if len(r.Headers) == 0 {
+		r.Headers = nil
+	}
+	switch n := v.(type) {
+	case int64:
+		return uint64(n), n > 0
+	case int32:
+		return uint64(n), n > 0
+	case uint64:
+		return n, n > 0
+	case uint32:
+		return uint64(n), n > 0
+	}
+	return 0, false
+}
+
+// run is the channel's drainer: it matches returns and confirmations to
+// publishes, and when the channel ends resolves everything still waiting as
+// outcome unknown with the channel's cause.
+func (t *confirmTracker) run() {
+	acks, rets := t.acks, t.rets
+	for acks != nil {
+		select {
+		case r, ok := <-rets:
+			if !ok {
+				rets = nil
+				continue
+			}
+			t.returned(&r)
+		case a, ok := <-acks:
+			if !ok {
+				acks = nil
+				continue
+			}
+			// RabbitMQ sends basic.return before the ack of the same
+			// message, and amqp091-go delivers both from one goroutine:
+			// a return that precedes this ack is already buffered.
+			rets = t.drainReturns(rets)
+			t.confirmed(a)
+		}
+	}
+	t.drainReturns(rets)
+	t.failAll(t.st.awaitCause("publish"))
+}
+
+// drainReturns handles every buffered return without waiting; it returns
+// nil once the listener is closed.
+func (t *confirmTracker) drainReturns(rets chan amqp.Return) chan amqp.Return {
+	for rets != nil {
+		select {
+		case r, ok := <-rets:
+			if !ok {
+				return nil
+			}
+			t.returned(&r)
+		default:
+			return rets
+		}
+	}
+	return nil
+}
+
+func (t *confirmTracker) returned(r *amqp.Return) {
+	tag, ok := stampOf(r)
+	var c *Confirmation
+	if ok {
+		t.mu.Lock()
+		if n := len(t.q); n > 0 && tag >= t.q[0].tag && tag <= t.q[n-1].tag {
+			c = t.q[tag-t.q[0].tag]
+			c.ret = r
+		}
+		t.mu.Unlock()
+	}
+	if c == nil {
+		t.st.c.strayReturns.Add(1)
+		t.st.c.opts.logger.Warn("warren: basic.return matches no pending publish",
+			"channel", t.st.id, "exchange", r.Exchange, "routing_key", r.RoutingKey, "code", r.ReplyCode)
+	}
+}
+
+func (t *confirmTracker) confirmed(a amqp.Confirmation) {
+	var lost []*Confirmation
+	var c *Confirmation
+	t.mu.Lock()
+	for len(t.q) > 0 && t.q[0].tag < a.DeliveryTag {
+		// amqp091-go gave up delivering these confirmations (a listener
+		// stalled for 5 s); their outcome is unknown.
+		lost = append(lost, t.q[0])
+		t.q[0] = nil
+		t.q = t.q[1:]
+	}
+	if len(t.q) > 0 && t.q[0].tag == a.DeliveryTag {
+		c = t.q[0]
+		t.q[0] = nil
+		t.q = t.q[1:]
+	}
+	t.mu.Unlock()
+	for _, l := range lost {
+		l.resolve(l.unknown(errConfirmLost))
+	}
+	switch {
+	case c == nil:
+		t.st.c.strayConfirms.Add(1)
+	case !a.Ack:
+		c.resolve(&NackedError{ChannelID: c.chID, DeliveryTag: c.tag})
+	case c.ret != nil:
+		r := *c.ret
+		c.resolve(&UnroutableError{ChannelID: c.chID, DeliveryTag: c.tag,
+			Code: ReplyCode(r.ReplyCode), Reason: r.ReplyText, Return: r})
+	default:
+		c.resolve(nil)
+	}
+}
+
+// errConfirmLost is the cause of an unknown outcome whose confirmation
+// amqp091-go dropped.
+var errConfirmLost = fmt.Errorf("warren: the confirmation was dropped by amqp091-go after its listener stalled")
+
+// failAll resolves every pending publish as outcome unknown with cause,
+// except one whose frames are still being written: publish resolves that.
+func (t *confirmTracker) failAll(cause error) {
+	t.mu.Lock()
+	t.end = cause
+	q := t.q
+	t.q = nil
+	if s := t.sending; s != nil && len(q) > 0 && q[len(q)-1] == s {
+		q = q[:len(q)-1]
+		t.q = []*Confirmation{s}
+	}
+	t.mu.Unlock()
+	for _, c := range q {
+		c.resolve(c.unknown(cause))
+	}
+}
+
+// pending returns how many publishes await the broker's answer.
+func (t *confirmTracker) pending() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.q)
+}
+
+// publish is the one publish path of a Channel. In confirm mode it tracks
+// the message and returns its Confirmation; otherwise the Confirmation is
+// nil. deferred demands confirm mode.
+func (ch Channel) publish(ctx context.Context, m *Message, deferred bool) (*Confirmation, error) {
+	const op = "basic.publish"
+	if ch.s == nil {
+		return nil, errZeroChannel
+	}
+	if err := checkMessage(op, m); err != nil {
+		return nil, err
+	}
+	if err := ch.s.publishableIn(Mode(ch.s.mode.Load()), m, deferred); err != nil {
+		return nil, err
+	}
+	var c *Confirmation
+	err := ch.send(ctx, op, func() error {
+		// Checked again inside the serialisation point: the mode can
+		// change only there, and an untracked publish on a confirm
+		// channel would put every later outcome out of step.
+		mode := Mode(ch.s.mode.Load())
+		if err := ch.s.publishableIn(mode, m, deferred); err != nil {
+			return err
+		}
+		switch mode {
+		case ModeConfirm:
+			c = newConfirmation()
+			return ch.s.confirm.publish(m, c)
+		case ModeTx:
+			ch.s.txDirty.Store(true)
+		}
+		return ch.s.ch.Publish(m.Exchange, m.Key, false, false, m.Publishing)
+	})
+	if err != nil {
+		return nil, err
+	}
+	return c, nil
+}
+
+// publishableIn refuses a publish the channel's mode cannot report on.
+func (ch *channel) publishableIn(mode Mode, m *Message, deferred bool) error {
+	if mode == ModeConfirm {
+		return nil
+	}
+	if deferred {
+		return fmt.Errorf("%w: channel %d is in %s mode; a deferred confirmation needs SetMode(ctx, ModeConfirm)", ErrNotConfirmMode, ch.id, mode)
+	}
+	if m.Mandatory {
+		return fmt.Errorf("%w: basic.publish: a mandatory publish needs a confirm-mode channel to report its return (channel %d is in %s mode)", ErrInvalidArgument, ch.id, mode)
+	}
+	return nil
+}
+
+// PublishDeferred publishes m on a confirm-mode channel and returns its
+// Confirmation without waiting for the broker. A non-nil error means the
+// message was not published (ErrNotConfirmMode on a channel not in confirm
+// mode, an invalid argument, or the channel's or connection's typed cause).
+func (ch Channel) PublishDeferred(ctx context.Context, m Message) (*Confirmation, error) {
+	return ch.publish(ctx, &m, true)
+}
+
+// PublishMessage publishes m. On a confirm channel it returns once the
+// broker has answered, with the Confirmation's outcome (nil only for an
+// ack); if ctx ends while waiting, the outcome is unknown
+// (*OutcomeUnknownError wrapping the context error). On a plain or tx
+// channel it returns once the frames are handed to the socket, as Publish.
+func (ch Channel) PublishMessage(ctx context.Context, m Message) error {
+	c, err := ch.publish(ctx, &m, false)
+	if err != nil || c == nil {
+		return err
+	}
+	return c.await(ctx)
+}
+
+// PublishBatch publishes msgs in order and returns one result per message,
+// in input order. On a confirm channel every message is published before
+// any answer is awaited, and each result is that message's outcome (see
+// Confirmation); a message not published because an earlier one failed, or
+// ctx ended, carries that error. On a plain or tx channel each result says
+// whether the message was handed to the socket.
+func (ch Channel) PublishBatch(ctx context.Context, msgs []Message) []error {
+	errs := make([]error, len(msgs))
+	confs := make([]*Confirmation, len(msgs))
+	var stop error
+	for i := range msgs {
+		if stop != nil {
+			errs[i] = stop
+			continue
+		}
+		c, err := ch.publish(ctx, &msgs[i], false)
+		switch {
+		case err == nil:
+			confs[i] = c
+		case errors.Is(err, ErrInvalidArgument):
+			errs[i] = err // this message only
+		default:
+			errs[i] = err
+			stop = fmt.Errorf("warren: not published: an earlier message of the batch failed: %w", err)
+		}
+	}
+	for i, c := range confs {
+		if c != nil {
+			errs[i] = c.await(ctx)
+		}
+	}
+	return errs
+}
+
+// PendingConfirms returns how many publishes on a confirm channel await the
+// broker's answer (0 on other channels).
+func (ch Channel) PendingConfirms() int {
+	if ch.s == nil || Mode(ch.s.mode.Load()) != ModeConfirm {
+		return 0
+	}
+	return ch.s.confirm.pending()
+}

@@ -1,0 +1,145 @@
+package warren
+
+import (
+	"errors"
+	"testing"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// trackerWith returns a tracker (no AMQP channel behind it) holding pending
+// publishes with tags first..first+n-1.
+func trackerWith(first uint64, n int) (*confirmTracker, []*Confirmation) {
+	st := &channel{c: &Client{opts: defaultOptions()}, id: 7}
+	t := &confirmTracker{st: st}
+	confs := make([]*Confirmation, n)
+	for i := range confs {
+		c := newConfirmation()
+		c.tag, c.chID = first+uint64(i), st.id
+		confs[i] = c
+		t.q = append(t.q, c)
+	}
+	return t, confs
+}
+
+func resolved(c *Confirmation) (error, bool) {
+	select {
+	case <-c.done:
+		return c.err, true
+	default:
+		return nil, false
+	}
+}
+
+func TestTrackerResolvesAcksNacksAndReturnsInTagOrder(t *testing.T) {
+	tr, confs := trackerWith(1, 4)
+	ret := amqp.Return{ReplyCode: 312, ReplyText: "NO_ROUTE", RoutingKey: "k",
+		Headers: amqp.Table{StampHeader: int64(2), "keep": "me"}}
+	tr.returned(&ret)
+	tr.confirmed(amqp.Confirmation{DeliveryTag: 1, Ack: true})
+	tr.confirmed(amqp.Confirmation{DeliveryTag: 2, Ack: true})
+	tr.confirmed(amqp.Confirmation{DeliveryTag: 3, Ack: false})
+
+	if err, ok := resolved(confs[0]); !ok || err != nil {
+		t.Errorf("tag 1: %v, %v; want acked", err, ok)
+	}
+	err, ok := resolved(confs[1])
+	var ue *UnroutableError
+	if !ok || !errors.As(err, &ue) || ue.Code != CodeNoRoute || ue.DeliveryTag != 2 || ue.ChannelID != 7 {
+		t.Errorf("tag 2: %v, %v; want *UnroutableError 312 for tag 2 on channel 7", err, ok)
+	} else if _, stamped := ue.Return.Headers[StampHeader]; stamped || ue.Return.Headers["keep"] != "me" {
+		t.Errorf("tag 2: returned headers %v: want the stamp removed and the rest kept", ue.Return.Headers)
+	}
+	var ne *NackedError
+	if err, ok := resolved(confs[2]); !ok || !errors.As(err, &ne) || ne.DeliveryTag != 3 {
+		t.Errorf("tag 3: %v, %v; want *NackedError for tag 3", err, ok)
+	}
+	if _, ok := resolved(confs[3]); ok {
+		t.Errorf("tag 4 resolved without an answer")
+	}
+	if n := tr.pending(); n != 1 {
+		t.Errorf("pending: %d, want 1", n)
+	}
+
+	cause := errors.New("channel gone")
+	tr.failAll(cause)
+	err, ok = resolved(confs[3])
+	if !ok || !errors.Is(err, ErrOutcomeUnknown) || !errors.Is(err, cause) {
+		t.Errorf("tag 4 after failAll: %v, %v; want outcome unknown wrapping the cause", err, ok)
+	}
+}
+
+// A confirmation amqp091-go dropped (a gap in the tags) makes the skipped
+// publishes unknown, never acked.
+func TestTrackerGapInConfirmationsIsOutcomeUnknown(t *testing.T) {
+	tr, confs := trackerWith(10, 3)
+	tr.confirmed(amqp.Confirmation{DeliveryTag: 12, Ack: true})
+	for i, want := range []bool{true, true, false} { // unknown, unknown, acked
+		err, ok := resolved(confs[i])
+		if !ok {
+			t.Fatalf("tag %d unresolved", 10+i)
+		}
+		if got := errors.Is(err, ErrOutcomeUnknown); got != want {
+			t.Errorf("tag %d: %v; want unknown=%v", 10+i, err, want)
+		}
+	}
+	// A stray or repeated confirmation is counted, not applied twice.
+	tr.confirmed(amqp.Confirmation{DeliveryTag: 12, Ack: false})
+	if n := tr.st.c.strayConfirms.Load(); n != 1 {
+		t.Errorf("strayConfirms: %d, want 1", n)
+	}
+	if err, _ := resolved(confs[2]); err != nil {
+		t.Errorf("tag 12 changed after a repeated confirmation: %v", err)
+	}
+}
+
+func TestTrackerReturnWithoutAStampIsCountedAsStray(t *testing.T) {
+	tr, confs := trackerWith(1, 1)
+	tr.returned(&amqp.Return{ReplyCode: 312})
+	tr.returned(&amqp.Return{ReplyCode: 312, Headers: amqp.Table{StampHeader: int64(99)}})
+	if n := tr.st.c.strayReturns.Load(); n != 2 {
+		t.Errorf("strayReturns: %d, want 2", n)
+	}
+	tr.confirmed(amqp.Confirmation{DeliveryTag: 1, Ack: true})
+	if err, ok := resolved(confs[0]); !ok || err != nil {
+		t.Errorf("tag 1: %v, %v; want acked (the stray returns were not its own)", err, ok)
+	}
+}
+
+// failAll leaves the publish whose frames are being written to publish,
+// which resolves it once the write returns.
+func TestTrackerFailAllLeavesTheSendingPublish(t *testing.T) {
+	tr, confs := trackerWith(1, 2)
+	tr.sending = confs[1]
+	tr.failAll(ErrChannelClosed)
+	if _, ok := resolved(confs[0]); !ok {
+		t.Error("tag 1 unresolved after failAll")
+	}
+	if _, ok := resolved(confs[1]); ok {
+		t.Error("the publish being written was resolved by failAll")
+	}
+	if len(tr.q) != 1 || tr.q[0] != confs[1] {
+		t.Errorf("queue after failAll: %v, want only the sending publish", tr.q)
+	}
+}
+
+func TestStampedCopiesTheCallersHeaders(t *testing.T) {
+	h := amqp.Table{"a": "b"}
+	s := stamped(h, 42)
+	if len(h) != 1 {
+		t.Errorf("caller's table modified: %v", h)
+	}
+	if s[StampHeader] != int64(42) || s["a"] != "b" {
+		t.Errorf("stamped: %v", s)
+	}
+	r := amqp.Return{Headers: s}
+	if tag, ok := stampOf(&r); !ok || tag != 42 {
+		t.Errorf("stampOf: %d, %v; want 42, true", tag, ok)
+	}
+	if _, ok := r.Headers[StampHeader]; ok {
+		t.Error("stampOf left the stamp in the Return")
+	}
+	if r2 := (amqp.Return{Headers: stamped(nil, 1)}); func() bool { _, ok := stampOf(&r2); return !ok || r2.Headers != nil }() {
+		t.Error("a stamp-only table should read back and leave nil headers")
+	}
+}

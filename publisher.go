@@ -1,0 +1,371 @@
+package warren
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"sync/atomic"
+	"time"
+)
+
+// PublisherOptions configure a Publisher. The zero value is 4 channels with
+// a window of 256 unconfirmed messages each.
+type PublisherOptions struct {
+	// Channels is how many confirm channels the publisher pipelines over,
+	// each driven by one goroutine (default 4). They are leased from a
+	// pool of the publisher's own, counted against channel_max.
+	Channels int
+	// Window is the most messages a channel may have published and not yet
+	// confirmed (default 256). A full window makes the next publish on that
+	// channel wait for an answer: memory stays bounded while the broker is
+	// slow.
+	Window int
+	// Headroom is passed to the publisher's pool (see PoolOptions).
+	Headroom int
+}
+
+const (
+	defaultPublisherChannels = 4
+	defaultPublisherWindow   = 256
+)
+
+// PublisherStats counts a Publisher's outcomes since it was made.
+type PublisherStats struct {
+	Acked        int64 // broker acked (Publish returned nil)
+	Nacked       int64 // broker nacked (ErrNacked)
+	Unroutable   int64 // mandatory and returned (ErrUnroutable)
+	Unknown      int64 // outcome unknown (ErrOutcomeUnknown)
+	NotPublished int64 // failed before anything was sent (bad argument, closed, ctx)
+	Pending      int   // Publish calls waiting now
+}
+
+// Publisher publishes with confirms from any number of goroutines: Publish
+// returns once the broker has answered for that message. Internally the
+// publishes are pipelined over a few confirm channels, each driven by one
+// goroutine with a bounded window of unconfirmed messages, so many callers
+// share a few round-trips instead of paying one each.
+//
+// Outcomes are those of a Confirmation: nil only for an ack, *NackedError,
+// *UnroutableError for a mandatory message that came back, and
+// *OutcomeUnknownError when the channel or connection died (or the caller's
+// ctx ended) after the message was sent. Any other error means the message
+// was not published. A message is never published twice: a publish that
+// could not be sent because its channel had died is retried once on a fresh
+// channel, one that was sent never is.
+type Publisher struct {
+	c    *Client
+	opts PublisherOptions
+	pool *Pool
+
+	queue   chan *pubReq
+	closing chan struct{} // closed when no new requests are taken
+	abort   chan struct{} // closed when Close's ctx ended: give up on confirms
+	once    sync.Once
+	abortMu sync.Once
+	mu      sync.RWMutex // held shared while sending on queue; exclusively to close it
+	closed  bool
+	running sync.WaitGroup
+
+	pending                                          atomic.Int64
+	acked, nacked, unroutable, unknown, notPublished atomic.Int64
+}
+
+// pubReq is one Publish call on its way through a worker.
+type pubReq struct {
+	ctx   context.Context
+	m     Message
+	state atomic.Int32 // reqQueued, reqTaken, reqCancelled
+	conf  Confirmation // done also signals "not published" (err set, never sent)
+}
+
+const (
+	reqQueued int32 = iota
+	reqTaken
+	reqCancelled
+)
+
+// NewPublisher makes a Publisher on c and opens its channels (bounded by
+// ctx).
+func (c *Client) NewPublisher(ctx context.Context, opts PublisherOptions) (*Publisher, error) {
+	if opts.Channels == 0 {
+		opts.Channels = defaultPublisherChannels
+	}
+	if opts.Window == 0 {
+		opts.Window = defaultPublisherWindow
+	}
+	if opts.Channels < 0 || opts.Window < 0 {
+		return nil, fmt.Errorf("%w: publisher: negative Channels or Window", ErrInvalidArgument)
+	}
+	pool, err := c.NewPool(ctx, PoolOptions{Size: opts.Channels, MinIdle: opts.Channels, Mode: ModeConfirm, Headroom: opts.Headroom})
+	if err != nil {
+		return nil, fmt.Errorf("warren: publisher: %w", err)
+	}
+	p := &Publisher{
+		c:       c,
+		opts:    opts,
+		pool:    pool,
+		queue:   make(chan *pubReq, opts.Channels*opts.Window),
+		closing: make(chan struct{}),
+		abort:   make(chan struct{}),
+	}
+	for i := 0; i < opts.Channels; i++ {
+		p.running.Add(1)
+		if !c.goTracked(p.work) {
+			p.running.Done()
+			p.shutdown()
+			_ = pool.Close(context.Background())
+			return nil, ErrClientClosed
+		}
+	}
+	return p, nil
+}
+
+// Publish publishes msg to exchange with routing key key and returns once the
+// broker has answered; see Publisher for the outcomes.
+func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg Publishing) error {
+	return p.PublishMessage(ctx, Message{Exchange: exchange, Key: key, Publishing: msg})
+}
+
+// PublishMessage publishes m and returns once the broker has answered.
+func (p *Publisher) PublishMessage(ctx context.Context, m Message) error {
+	r, err := p.submit(ctx, &m)
+	if err != nil {
+		p.notPublished.Add(1)
+		return err
+	}
+	return p.wait(ctx, r)
+}
+
+// PublishBatch publishes msgs, pipelined, and returns one outcome per
+// message in input order, once every message has been answered.
+func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) []error {
+	errs := make([]error, len(msgs))
+	reqs := make([]*pubReq, len(msgs))
+	for i := range msgs {
+		reqs[i], errs[i] = p.submit(ctx, &msgs[i])
+		if errs[i] != nil {
+			p.notPublished.Add(1)
+		}
+	}
+	for i, r := range reqs {
+		if r != nil {
+			errs[i] = p.wait(ctx, r)
+		}
+	}
+	return errs
+}
+
+// submit checks m and hands it to a worker.
+func (p *Publisher) submit(ctx context.Context, m *Message) (*pubReq, error) {
+	const op = "publisher.publish"
+	if err := checkMessage(op, m); err != nil {
+		return nil, err
+	}
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("warren: %s: not published: %w", op, err)
+	}
+	if p.c.isDead.Load() {
+		return nil, p.c.connError(op)
+	}
+	r := &pubReq{ctx: ctx, m: *m}
+	r.conf.done = make(chan struct{})
+	p.mu.RLock()
+	defer p.mu.RUnlock()
+	if p.closed {
+		return nil, ErrPublisherClosed
+	}
+	select {
+	case p.queue <- r:
+		p.pending.Add(1)
+		return r, nil
+	case <-p.closing:
+		return nil, ErrPublisherClosed
+	case <-ctx.Done():
+		return nil, fmt.Errorf("warren: %s: not published: %w", op, ctx.Err())
+	}
+}
+
+// wait waits for r's outcome and counts it.
+func (p *Publisher) wait(ctx context.Context, r *pubReq) error {
+	defer p.pending.Add(-1)
+	var err error
+	select {
+	case <-r.conf.done:
+		err = r.conf.err
+	case <-ctx.Done():
+		if r.state.CompareAndSwap(reqQueued, reqCancelled) {
+			p.notPublished.Add(1)
+			return fmt.Errorf("warren: publisher.publish: not published: %w", ctx.Err())
+		}
+		select {
+		case <-r.conf.done:
+			err = r.conf.err
+		default:
+			// Sent or being sent; the worker still owns r, so its tag
+			// and channel are not read here.
+			p.unknown.Add(1)
+			return &OutcomeUnknownError{Op: "publish", Cause: ctx.Err()}
+		}
+	}
+	switch {
+	case err == nil:
+		p.acked.Add(1)
+	case errors.Is(err, ErrOutcomeUnknown):
+		p.unknown.Add(1)
+	case errors.Is(err, ErrNacked):
+		p.nacked.Add(1)
+	case errors.Is(err, ErrUnroutable):
+		p.unroutable.Add(1)
+	default:
+		p.notPublished.Add(1)
+	}
+	return err
+}
+
+// fail resolves a request that was not published.
+func (r *pubReq) fail(err error) {
+	r.conf.err = err
+	close(r.conf.done)
+}
+
+// work drives one channel: it takes requests in arrival order, publishes
+// them while the window has room, and leaves the answers to the channel's
+// drainer.
+func (p *Publisher) work() {
+	defer p.running.Done()
+	slots := make(chan struct{}, p.opts.Window)
+	var ch Channel
+	dead := p.c.dead
+	for {
+		var r *pubReq
+		select {
+		case r = <-p.queue:
+		case <-dead:
+			// The connection is gone: take no more requests and fail
+			// the queued ones (Acquire returns the connection's error).
+			dead = nil
+			p.shutdown()
+			continue
+		}
+		if r == nil {
+			break // queue closed and drained
+		}
+		if r.state.CompareAndSwap(reqQueued, reqTaken) {
+			p.publish(&ch, slots, r)
+		}
+	}
+	// Wait until every message this worker sent has been answered: the
+	// window's tokens all come back.
+	for i := 0; i < cap(slots); i++ {
+		select {
+		case slots <- struct{}{}:
+		case <-p.abort:
+			if ch.s != nil {
+				// Close gave up waiting: closing the channel resolves
+				// what is left as outcome unknown.
+				_ = ch.Close(context.Background())
+			}
+			slots <- struct{}{}
+		}
+	}
+	if ch.s != nil {
+		p.pool.Release(ch)
+	}
+}
+
+// publish sends r on the worker's channel, replacing a dead channel once.
+func (p *Publisher) publish(ch *Channel, slots chan struct{}, r *pubReq) {
+	const op = "basic.publish"
+	for attempt := 0; ; attempt++ {
+		if ch.s == nil {
+			c, err := p.pool.Acquire(r.ctx)
+			if err != nil {
+				r.fail(err)
+				return
+			}
+			*ch = c
+		}
+		select {
+		case slots <- struct{}{}:
+		case <-r.ctx.Done():
+			r.fail(fmt.Errorf("warren: publisher.publish: not published: %w", r.ctx.Err()))
+			return
+		case <-p.abort:
+			r.fail(fmt.Errorf("warren: publisher.publish: not published: %w", ErrPublisherClosed))
+			return
+		}
+		r.conf.slot = slots
+		err := ch.send(context.Background(), op, func() error { return ch.s.confirm.publish(&r.m, &r.conf) })
+		if err == nil {
+			return // the drainer resolves r
+		}
+		r.conf.slot = nil
+		<-slots
+		if ch.Err() != nil {
+			// The channel died before this message went out: it was
+			// not sent. Give the channel back (the pool discards it).
+			p.pool.Release(*ch)
+			*ch = Channel{}
+			if attempt == 0 && !IsConnectionLevel(err) {
+				continue
+			}
+		}
+		r.fail(err)
+		return
+	}
+}
+
+// shutdown stops taking requests; the workers publish what is queued.
+func (p *Publisher) shutdown() {
+	p.once.Do(func() {
+		close(p.closing)
+		p.mu.Lock()
+		p.closed = true
+		close(p.queue)
+		p.mu.Unlock()
+	})
+}
+
+// Close stops taking new messages, publishes the ones already queued, waits
+// until every sent message has been answered, and closes the publisher's
+// channels. If ctx ends first, the channels are closed at once and the
+// unanswered messages resolve as outcome unknown; Close then returns the
+// context error. Close is idempotent.
+func (p *Publisher) Close(ctx context.Context) error {
+	p.shutdown()
+	done := make(chan struct{})
+	go func() { p.running.Wait(); close(done) }()
+	var err error
+	select {
+	case <-done:
+	case <-ctx.Done():
+		err = fmt.Errorf("warren: publisher close: unanswered messages resolved as outcome unknown: %w", ctx.Err())
+		p.abortMu.Do(func() { close(p.abort) })
+		// A worker stuck in a socket write (a blocked broker) ends with
+		// the connection; do not wait for it longer than a close may take.
+		t := time.NewTimer(p.c.opts.closeTimeout)
+		defer t.Stop()
+		select {
+		case <-done:
+		case <-t.C:
+			return err
+		}
+	}
+	if perr := p.pool.Close(context.Background()); perr != nil && err == nil {
+		err = perr
+	}
+	return err
+}
+
+// Stats returns the publisher's counters.
+func (p *Publisher) Stats() PublisherStats {
+	return PublisherStats{
+		Acked:        p.acked.Load(),
+		Nacked:       p.nacked.Load(),
+		Unroutable:   p.unroutable.Load(),
+		Unknown:      p.unknown.Load(),
+		NotPublished: p.notPublished.Load(),
+		Pending:      int(p.pending.Load()),
+	}
+}
