@@ -5,6 +5,7 @@
 //	go run ./cmd/warrenbench                       # everything (make bench)
 //	go run ./cmd/warrenbench -list                 # scenario names
 //	go run ./cmd/warrenbench -scenario pool/uncontended -contenders warren -cpuprofile cpu.out
+//	go run ./cmd/warrenbench -scenario confirms            # one family
 //
 // Scenarios needing a broker find one with internal/brokertest: AMQP_URL,
 // else the local default broker (guest/guest on 127.0.0.1:5672), else a
@@ -32,12 +33,13 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warrenmq/warren/benchmarks/internal/bench"
+	"github.com/warrenmq/warren/benchmarks/internal/confirmbench"
 	"github.com/warrenmq/warren/benchmarks/internal/poolbench"
 	"github.com/warrenmq/warren/internal/brokertest"
 )
 
-// suiteDef is one scenario family. New families (publish, confirms,
-// consume) are added here.
+// suiteDef is one scenario family. New families (publish, consume) are
+// added here.
 type suiteDef struct {
 	name  string
 	cases []string // case names, for -list and -scenario
@@ -63,6 +65,26 @@ var suites = []suiteDef{
 				opts.BrokerURL = url
 			}
 			s, err := poolbench.NewSuite(ctx, opts)
+			if err != nil {
+				return nil, err
+			}
+			s.Cases = slices.DeleteFunc(s.Cases, func(c *bench.Case) bool { return !slices.Contains(cases, c.Name) })
+			return s, nil
+		},
+	},
+	{
+		name:  "confirms",
+		cases: []string{"confirms/wait-each-1", "confirms/window-256", "confirms/publisher-64"},
+		build: func(ctx context.Context, e *env, cases []string) (*bench.Suite, error) {
+			url, err := e.brokerURL(ctx)
+			if err != nil {
+				return nil, err
+			}
+			s, err := confirmbench.NewSuite(ctx, confirmbench.Options{
+				BrokerURL:  url,
+				Contenders: e.contenders,
+				Duration:   e.duration,
+			})
 			if err != nil {
 				return nil, err
 			}
@@ -125,7 +147,7 @@ func run() error {
 		list       = flag.Bool("list", false, "list scenarios and exit")
 		rounds     = flag.Int("rounds", 7, "measured rounds; contenders are interleaved within each")
 		procs      = flag.Int("procs", 2, "GOMAXPROCS for the run")
-		duration   = flag.Duration("duration", 500*time.Millisecond, "length of each measured pass")
+		duration   = flag.Duration("duration", 0, "length of each measured pass (default 500ms for pool, 1s for confirms)")
 		contenders = flag.String("contenders", "", "comma-separated contenders (default: all of each family, e.g. warren,chanpool,puddle)")
 		hold       = flag.Duration("hold", 0, "pool/handoff: lease held off-CPU (default 4ms)")
 		work       = flag.Duration("work", 0, "pool/handoff: CPU work after Release (default 1ms)")

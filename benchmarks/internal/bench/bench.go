@@ -46,9 +46,22 @@ type Case struct {
 	Name    string   // "pool/contended-64": suite name, slash, case name
 	Doc     string   // one line saying what is measured
 	Metrics []Metric // table columns, in order
+	// Contenders, if set, are the contenders this case runs, in order,
+	// instead of all of the suite's; they must include the suite's
+	// Baseline for the ratio rows.
+	Contenders []string
 	// Run measures contender once. It runs on the calling goroutine; it may
 	// start others but must stop them before it returns.
 	Run func(ctx context.Context, contender string) (Result, error)
+}
+
+// ContendersOf returns the contenders case c runs: its own if set, else
+// the suite's.
+func (s *Suite) ContendersOf(c *Case) []string {
+	if c.Contenders != nil {
+		return c.Contenders
+	}
+	return s.Contenders
 }
 
 // Suite is a family of scenarios sharing contenders and their setup.
@@ -103,7 +116,7 @@ func Run(ctx context.Context, suites []*Suite, opts Options) (*Report, error) {
 	for round := first; round <= opts.Rounds; round++ {
 		for _, s := range suites {
 			for _, c := range s.Cases {
-				for _, who := range s.Contenders {
+				for _, who := range s.ContendersOf(c) {
 					if err := ctx.Err(); err != nil {
 						return nil, err
 					}
@@ -117,7 +130,7 @@ func Run(ctx context.Context, suites []*Suite, opts Options) (*Report, error) {
 						if round == 0 {
 							tag = "warm-up"
 						}
-						fmt.Fprintf(opts.Progress, "%-12s %-24s %-9s %6.2fs  %s\n", tag, c.Name, who,
+						fmt.Fprintf(opts.Progress, "%-12s %-24s %-10s %6.2fs  %s\n", tag, c.Name, who,
 							time.Since(start).Seconds(), brief(c.Metrics, res))
 					}
 					if round == 0 {
@@ -304,15 +317,16 @@ func (r *Report) Markdown(w io.Writer) {
 				head = append(head, m.Title)
 			}
 			fmt.Fprintf(w, "| %s |\n|%s\n", strings.Join(head, " | "), strings.Repeat("---|", len(head)))
-			for _, who := range s.Contenders {
+			contenders := s.ContendersOf(c)
+			for _, who := range contenders {
 				row := []string{who}
 				for _, m := range c.Metrics {
 					row = append(row, Format(m.Unit, r.Median(c.Name, who, m.Key)))
 				}
 				fmt.Fprintf(w, "| %s |\n", strings.Join(row, " | "))
 			}
-			for _, who := range s.Contenders {
-				if who == s.Baseline {
+			for _, who := range contenders {
+				if who == s.Baseline || !slices.Contains(contenders, s.Baseline) {
 					continue
 				}
 				row := []string{who + "/" + s.Baseline}
@@ -324,7 +338,7 @@ func (r *Report) Markdown(w io.Writer) {
 			if len(c.Metrics) > 0 && r.Rounds > 1 {
 				m := c.Metrics[0]
 				var parts []string
-				for _, who := range s.Contenders {
+				for _, who := range contenders {
 					lo, hi := Spread(r.Values(c.Name, who, m.Key))
 					parts = append(parts, fmt.Sprintf("%s %s – %s", who, Format(m.Unit, lo), Format(m.Unit, hi)))
 				}
@@ -351,13 +365,13 @@ func (r *Report) Markdown(w io.Writer) {
 func (r *Report) RoundsText(w io.Writer) {
 	for _, s := range r.Suites {
 		for _, c := range s.Cases {
-			for _, who := range s.Contenders {
+			for _, who := range s.ContendersOf(c) {
 				for _, m := range c.Metrics {
 					var parts []string
 					for _, v := range r.Values(c.Name, who, m.Key) {
 						parts = append(parts, Format(m.Unit, v))
 					}
-					fmt.Fprintf(w, "%-24s %-9s %-14s %s\n", c.Name, who, m.Title, strings.Join(parts, "  "))
+					fmt.Fprintf(w, "%-24s %-10s %-14s %s\n", c.Name, who, m.Title, strings.Join(parts, "  "))
 				}
 			}
 		}

@@ -1,9 +1,11 @@
 package bench
 
 import (
+	"context"
 	"math"
 	"math/rand/v2"
 	"slices"
+	"strings"
 	"testing"
 )
 
@@ -57,5 +59,35 @@ func TestMedianIgnoresNaN(t *testing.T) {
 	}
 	if got := Median([]float64{math.NaN()}); !math.IsNaN(got) {
 		t.Errorf("Median(NaN): got %v, want NaN", got)
+	}
+}
+
+func TestCaseContendersOverrideTheSuites(t *testing.T) {
+	var ran []string
+	run := func(_ context.Context, who string) (Result, error) {
+		ran = append(ran, who)
+		return Result{"v": 2}, nil
+	}
+	s := &Suite{
+		Name:       "s",
+		Contenders: []string{"a", "b", "c"},
+		Baseline:   "a",
+		Cases: []*Case{
+			{Name: "s/all", Metrics: []Metric{{Key: "v", Title: "v", Unit: Count}}, Run: run},
+			{Name: "s/some", Metrics: []Metric{{Key: "v", Title: "v", Unit: Count}}, Run: run, Contenders: []string{"a", "c"}},
+		},
+	}
+	rep, err := Run(context.Background(), []*Suite{s}, Options{Rounds: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(ran, ","), "a,b,c,a,c"; got != want {
+		t.Errorf("ran %s, want %s", got, want)
+	}
+	var out strings.Builder
+	rep.Markdown(&out)
+	some := out.String()[strings.Index(out.String(), "### s/some"):]
+	if strings.Contains(some, "| b |") || strings.Contains(some, "b/a") || !strings.Contains(some, "| c/a | 1.00× |") {
+		t.Errorf("s/some table shows b or lacks c/a:\n%s", some)
 	}
 }
