@@ -56,6 +56,10 @@ type Client struct {
 
 	blocked atomic.Bool // the broker sent connection.blocked and no unblocked since
 
+	// confirmers holds, by channel id, the tracker of each confirm channel:
+	// the wire reports acks and nacks by id on amqp091-go's reader.
+	confirmers atomic.Pointer[[]atomic.Pointer[confirmTracker]]
+
 	strayReturns  atomic.Uint64 // basic.return matching no pending publish
 	strayConfirms atomic.Uint64 // acks or nacks matching no pending publish
 
@@ -77,6 +81,46 @@ func (c *Client) sawClose(id uint16, code uint16, text string) {
 	c.mu.Unlock()
 	if ch != nil {
 		ch.brokerClose.CompareAndSwap(nil, e)
+	}
+}
+
+// tracker returns the confirm tracker of channel id, or nil.
+func (c *Client) tracker(id uint16) *confirmTracker {
+	ts := c.confirmers.Load()
+	if ts == nil || int(id) >= len(*ts) {
+		return nil
+	}
+	return (*ts)[id].Load()
+}
+
+// trackConfirms registers t as the tracker of channel id.
+func (c *Client) trackConfirms(id uint16, t *confirmTracker) {
+	if ts := c.confirmers.Load(); ts != nil && int(id) < len(*ts) {
+		(*ts)[id].Store(t)
+	}
+}
+
+// untrackConfirms removes t, if it is still channel id's tracker.
+func (c *Client) untrackConfirms(id uint16, t *confirmTracker) {
+	if ts := c.confirmers.Load(); ts != nil && int(id) < len(*ts) {
+		(*ts)[id].CompareAndSwap(t, nil)
+	}
+}
+
+// sawConfirm hands a basic.ack or basic.nack read off the wire to its
+// channel's tracker (on amqp091-go's reader goroutine).
+func (c *Client) sawConfirm(id uint16, tag uint64, multiple, ack bool) {
+	if t := c.tracker(id); t != nil {
+		t.confirmed(tag, multiple, ack)
+	} else {
+		c.strayConfirms.Add(1)
+	}
+}
+
+// sawReturn tells channel id's tracker that a returned message is coming.
+func (c *Client) sawReturn(id uint16) {
+	if t := c.tracker(id); t != nil {
+		t.returnSeen()
 	}
 }
 
@@ -117,6 +161,11 @@ func Dial(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 		return nil, fmt.Errorf("warren: dial %s: %w", c.endpoint, err)
 	}
 	c.channelMax = c.conn.Config.ChannelMax
+	trackers := make([]atomic.Pointer[confirmTracker], int(c.channelMax)+1)
+	if c.channelMax == 0 {
+		trackers = make([]atomic.Pointer[confirmTracker], 1<<16)
+	}
+	c.confirmers.Store(&trackers)
 
 	// Buffered listeners registered before anything can close the
 	// connection: amqp091-go delivers into them without blocking its reader.
@@ -153,6 +202,7 @@ func (c *Client) connect(ctx context.Context, uri amqp.URI, sasl []amqp.Authenti
 		conn = tc
 	}
 	c.wire = wire.New(conn, c.sawClose)
+	c.wire.SetConfirmHooks(c.sawConfirm, c.sawReturn)
 
 	// Cancelling ctx during the handshake fails the pending read or write.
 	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })

@@ -101,74 +101,83 @@ func (c *Confirmation) waitDone(ctx context.Context) (error, bool) {
 
 func (c *Confirmation) resolve(err error) {
 	c.err = err
-	close(c.done)
 	if c.slot != nil {
 		<-c.slot
 	}
+	close(c.done)
 }
 
 func (c *Confirmation) unknown(cause error) *OutcomeUnknownError {
 	return &OutcomeUnknownError{ChannelID: c.chID, DeliveryTag: c.tag, Op: "publish", Cause: cause}
 }
 
-// Listener buffers. amqp091-go sends confirms and returns from its single
-// frame reader and stalls it while a listener is full; the drainer empties
-// them without ever blocking on anything but the tracker's short lock.
-const (
-	confirmBuffer = 512
-	returnBuffer  = 64
-)
+// returnBuffer is the buffer of the basic.return listener. amqp091-go sends
+// returns from its single frame reader and stalls it while a listener is
+// full; the drainer empties it without blocking on anything but the
+// tracker's short lock.
+const returnBuffer = 64
 
-// confirmTracker follows the publishes of one confirm channel. Publishes
-// are tracked in tag order (tags are contiguous: a publish that fails is
-// taken back before the next one); amqp091-go delivers confirmations in tag
-// order too, resequencing out-of-order acks and expanding multiple ones.
+// confirmTracker follows the publishes of one confirm channel.
+//
+// Acks and nacks are read off the wire (internal/wire reports them on
+// amqp091-go's reader goroutine, before amqp091-go parses them), so no
+// amqp091-go listener, timer or goroutine hop is paid per confirm. Returned
+// messages come from amqp091-go's return listener, drained by run; the wire
+// says when one is on its way, and acks read after it wait until it has been
+// matched (RabbitMQ sends basic.return before the ack of the same message).
 type confirmTracker struct {
 	st   *channel
-	acks chan amqp.Confirmation
 	rets chan amqp.Return
 
 	last uint64 // tag of the last publish written; touched only under the channel's serialisation point
 
-	mu      sync.Mutex
-	q       []*Confirmation // unresolved publishes, in tag order
-	sending *Confirmation   // the publish being written, if any (last in q)
-	end     error           // why the channel ended; set once the drainer has stopped
+	mu       sync.Mutex
+	q        []*Confirmation // pending publishes for tags base, base+1, ...; nil once resolved out of order
+	base     uint64          // tag of q[0]
+	sending  *Confirmation   // the publish being written, if any (last in q)
+	returns  int             // basic.returns read off the wire and not yet delivered by amqp091-go
+	deferred []wireConfirm   // confirms read while a return was on its way
+	end      error           // why the channel ended; set once the drainer has stopped
 }
 
-// newConfirmTracker registers the listeners on st's channel. It must run
+type wireConfirm struct {
+	tag           uint64
+	multiple, ack bool
+}
+
+// newConfirmTracker registers the tracker for st's channel. It must run
 // before confirm.select, so that no confirmation can arrive unheard.
 func newConfirmTracker(st *channel) *confirmTracker {
-	t := &confirmTracker{
-		st:   st,
-		acks: make(chan amqp.Confirmation, confirmBuffer),
-		rets: make(chan amqp.Return, returnBuffer),
-	}
-	st.ch.NotifyPublish(t.acks)
+	t := &confirmTracker{st: st, rets: make(chan amqp.Return, returnBuffer)}
 	st.ch.NotifyReturn(t.rets)
+	st.c.trackConfirms(st.id, t)
 	return t
 }
 
 // publish writes m and tracks it as c. It runs inside the channel's
 // serialisation point. On error nothing was published and c is unresolved.
 func (t *confirmTracker) publish(m *Message, c *Confirmation) error {
+	tag := t.last + 1
 	t.mu.Lock()
 	if t.end != nil {
 		t.mu.Unlock()
 		return amqp.ErrClosed // mapped to the channel's cause by the caller
 	}
-	c.tag = t.last + 1
+	c.tag = tag
 	c.chID = t.st.id
+	if len(t.q) == 0 {
+		t.base = tag
+	}
 	t.q = append(t.q, c)
 	t.sending = c
 	t.mu.Unlock()
 
 	msg := m.Publishing
 	if m.Mandatory {
-		msg.Headers = stamped(msg.Headers, c.tag)
+		msg.Headers = stamped(msg.Headers, tag)
 	}
 	dc, err := t.st.ch.PublishWithDeferredConfirm(m.Exchange, m.Key, m.Mandatory, false, msg)
-	if err == nil && (dc == nil || dc.DeliveryTag != c.tag) {
+	if err == nil && (dc == nil || dc.DeliveryTag != tag) {
 		// Cannot happen while every publish on the channel goes through
 		// the tracker; if it did, every later outcome would be wrong.
 		err = fmt.Errorf("warren: internal error: publish sequence out of step on channel %d", t.st.id)
@@ -178,6 +187,8 @@ func (t *confirmTracker) publish(m *Message, c *Confirmation) error {
 
 	t.mu.Lock()
 	t.sending = nil
+	// c is still queued unless its confirm has already been read (or the
+	// channel ended); no later publish can be queued behind it yet.
 	queued := len(t.q) > 0 && t.q[len(t.q)-1] == c
 	if err != nil {
 		if queued {
@@ -187,18 +198,14 @@ func (t *confirmTracker) publish(m *Message, c *Confirmation) error {
 		t.mu.Unlock()
 		return err
 	}
-	t.last = c.tag
-	end := t.end
-	if end != nil && queued {
+	t.last = tag
+	if t.end != nil && queued {
 		// The channel ended while the frames were being written; the
 		// drainer left this publish to us.
-		t.q[len(t.q)-1] = nil
 		t.q = t.q[:len(t.q)-1]
+		c.resolve(c.unknown(t.end))
 	}
 	t.mu.Unlock()
-	if end != nil && queued {
-		c.resolve(c.unknown(end))
-	}
 	return nil
 }
 
@@ -235,94 +242,52 @@ func stampOf(r *amqp.Return) (uint64, bool) {
 	return 0, false
 }
 
-// run is the channel's drainer: it matches returns and confirmations to
-// publishes, and when the channel ends resolves everything still waiting as
-// outcome unknown with the channel's cause.
-func (t *confirmTracker) run() {
-	acks, rets := t.acks, t.rets
-	for acks != nil {
-		select {
-		case r, ok := <-rets:
-			if !ok {
-				rets = nil
-				continue
-			}
-			t.returned(&r)
-		case a, ok := <-acks:
-			if !ok {
-				acks = nil
-				continue
-			}
-			// RabbitMQ sends basic.return before the ack of the same
-			// message, and amqp091-go delivers both from one goroutine:
-			// a return that precedes this ack is already buffered.
-			rets = t.drainReturns(rets)
-			t.confirmed(a)
-		}
-	}
-	t.drainReturns(rets)
-	t.failAll(t.st.awaitCause("publish"))
-}
-
-// drainReturns handles every buffered return without waiting; it returns
-// nil once the listener is closed.
-func (t *confirmTracker) drainReturns(rets chan amqp.Return) chan amqp.Return {
-	for rets != nil {
-		select {
-		case r, ok := <-rets:
-			if !ok {
-				return nil
-			}
-			t.returned(&r)
-		default:
-			return rets
-		}
-	}
-	return nil
-}
-
-func (t *confirmTracker) returned(r *amqp.Return) {
-	tag, ok := stampOf(r)
-	var c *Confirmation
-	if ok {
-		t.mu.Lock()
-		if n := len(t.q); n > 0 && tag >= t.q[0].tag && tag <= t.q[n-1].tag {
-			c = t.q[tag-t.q[0].tag]
-			c.ret = r
-		}
-		t.mu.Unlock()
-	}
-	if c == nil {
-		t.st.c.strayReturns.Add(1)
-		t.st.c.opts.logger.Warn("warren: basic.return matches no pending publish",
-			"channel", t.st.id, "exchange", r.Exchange, "routing_key", r.RoutingKey, "code", r.ReplyCode)
-	}
-}
-
-func (t *confirmTracker) confirmed(a amqp.Confirmation) {
-	var lost []*Confirmation
-	var c *Confirmation
+// confirmed handles a basic.ack or basic.nack read off the wire.
+func (t *confirmTracker) confirmed(tag uint64, multiple, ack bool) {
 	t.mu.Lock()
-	for len(t.q) > 0 && t.q[0].tag < a.DeliveryTag {
-		// amqp091-go gave up delivering these confirmations (a listener
-		// stalled for 5 s); their outcome is unknown.
-		lost = append(lost, t.q[0])
-		t.q[0] = nil
-		t.q = t.q[1:]
+	defer t.mu.Unlock()
+	if t.returns > 0 {
+		t.deferred = append(t.deferred, wireConfirm{tag, multiple, ack})
+		return
 	}
-	if len(t.q) > 0 && t.q[0].tag == a.DeliveryTag {
-		c = t.q[0]
-		t.q[0] = nil
-		t.q = t.q[1:]
+	t.settleLocked(tag, multiple, ack)
+}
+
+// settleLocked resolves the publishes a confirm covers. Resolving under the
+// lock costs nothing that can block: closing a channel, and giving back a
+// Publisher window token that is certainly there.
+func (t *confirmTracker) settleLocked(tag uint64, multiple, ack bool) {
+	n := 0
+	if multiple {
+		for len(t.q) > 0 && t.base <= tag {
+			if c := t.q[0]; c != nil {
+				t.settleOne(c, ack)
+				n++
+			}
+			t.popLocked()
+		}
+	} else if i := tag - t.base; tag >= t.base && i < uint64(len(t.q)) && t.q[i] != nil {
+		t.settleOne(t.q[i], ack)
+		t.q[i] = nil
+		n++
+		for len(t.q) > 0 && t.q[0] == nil {
+			t.popLocked()
+		}
 	}
-	t.mu.Unlock()
-	for _, l := range lost {
-		l.resolve(l.unknown(errConfirmLost))
-	}
-	switch {
-	case c == nil:
+	if n == 0 {
 		t.st.c.strayConfirms.Add(1)
-	case !a.Ack:
+	}
+}
+
+func (t *confirmTracker) popLocked() {
+	t.q[0] = nil
+	t.q = t.q[1:]
+	t.base++
+}
+
+func (t *confirmTracker) settleOne(c *Confirmation, ack bool) {
+	switch {
+	case !ack:
 		c.resolve(&NackedError{ChannelID: c.chID, DeliveryTag: c.tag})
 	case c.ret != nil:
 		r := *c.ret
@@ -333,24 +298,82 @@ func (t *confirmTracker) confirmed(a amqp.Confirmation) {
 	}
 }
 
-// errConfirmLost is the cause of an unknown outcome whose confirmation
-// amqp091-go dropped.
-var errConfirmLost = fmt.Errorf("warren: the confirmation was dropped by amqp091-go after its listener stalled")
+// returnSeen records that a basic.return was read off the wire.
+func (t *confirmTracker) returnSeen() {
+	t.mu.Lock()
+	t.returns++
+	t.mu.Unlock()
+}
+
+// returned matches a returned message, delivered by amqp091-go, to its
+// publish by the stamp header, and applies the confirms that waited for it.
+func (t *confirmTracker) returned(r *amqp.Return) {
+	tag, ok := stampOf(r)
+	t.mu.Lock()
+	matched := false
+	if i := tag - t.base; ok && tag >= t.base && i < uint64(len(t.q)) && t.q[i] != nil {
+		t.q[i].ret = r
+		matched = true
+	}
+	if t.returns > 0 {
+		t.returns--
+	}
+	if t.returns == 0 {
+		t.replayLocked()
+	}
+	t.mu.Unlock()
+	if !matched {
+		t.st.c.strayReturns.Add(1)
+		t.st.c.opts.logger.Warn("warren: basic.return matches no pending publish",
+			"channel", t.st.id, "exchange", r.Exchange, "routing_key", r.RoutingKey, "code", r.ReplyCode)
+	}
+}
+
+func (t *confirmTracker) replayLocked() {
+	for _, a := range t.deferred {
+		t.settleLocked(a.tag, a.multiple, a.ack)
+	}
+	t.deferred = t.deferred[:0]
+}
+
+// run is the channel's drainer: it matches returned messages to publishes
+// until the channel ends, then resolves everything still pending as outcome
+// unknown with the channel's cause.
+func (t *confirmTracker) run() {
+	for r := range t.rets {
+		t.returned(&r)
+	}
+	// amqp091-go closes the listener when the channel ends. Every frame
+	// read before the end has been handled: apply confirms still waiting
+	// for a return that never came, then fail the rest.
+	t.mu.Lock()
+	t.returns = 0
+	t.replayLocked()
+	t.mu.Unlock()
+	t.failAll(t.st.awaitCause("publish"))
+	t.st.c.untrackConfirms(t.st.id, t)
+}
 
 // failAll resolves every pending publish as outcome unknown with cause,
 // except one whose frames are still being written: publish resolves that.
 func (t *confirmTracker) failAll(cause error) {
 	t.mu.Lock()
+	defer t.mu.Unlock()
 	t.end = cause
-	q := t.q
-	t.q = nil
-	if s := t.sending; s != nil && len(q) > 0 && q[len(q)-1] == s {
-		q = q[:len(q)-1]
-		t.q = []*Confirmation{s}
+	var keep *Confirmation
+	for _, c := range t.q {
+		switch {
+		case c == nil:
+		case c == t.sending:
+			keep = c
+		default:
+			c.resolve(c.unknown(cause))
+		}
 	}
-	t.mu.Unlock()
-	for _, c := range q {
-		c.resolve(c.unknown(cause))
+	t.q = t.q[:0]
+	if keep != nil {
+		t.q = append(t.q, keep)
+		t.base = keep.tag
 	}
 }
 
@@ -358,7 +381,13 @@ func (t *confirmTracker) failAll(cause error) {
 func (t *confirmTracker) pending() int {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	return len(t.q)
+	n := 0
+	for _, c := range t.q {
+		if c != nil {
+			n++
+		}
+	}
+	return n
 }
 
 // publish is the one publish path of a Channel. In confirm mode it tracks

@@ -11,7 +11,7 @@ import (
 // publishes with tags first..first+n-1.
 func trackerWith(first uint64, n int) (*confirmTracker, []*Confirmation) {
 	st := &channel{c: &Client{opts: defaultOptions()}, id: 7}
-	t := &confirmTracker{st: st}
+	t := &confirmTracker{st: st, base: first}
 	confs := make([]*Confirmation, n)
 	for i := range confs {
 		c := newConfirmation()
@@ -31,14 +31,21 @@ func resolved(c *Confirmation) (error, bool) {
 	}
 }
 
-func TestTrackerResolvesAcksNacksAndReturnsInTagOrder(t *testing.T) {
+// RabbitMQ sends basic.return before the ack of the same message; the wire
+// reports the ack before amqp091-go has delivered the return, so the ack
+// waits for it.
+func TestTrackerResolvesAcksNacksAndReturns(t *testing.T) {
 	tr, confs := trackerWith(1, 4)
+	tr.returnSeen()              // the return of tag 2 is on its way...
+	tr.confirmed(1, false, true) // ...so this ack waits,
+	tr.confirmed(2, false, true) // and this one, whose return it is.
+	if _, ok := resolved(confs[0]); ok {
+		t.Fatal("an ack read while a return was on its way was applied before the return")
+	}
 	ret := amqp.Return{ReplyCode: 312, ReplyText: "NO_ROUTE", RoutingKey: "k",
 		Headers: amqp.Table{StampHeader: int64(2), "keep": "me"}}
 	tr.returned(&ret)
-	tr.confirmed(amqp.Confirmation{DeliveryTag: 1, Ack: true})
-	tr.confirmed(amqp.Confirmation{DeliveryTag: 2, Ack: true})
-	tr.confirmed(amqp.Confirmation{DeliveryTag: 3, Ack: false})
+	tr.confirmed(3, false, false)
 
 	if err, ok := resolved(confs[0]); !ok || err != nil {
 		t.Errorf("tag 1: %v, %v; want acked", err, ok)
@@ -69,22 +76,32 @@ func TestTrackerResolvesAcksNacksAndReturnsInTagOrder(t *testing.T) {
 	}
 }
 
-// A confirmation amqp091-go dropped (a gap in the tags) makes the skipped
-// publishes unknown, never acked.
-func TestTrackerGapInConfirmationsIsOutcomeUnknown(t *testing.T) {
-	tr, confs := trackerWith(10, 3)
-	tr.confirmed(amqp.Confirmation{DeliveryTag: 12, Ack: true})
-	for i, want := range []bool{true, true, false} { // unknown, unknown, acked
-		err, ok := resolved(confs[i])
+// Out-of-order single acks and multiple acks resolve each publish exactly
+// once; a repeated confirm is counted as stray.
+func TestTrackerOutOfOrderAndMultipleConfirms(t *testing.T) {
+	tr, confs := trackerWith(10, 5)
+	tr.confirmed(12, false, true)
+	tr.confirmed(11, true, true) // 10 and 11; 12 is done already
+	tr.confirmed(14, false, false)
+	for i, want := range []bool{true, true, true, false, true} {
+		if _, ok := resolved(confs[i]); ok != want {
+			t.Errorf("tag %d resolved %v, want %v", 10+i, ok, want)
+		}
+	}
+	tr.confirmed(13, true, true)
+	for i, c := range confs {
+		err, ok := resolved(c)
 		if !ok {
 			t.Fatalf("tag %d unresolved", 10+i)
 		}
-		if got := errors.Is(err, ErrOutcomeUnknown); got != want {
-			t.Errorf("tag %d: %v; want unknown=%v", 10+i, err, want)
+		if wantNack := i == 4; errors.Is(err, ErrNacked) != wantNack {
+			t.Errorf("tag %d: %v", 10+i, err)
 		}
 	}
-	// A stray or repeated confirmation is counted, not applied twice.
-	tr.confirmed(amqp.Confirmation{DeliveryTag: 12, Ack: false})
+	if n := tr.pending(); n != 0 {
+		t.Errorf("pending: %d, want 0", n)
+	}
+	tr.confirmed(12, false, false) // repeated
 	if n := tr.st.c.strayConfirms.Load(); n != 1 {
 		t.Errorf("strayConfirms: %d, want 1", n)
 	}
@@ -95,12 +112,14 @@ func TestTrackerGapInConfirmationsIsOutcomeUnknown(t *testing.T) {
 
 func TestTrackerReturnWithoutAStampIsCountedAsStray(t *testing.T) {
 	tr, confs := trackerWith(1, 1)
+	tr.returnSeen()
 	tr.returned(&amqp.Return{ReplyCode: 312})
+	tr.returnSeen()
 	tr.returned(&amqp.Return{ReplyCode: 312, Headers: amqp.Table{StampHeader: int64(99)}})
 	if n := tr.st.c.strayReturns.Load(); n != 2 {
 		t.Errorf("strayReturns: %d, want 2", n)
 	}
-	tr.confirmed(amqp.Confirmation{DeliveryTag: 1, Ack: true})
+	tr.confirmed(1, false, true)
 	if err, ok := resolved(confs[0]); !ok || err != nil {
 		t.Errorf("tag 1: %v, %v; want acked (the stray returns were not its own)", err, ok)
 	}

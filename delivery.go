@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"sync/atomic"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -24,6 +25,7 @@ var ErrAlreadySettled = errors.New("warren: delivery already acked, nacked or re
 type Delivery struct {
 	amqp.Delivery
 	ch      Channel
+	lock    *sync.Mutex // a consumer's: serialises settlements from its workers
 	settled atomic.Bool
 }
 
@@ -79,6 +81,10 @@ func (d *Delivery) settle(ctx context.Context, fn func() error) error {
 	}
 	if !d.settled.CompareAndSwap(false, true) {
 		return fmt.Errorf("%w (delivery tag %d on channel %d)", ErrAlreadySettled, d.DeliveryTag, d.ch.ID())
+	}
+	if d.lock != nil {
+		d.lock.Lock()
+		defer d.lock.Unlock()
 	}
 	err := fn()
 	if errors.Is(err, ErrConcurrentUse) || errors.Is(err, ErrInvalidArgument) {

@@ -26,6 +26,12 @@
 // confirm channels. Tx, Client.Tx and Pool.Tx wrap AMQP transactions with
 // database/sql semantics.
 //
+// Client.Consume runs a handler on a pool of workers for every delivery of
+// a queue, with a bounded prefetch, acks serialised on the consumer's own
+// channel, and a shutdown that takes nothing new when its context ends,
+// lets in-flight handlers finish, and returns everything else to the queue.
+// Delivery is at least once: handlers must tolerate redelivery.
+//
 // Close never hangs: Client.Close and Channel.Close are bounded by their
 // context (or WithCloseTimeout), and survive the broker closing the same
 // channel at the same moment.

@@ -69,3 +69,72 @@ func ExampleCodeOf() {
 	// Output:
 	// PRECONDITION_FAILED true true
 }
+
+// A Publisher gives any number of goroutines confirmed publishing; each call
+// returns once the broker has answered for its message.
+func ExamplePublisher_Publish() {
+	ctx := context.Background()
+	client, err := warren.Dial(ctx, "amqp://guest:guest@127.0.0.1:5672/")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close(ctx)
+	pub, err := client.NewPublisher(ctx, warren.PublisherOptions{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pub.Close(ctx)
+
+	err = pub.Publish(ctx, "", "jobs", warren.Publishing{DeliveryMode: warren.Persistent, Body: []byte(`{"id":1}`)})
+	switch {
+	case err == nil:
+		fmt.Println("acked: the broker has it")
+	case errors.Is(err, warren.ErrOutcomeUnknown):
+		fmt.Println("maybe delivered; republish only if duplicates are acceptable:", err)
+	case errors.Is(err, warren.ErrNacked), errors.Is(err, warren.ErrUnroutable):
+		fmt.Println("not delivered:", err)
+	default:
+		fmt.Println("not published:", err)
+	}
+}
+
+// Tx moves a message between queues atomically: the ack and the publish
+// take effect together on commit.
+func ExampleClient_Tx() {
+	ctx := context.Background()
+	client, err := warren.Dial(ctx, "amqp://guest:guest@127.0.0.1:5672/")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close(ctx)
+	err = client.Tx(ctx, func(tx *warren.Tx) error {
+		d, ok, err := tx.Get(ctx, "inbox", warren.GetOptions{})
+		if err != nil || !ok {
+			return err
+		}
+		if err := tx.Publish(ctx, "", "outbox", warren.Publishing{Body: d.Body}); err != nil {
+			return err
+		}
+		return d.Ack(ctx)
+	})
+	fmt.Println("moved:", err == nil)
+}
+
+// Consume runs until its ctx ends, then takes nothing new, lets in-flight
+// handlers finish, and returns the rest to the queue.
+func ExampleClient_Consume() {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	client, err := warren.Dial(ctx, "amqp://guest:guest@127.0.0.1:5672/")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close(context.Background())
+	err = client.Consume(ctx, "jobs", func(ctx context.Context, d *warren.Delivery) error {
+		fmt.Printf("job %s (redelivered %v)\n", d.Body, d.Redelivered)
+		return nil // ack
+	}, warren.ConsumeOptions{Prefetch: 100, Workers: 4})
+	if errors.Is(err, warren.ErrConsumerCancelled) {
+		fmt.Println("the queue was deleted")
+	}
+}

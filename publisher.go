@@ -4,16 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
 )
 
-// PublisherOptions configure a Publisher. The zero value is 4 channels with
+// PublisherOptions configure a Publisher. The zero value is 2 channels with
 // a window of 256 unconfirmed messages each.
 type PublisherOptions struct {
 	// Channels is how many confirm channels the publisher pipelines over,
-	// each driven by one goroutine (default 4). They are leased from a
+	// each driven by one goroutine (default 2). They are leased from a
 	// pool of the publisher's own, counted against channel_max.
 	Channels int
 	// Window is the most messages a channel may have published and not yet
@@ -26,7 +27,7 @@ type PublisherOptions struct {
 }
 
 const (
-	defaultPublisherChannels = 4
+	defaultPublisherChannels = 2
 	defaultPublisherWindow   = 256
 )
 
@@ -229,13 +230,22 @@ func (r *pubReq) fail(err error) {
 	close(r.conf.done)
 }
 
+// pubWorker is the state of one worker goroutine: its channel, and the
+// window of messages sent on it and not yet answered.
+type pubWorker struct {
+	p      *Publisher
+	ch     Channel
+	slots  chan struct{} // one token per unanswered message; the tracker takes them back
+	corked bool          // the wire is holding back this worker's burst
+}
+
 // work drives one channel: it takes requests in arrival order, publishes
 // them while the window has room, and leaves the answers to the channel's
-// drainer.
+// tracker. Requests already queued behind the first are published as one
+// burst: one socket write for all of them.
 func (p *Publisher) work() {
 	defer p.running.Done()
-	slots := make(chan struct{}, p.opts.Window)
-	var ch Channel
+	w := &pubWorker{p: p, slots: make(chan struct{}, p.opts.Window)}
 	dead := p.c.dead
 	for {
 		var r *pubReq
@@ -251,62 +261,113 @@ func (p *Publisher) work() {
 		if r == nil {
 			break // queue closed and drained
 		}
-		if r.state.CompareAndSwap(reqQueued, reqTaken) {
-			p.publish(&ch, slots, r)
+		if len(p.queue) == 0 {
+			// Callers woken by the same multiple ack are about to queue
+			// their next messages: let them, and send all in one write.
+			runtime.Gosched()
 		}
+		if len(p.queue) > 0 {
+			w.cork()
+		}
+		w.take(r)
+		for n := 1; n < cap(w.slots); n++ {
+			var more *pubReq
+			select {
+			case more = <-p.queue:
+			default:
+			}
+			if more == nil {
+				break // none queued, or the queue is closed: the outer loop sees which
+			}
+			w.cork()
+			w.take(more)
+		}
+		w.uncork()
 	}
 	// Wait until every message this worker sent has been answered: the
 	// window's tokens all come back.
-	for i := 0; i < cap(slots); i++ {
+	for i := 0; i < cap(w.slots); i++ {
 		select {
-		case slots <- struct{}{}:
+		case w.slots <- struct{}{}:
 		case <-p.abort:
-			if ch.s != nil {
+			if w.ch.s != nil {
 				// Close gave up waiting: closing the channel resolves
 				// what is left as outcome unknown.
-				_ = ch.Close(context.Background())
+				_ = w.ch.Close(context.Background())
 			}
-			slots <- struct{}{}
+			w.slots <- struct{}{}
 		}
 	}
-	if ch.s != nil {
-		p.pool.Release(ch)
+	if w.ch.s != nil {
+		p.pool.Release(w.ch)
+	}
+}
+
+func (w *pubWorker) cork() {
+	if !w.corked {
+		w.p.c.wire.Cork()
+		w.corked = true
+	}
+}
+
+// uncork writes the burst held back so far. It must precede anything that
+// waits: a reply, a window token, or another goroutine.
+func (w *pubWorker) uncork() {
+	if w.corked {
+		_ = w.p.c.wire.Uncork() // a failed write fails the connection, and with it the burst's confirms
+		w.corked = false
+	}
+}
+
+// take publishes r unless its caller has given up.
+func (w *pubWorker) take(r *pubReq) {
+	if r.state.CompareAndSwap(reqQueued, reqTaken) {
+		w.publish(r)
 	}
 }
 
 // publish sends r on the worker's channel, replacing a dead channel once.
-func (p *Publisher) publish(ch *Channel, slots chan struct{}, r *pubReq) {
+func (w *pubWorker) publish(r *pubReq) {
 	const op = "basic.publish"
+	p := w.p
 	for attempt := 0; ; attempt++ {
-		if ch.s == nil {
+		if w.ch.s == nil {
+			w.uncork() // channel.open is an RPC
 			c, err := p.pool.Acquire(r.ctx)
 			if err != nil {
 				r.fail(err)
 				return
 			}
-			*ch = c
+			w.ch = c
 		}
 		select {
-		case slots <- struct{}{}:
-		case <-r.ctx.Done():
-			r.fail(fmt.Errorf("warren: publisher.publish: not published: %w", r.ctx.Err()))
-			return
-		case <-p.abort:
-			r.fail(fmt.Errorf("warren: publisher.publish: not published: %w", ErrPublisherClosed))
-			return
+		case w.slots <- struct{}{}:
+		default:
+			w.uncork() // the window is full: let the burst out, then wait
+			select {
+			case w.slots <- struct{}{}:
+			case <-r.ctx.Done():
+				r.fail(fmt.Errorf("warren: publisher.publish: not published: %w", r.ctx.Err()))
+				return
+			case <-p.abort:
+				r.fail(fmt.Errorf("warren: publisher.publish: not published: %w", ErrPublisherClosed))
+				return
+			}
 		}
-		r.conf.slot = slots
+		r.conf.slot = w.slots
+		ch := w.ch
 		err := ch.send(context.Background(), op, func() error { return ch.s.confirm.publish(&r.m, &r.conf) })
 		if err == nil {
-			return // the drainer resolves r
+			return // the tracker resolves r
 		}
 		r.conf.slot = nil
-		<-slots
+		<-w.slots
+		w.uncork()
 		if ch.Err() != nil {
 			// The channel died before this message went out: it was
 			// not sent. Give the channel back (the pool discards it).
-			p.pool.Release(*ch)
-			*ch = Channel{}
+			p.pool.Release(ch)
+			w.ch = Channel{}
 			if attempt == 0 && !IsConnectionLevel(err) {
 				continue
 			}

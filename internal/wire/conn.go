@@ -28,7 +28,9 @@
 //
 // Conn also reports the reply code and text of every inbound channel.close
 // and connection.close, which amqp091-go can lose when a close races its
-// own.
+// own; and, when asked (SetConfirmHooks), every publisher confirm
+// (basic.ack, basic.nack) and the arrival of every basic.return, as they are
+// read, so that confirms are tracked without amqp091-go's listeners.
 package wire
 
 import (
@@ -49,6 +51,11 @@ const (
 	methodCloseO    = 41 // channel.close-ok
 	methodConnClose = 50 // connection.close
 
+	classBasic   = 60
+	methodReturn = 50  // basic.return
+	methodAck    = 80  // basic.ack
+	methodNack   = 120 // basic.nack
+
 	protocolHeaderLen = 8 // "AMQP\x00\x00\x09\x01", the first bytes the client writes
 	frameHeaderLen    = 7
 	methodIDLen       = 4
@@ -64,6 +71,21 @@ const maxCloseArgs = 2 + 1 + 255 + 2 + 2
 // amqp091-go handles it. It runs on amqp091-go's reader goroutine and must
 // not block.
 type CloseFunc func(id uint16, code uint16, text string)
+
+// ConfirmFunc receives a publisher confirm read on channel id: basic.ack
+// (ack true) or basic.nack for delivery tag tag, and with multiple every
+// earlier tag. It runs on amqp091-go's reader goroutine, before amqp091-go
+// has parsed the frames read with it, and must not block.
+type ConfirmFunc func(id uint16, tag uint64, multiple, ack bool)
+
+// ReturnFunc is told that a basic.return has been read on channel id,
+// before amqp091-go delivers the returned message. It runs on amqp091-go's
+// reader goroutine and must not block.
+type ReturnFunc func(id uint16)
+
+// confirmArgsLen is the arguments of basic.ack and basic.nack: delivery tag
+// and one octet of bits (multiple, and requeue for nack).
+const confirmArgsLen = 8 + 1
 
 type bits [65536 / 64]atomic.Uint64
 
@@ -87,7 +109,9 @@ type Conn struct {
 	awaiting  bits // the broker sent channel.close and our close-ok has not gone out
 	closeSent bits // we sent channel.close since the channel was opened and no close-ok answered it
 
-	onClose CloseFunc
+	onClose   CloseFunc
+	onConfirm ConfirmFunc
+	onReturn  ReturnFunc
 
 	// Trace, if set before the connection is used, sees every method
 	// frame: "in", "out", "drop" (outbound left out) or "drop-in" (a stray
@@ -98,16 +122,19 @@ type Conn struct {
 	droppedIn  atomic.Uint64
 
 	// inbound state, touched only inside Read
-	inHeld  []byte // an incomplete frame start kept back from amqp091-go (in inBuf)
-	inBuf   [frameStartLen]byte
-	inReady []byte // walked bytes not yet handed on (tiny reads only)
-	inErr   error  // a read error to report after inReady
-	inRem   int    // bytes of the current inbound frame still to pass or drop
-	inDrop  bool   // the current inbound frame is dropped
-	inCh    uint16 // channel of the current inbound frame
-	capture []byte // arguments of a close method being collected, or nil
-	closeOK bool   // the current inbound frame is a close-ok that is passed on
-	broken  bool   // the stream is not valid framing: pass bytes on untouched
+	inHeld     []byte // an incomplete frame start kept back from amqp091-go (in inBuf)
+	inBuf      [frameStartLen]byte
+	inReady    []byte // walked bytes not yet handed on (tiny reads only)
+	inErr      error  // a read error to report after inReady
+	inRem      int    // bytes of the current inbound frame still to pass or drop
+	inDrop     bool   // the current inbound frame is dropped
+	inCh       uint16 // channel of the current inbound frame
+	capture    []byte // a close or confirm method being collected, or nil
+	capConfirm bool   // the frame being captured is a basic.ack or basic.nack (else a close)
+	isAck      bool   // ... and it is a basic.ack
+	ackBuf     [frameStartLen + confirmArgsLen]byte
+	closeOK    bool // the current inbound frame is a close-ok that is passed on
+	broken     bool // the stream is not valid framing: pass bytes on untouched
 
 	// outbound state, guarded by wmu
 	wmu      sync.Mutex
@@ -115,12 +142,63 @@ type Conn struct {
 	held     []byte // an incomplete frame start kept back from the last Write
 	wrem     int    // bytes of the current outbound frame still to pass or drop
 	wdrop    bool   // the current outbound frame is dropped
+	corks    int    // Cork calls not yet matched by Uncork
+	corked   []byte // bytes held back while corked
+}
+
+// maxCorked bounds the bytes held back while corked; beyond it writes go
+// through, so a long burst costs no more memory than this.
+const maxCorked = 256 << 10
+
+// Cork holds back what is written until the matching Uncork, which writes
+// it with one system call: a burst of publishes costs one write instead of
+// one each. Writes never wait while corked (up to maxCorked). The caller
+// must not wait for a reply while corked: its request would not be sent.
+func (c *Conn) Cork() {
+	c.wmu.Lock()
+	c.corks++
+	c.wmu.Unlock()
+}
+
+// Uncork ends a Cork; the last one writes what was held back.
+func (c *Conn) Uncork() error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	c.corks--
+	if c.corks > 0 || len(c.corked) == 0 {
+		return nil
+	}
+	_, err := c.Conn.Write(c.corked)
+	c.corked = c.corked[:0]
+	return err
+}
+
+// emit writes b, or holds it back while corked. wmu is held.
+func (c *Conn) emit(b []byte) error {
+	if c.corks > 0 && len(c.corked)+len(b) <= maxCorked {
+		c.corked = append(c.corked, b...)
+		return nil
+	}
+	if len(c.corked) > 0 {
+		b = append(c.corked, b...)
+		c.corked = c.corked[:0]
+		_, err := c.Conn.Write(b)
+		return err
+	}
+	_, err := c.Conn.Write(b)
+	return err
 }
 
 // New wraps c. onClose, if not nil, is told about every inbound
 // channel.close and connection.close.
 func New(c net.Conn, onClose CloseFunc) *Conn {
 	return &Conn{Conn: c, preamble: protocolHeaderLen, onClose: onClose}
+}
+
+// SetConfirmHooks asks for publisher confirms and returns to be reported.
+// It must be called before the connection is used.
+func (c *Conn) SetConfirmHooks(confirm ConfirmFunc, ret ReturnFunc) {
+	c.onConfirm, c.onReturn = confirm, ret
 }
 
 // Dropped returns how many outbound frames Conn left out because their
@@ -228,6 +306,7 @@ func (c *Conn) startIn(f []byte) {
 		// before amqp091-go has answered.
 		c.closeSent.set(ch, false)
 		c.capture = make([]byte, 0, frameStartLen+maxCloseArgs)
+		c.capConfirm = false
 	case ch != 0 && class == classChannel && method == methodCloseO:
 		if c.closeSent.get(ch) {
 			c.closeOK = true
@@ -239,6 +318,12 @@ func (c *Conn) startIn(f []byte) {
 		}
 	case ch == 0 && class == classConnection && method == methodConnClose:
 		c.capture = make([]byte, 0, frameStartLen+maxCloseArgs)
+		c.capConfirm = false
+	case ch != 0 && class == classBasic && (method == methodAck || method == methodNack) && c.onConfirm != nil:
+		c.capture = c.ackBuf[:0] // no allocation: this is per confirm
+		c.capConfirm, c.isAck = true, method == methodAck
+	case ch != 0 && class == classBasic && method == methodReturn && c.onReturn != nil:
+		c.onReturn(ch)
 	}
 	if c.Trace != nil {
 		dir := "in"
@@ -252,7 +337,11 @@ func (c *Conn) startIn(f []byte) {
 // frameDoneIn runs once the last byte of an inbound frame has been read.
 func (c *Conn) frameDoneIn() {
 	if c.capture != nil {
-		c.closeArgs(c.inCh, c.capture)
+		if c.capConfirm {
+			c.confirmArgs(c.inCh, c.capture)
+		} else {
+			c.closeArgs(c.inCh, c.capture)
+		}
 		c.capture = nil
 	}
 	if c.closeOK {
@@ -260,6 +349,15 @@ func (c *Conn) frameDoneIn() {
 		c.closeSent.set(c.inCh, false)
 		c.open.set(c.inCh, false)
 	}
+}
+
+// confirmArgs decodes a basic.ack or basic.nack from the captured frame.
+func (c *Conn) confirmArgs(ch uint16, frame []byte) {
+	args := frame[min(len(frame), frameStartLen):]
+	if len(args) < confirmArgsLen {
+		return // malformed: amqp091-go fails the connection
+	}
+	c.onConfirm(ch, binary.BigEndian.Uint64(args[0:8]), args[8]&1 != 0, c.isAck)
 }
 
 // closeArgs decodes reply-code and reply-text of a close method from the
@@ -338,14 +436,14 @@ func (c *Conn) Write(p []byte) (int, error) {
 		}
 	}
 	if out == nil {
-		if _, err := c.Conn.Write(buf); err != nil {
+		if err := c.emit(buf); err != nil {
 			return 0, err
 		}
 		return len(p), nil
 	}
 	out = append(out, buf[from:]...)
 	if len(out) > 0 {
-		if _, err := c.Conn.Write(out); err != nil {
+		if err := c.emit(out); err != nil {
 			return 0, err
 		}
 	}

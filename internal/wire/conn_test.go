@@ -15,6 +15,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -2651,4 +2652,94 @@ func TestAmqp091CloseOKBehindBrokersClose(t *testing.T) {
 			}
 		})
 	}
+}
+
+// confirmEvent is what the confirm hooks saw: a return (ret) or a confirm.
+type confirmEvent struct {
+	id            uint16
+	ret           bool
+	tag           uint64
+	multiple, ack bool
+}
+
+// Publisher confirms and returns are reported as they are read, however
+// the stream is cut into reads, and the bytes reach amqp091-go unchanged.
+func TestConfirmsAndReturnsAreReportedAtEverySplit(t *testing.T) {
+	ret := cat(methodFrame(3, 60, 50, cat(u16(312), shortstr("NO_ROUTE"), shortstr(""), shortstr("k"))),
+		contentHeader(3, 60, 2), bodyFrame(3, []byte("hi")))
+	nack := methodFrame(3, 60, 120, cat(u64(8), []byte{2})) // requeue bit only
+	stream := cat(ret, methodFrame(3, 60, 80, cat(u64(7), []byte{1})), nack,
+		delivery(4, 1, []byte("x")), basicAck(5, 1<<40))
+	want := []confirmEvent{{id: 3, ret: true}, {3, false, 7, true, true}, {3, false, 8, false, false}, {5, false, 1 << 40, false, true}}
+	for size := 1; size <= len(stream); size += 1 + size/8 {
+		r := newRig(t)
+		var got []confirmEvent
+		r.c.SetConfirmHooks(func(id uint16, tag uint64, multiple, ack bool) {
+			got = append(got, confirmEvent{id, false, tag, multiple, ack})
+		}, func(id uint16) { got = append(got, confirmEvent{id: id, ret: true}) })
+		var chunks [][]byte
+		for i := 0; i < len(stream); i += size {
+			chunks = append(chunks, stream[i:min(i+size, len(stream))])
+		}
+		r.recv(stream, chunks...)
+		r.shutdown()
+		if !slices.Equal(got, want) {
+			t.Fatalf("reads of %d bytes: hooks saw %v, want %v", size, got, want)
+		}
+	}
+}
+
+// countWrites counts the Writes that reach the socket.
+type countWrites struct {
+	*countConn
+	n atomic.Int64
+}
+
+func (w *countWrites) Write(p []byte) (int, error) { w.n.Add(1); return w.countConn.Write(p) }
+
+// Corked writes are held back and leave in one socket write at the last
+// Uncork; past maxCorked they go through.
+func TestCorkHoldsWritesBackUntilTheLastUncork(t *testing.T) {
+	r := newRig(t)
+	cw := &countWrites{countConn: r.raw}
+	r.c.Conn = cw
+	r.writeStr(protoHeader)
+	r.write(chanOpen(1), chanOpen(2), chanOpen(3))
+	r.take()
+	before := cw.n.Load()
+
+	frames := [][]byte{publish(1, []byte("a")), publish(1, []byte("b")), publish(2, []byte("c"))}
+	r.c.Cork()
+	r.c.Cork() // nested: the outer Uncork writes
+	r.write(frames...)
+	if got := r.take(); len(got) != 0 {
+		t.Fatalf("corked writes reached the socket: %d bytes", len(got))
+	}
+	if err := r.c.Uncork(); err != nil {
+		t.Fatal(err)
+	}
+	if got := r.take(); len(got) != 0 {
+		t.Fatalf("the inner Uncork wrote %d bytes", len(got))
+	}
+	if err := r.c.Uncork(); err != nil {
+		t.Fatal(err)
+	}
+	if got, want := r.take(), cat(frames...); !bytes.Equal(got, want) {
+		t.Fatalf("after Uncork the broker got %s", diff(got, want))
+	}
+	if n := cw.n.Load() - before; n != 1 {
+		t.Errorf("socket writes for a corked burst: %d, want 1", n)
+	}
+
+	// A burst beyond maxCorked is not held back without bound.
+	big := publish(3, make([]byte, maxCorked/2+1))
+	r.c.Cork()
+	r.write(big, big, big)
+	if got := r.take(); len(got) < 2*len(big) {
+		t.Errorf("a corked burst of %d bytes held back %d of them", 3*len(big), 3*len(big)-len(got))
+	}
+	if err := r.c.Uncork(); err != nil {
+		t.Fatal(err)
+	}
+	r.take()
 }

@@ -1,0 +1,321 @@
+package warren
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"runtime/debug"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+)
+
+// ErrConsumerCancelled is returned by Consume when the broker cancelled the
+// consumer (basic.cancel): the queue was deleted, or a quorum queue's leader
+// moved and the consumer was not resubscribed. The connection and the
+// channel were fine.
+var ErrConsumerCancelled = errors.New("warren: consumer cancelled by the broker")
+
+// ErrShutdownTimeout is wrapped by Consume's error when handlers were still
+// running at the end of the shutdown bound. Their messages return to the
+// queue and will be delivered again.
+var ErrShutdownTimeout = errors.New("warren: handlers still running at the end of the shutdown bound")
+
+// Handler processes one delivery. Returning nil acks it; returning an error
+// nacks it (requeued unless ConsumeOptions.DeadLetterOnError). A handler
+// may settle the delivery itself (Ack, Nack, Reject); warren then leaves
+// it alone. A panic is recovered and treated as an error.
+//
+// ctx is not Consume's ctx: it stays valid while Consume shuts down, so an
+// in-flight handler can finish, and ends at the shutdown bound.
+//
+// Delivery is at least once: a message whose ack did not reach the broker
+// (the handler was still running at the shutdown bound, the connection
+// died) is delivered again, with Redelivered set. Handlers must be
+// idempotent, or deduplicate on a message id.
+type Handler func(ctx context.Context, d *Delivery) error
+
+// ConsumeOptions configure Consume. The zero value consumes with a
+// prefetch of 200, one handler at a time, manual acks, and a 30 s shutdown
+// bound.
+type ConsumeOptions struct {
+	// Prefetch is how many unacknowledged deliveries the broker may have
+	// sent at once (basic.qos; default 200, within RabbitMQ's recommended
+	// 100–300). It bounds the consumer's memory and should be at least
+	// Workers. Ignored with AutoAck, where nothing bounds the flow.
+	Prefetch int
+	// Workers is how many handlers run at once (default 1: in order).
+	Workers int
+	// Tag is the consumer tag the broker shows (default "warren-<pid>-<n>").
+	Tag string
+	// Exclusive asks to be the queue's only consumer (403 if it has others).
+	Exclusive bool
+	// Args are the optional arguments of basic.consume, e.g.
+	// "x-priority" or "x-stream-offset".
+	Args Table
+	// AutoAck makes the broker consider every message acknowledged once
+	// sent: a message whose handler fails or is interrupted is lost.
+	AutoAck bool
+	// DeadLetterOnError nacks a failed message without requeueing it, so
+	// the broker drops it or dead-letters it. By default it is requeued.
+	DeadLetterOnError bool
+	// ShutdownTimeout bounds how long in-flight handlers may run after ctx
+	// ends (default 30 s); then their ctx is cancelled and the channel is
+	// closed, returning their messages to the queue.
+	ShutdownTimeout time.Duration
+	// OnPanic, if set, is called (on the worker) with what a handler
+	// panicked with and the stack; the panic is also logged.
+	OnPanic func(d *Delivery, v any, stack []byte)
+}
+
+const (
+	defaultPrefetch        = 200
+	defaultShutdownTimeout = 30 * time.Second
+)
+
+var consumerSeq atomic.Uint64
+
+// Consume consumes queue on a channel of its own, running h for each
+// delivery on opts.Workers goroutines, until ctx ends or the consumer
+// cannot go on. It returns:
+//
+//   - when ctx ends: no new deliveries are taken (basic.cancel), in-flight
+//     handlers finish (bounded by ShutdownTimeout), their messages are acked
+//     or nacked, everything unstarted returns to the queue; the error wraps
+//     ctx.Err() (and ErrShutdownTimeout if handlers were still running);
+//   - ErrConsumerCancelled (wrapped) when the broker cancelled the consumer;
+//   - the typed cause (*ChannelError, *ConnectionError) when the channel or
+//     connection closed under it; unacked messages return to the queue;
+//   - the typed error of basic.qos or basic.consume if consuming could not
+//     start (e.g. ErrNotFound for a missing queue).
+//
+// Acks, nacks and rejects from the workers are serialised on the channel;
+// a second settlement of one delivery is refused (ErrAlreadySettled).
+func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts ConsumeOptions) error {
+	const op = "basic.consume"
+	if err := opts.fill(queue, h); err != nil {
+		return err
+	}
+	st, err := c.openChannel(ctx)
+	if err != nil {
+		return err
+	}
+	cs := &consumer{c: c, st: st, queue: queue, h: h, opts: opts,
+		cancels: make(chan string, 4), stop: make(chan struct{})}
+	defer cs.closeChannel()
+
+	ch := Channel{s: st}
+	if !opts.AutoAck {
+		if err := ch.Qos(ctx, QosOptions{PrefetchCount: opts.Prefetch}); err != nil {
+			return err
+		}
+	}
+	st.ch.NotifyCancel(cs.cancels)
+	// A listener of the consumer's own: the end of the channel must be
+	// seen even while every worker is busy in a handler.
+	cs.closed = st.ch.NotifyClose(make(chan *amqp.Error, 1))
+	var deliveries <-chan amqp.Delivery
+	err = ch.call(ctx, op, func() (err error) {
+		deliveries, err = st.ch.Consume(queue, opts.Tag, opts.AutoAck, opts.Exclusive, false, false, amqp.Table(opts.Args))
+		return err
+	})
+	if err != nil {
+		return err
+	}
+	return cs.run(ctx, deliveries)
+}
+
+// fill applies defaults and checks the options.
+func (o *ConsumeOptions) fill(queue string, h Handler) error {
+	const op = "basic.consume"
+	if h == nil {
+		return fmt.Errorf("%w: %s: nil handler", ErrInvalidArgument, op)
+	}
+	if o.Prefetch == 0 {
+		o.Prefetch = defaultPrefetch
+	}
+	if o.Workers == 0 {
+		o.Workers = 1
+	}
+	if o.ShutdownTimeout == 0 {
+		o.ShutdownTimeout = defaultShutdownTimeout
+	}
+	if o.Tag == "" {
+		o.Tag = fmt.Sprintf("warren-%d-%d", os.Getpid(), consumerSeq.Add(1))
+	}
+	switch {
+	case o.Prefetch < 0 || o.Prefetch > 65535:
+		return fmt.Errorf("%w: %s: Prefetch %d outside 0..65535", ErrInvalidArgument, op, o.Prefetch)
+	case o.Workers < 0:
+		return fmt.Errorf("%w: %s: negative Workers", ErrInvalidArgument, op)
+	case o.ShutdownTimeout < 0:
+		return fmt.Errorf("%w: %s: negative ShutdownTimeout", ErrInvalidArgument, op)
+	}
+	if err := checkNames(op, "queue", queue, "consumer tag", o.Tag); err != nil {
+		return err
+	}
+	if o.Args != nil {
+		return checkTable(op, o.Args)
+	}
+	return nil
+}
+
+// consumer is one running Consume.
+type consumer struct {
+	c     *Client
+	st    *channel
+	queue string
+	h     Handler
+	opts  ConsumeOptions
+
+	// mu serialises every operation on the channel once workers run: their
+	// acks, and the cancel at shutdown.
+	mu      sync.Mutex
+	cancels chan string // the broker's basic.cancel, from amqp091-go
+	closed  chan *amqp.Error
+	stop    chan struct{} // closed when no new deliveries may be taken
+}
+
+func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) error {
+	// Handlers get a ctx that survives Consume's ctx, so that in-flight
+	// work can finish; it ends at the shutdown bound.
+	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer hcancel()
+	var wg sync.WaitGroup
+	var running atomic.Int64
+	ended := make(chan struct{}) // closed by the first worker to see the deliveries end
+	var endOnce sync.Once
+	// The workers are not the client's goroutines: Client.Close must not
+	// wait on a handler that ignores its ctx.
+	for i := 0; i < cs.opts.Workers; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			if cs.work(hctx, deliveries, &running) {
+				endOnce.Do(func() { close(ended) })
+			}
+		}()
+	}
+	workersDone := make(chan struct{})
+	go func() { wg.Wait(); close(workersDone) }()
+
+	var err error
+	select {
+	case tag := <-cs.cancels:
+		close(cs.stop)
+		err = fmt.Errorf("warren: consume %q: %w (consumer tag %q)", cs.queue, ErrConsumerCancelled, tag)
+	case <-cs.closed:
+		close(cs.stop)
+		err = cs.st.awaitCause("basic.consume")
+	case <-ended:
+		// The deliveries ended without our cancel: the broker cancelled
+		// the consumer, or the channel or connection closed.
+		close(cs.stop)
+		err = cs.endReason()
+	case <-ctx.Done():
+		// Shutdown: take nothing new, cancel, let in-flight handlers finish.
+		close(cs.stop)
+		cctx, ccancel := context.WithTimeout(context.Background(), cs.opts.ShutdownTimeout)
+		cs.mu.Lock()
+		_ = Channel{s: cs.st}.call(cctx, "basic.cancel", func() error { return cs.st.ch.Cancel(cs.opts.Tag, false) })
+		cs.mu.Unlock()
+		ccancel()
+		err = fmt.Errorf("warren: consume %q: stopped: %w", cs.queue, ctx.Err())
+	}
+	bound := time.NewTimer(cs.opts.ShutdownTimeout)
+	defer bound.Stop()
+	select {
+	case <-workersDone:
+	case <-bound.C:
+		n := running.Load()
+		hcancel()
+		// The channel closes next; the unfinished handlers' messages go
+		// back to the queue. Their later acks fail harmlessly.
+		err = fmt.Errorf("%w; %d handlers still running (%w), their messages return to the queue", err, n, ErrShutdownTimeout)
+	}
+	return err
+}
+
+// endReason says why the deliveries ended when Consume's ctx did not.
+func (cs *consumer) endReason() error {
+	select {
+	case tag := <-cs.cancels:
+		return fmt.Errorf("warren: consume %q: %w (consumer tag %q)", cs.queue, ErrConsumerCancelled, tag)
+	default:
+	}
+	if err := cs.st.awaitCause("basic.consume"); err != nil {
+		return err
+	}
+	return fmt.Errorf("warren: consume %q: deliveries ended", cs.queue)
+}
+
+// work runs handlers for deliveries until they end (it then returns true)
+// or stop is closed.
+func (cs *consumer) work(ctx context.Context, deliveries <-chan amqp.Delivery, running *atomic.Int64) bool {
+	for {
+		select {
+		case <-cs.stop:
+			return false
+		case ad, ok := <-deliveries:
+			if !ok {
+				return true
+			}
+			select {
+			case <-cs.stop:
+				return false // taken as shutdown began: left unacked, it returns to the queue
+			default:
+			}
+			running.Add(1)
+			cs.handle(ctx, ad)
+			running.Add(-1)
+		}
+	}
+}
+
+// handle runs the handler for one delivery and settles it.
+func (cs *consumer) handle(ctx context.Context, ad amqp.Delivery) {
+	ad.Acknowledger = nil
+	d := &Delivery{Delivery: ad, ch: Channel{s: cs.st}, lock: &cs.mu}
+	d.settled.Store(cs.opts.AutoAck)
+	err := cs.call(ctx, d)
+	if d.settled.Load() {
+		return
+	}
+	// Settled without a caller's ctx: an ack is a frame write, and a
+	// ctx ending mid-write would cost the connection.
+	bg := context.Background()
+	if err == nil {
+		_ = d.Ack(bg)
+	} else {
+		_ = d.Nack(bg, !cs.opts.DeadLetterOnError)
+	}
+}
+
+// call runs the handler, turning a panic into an error.
+func (cs *consumer) call(ctx context.Context, d *Delivery) (err error) {
+	defer func() {
+		if v := recover(); v != nil {
+			stack := debug.Stack()
+			cs.c.opts.logger.Error("warren: consumer handler panicked; the message is nacked and the consumer goes on",
+				"queue", cs.queue, "consumer_tag", cs.opts.Tag, "delivery_tag", d.DeliveryTag, "panic", v, "stack", string(stack))
+			if cs.opts.OnPanic != nil {
+				cs.opts.OnPanic(d, v, stack)
+			}
+			err = fmt.Errorf("warren: handler panicked: %v", v)
+		}
+	}()
+	return cs.h(ctx, d)
+}
+
+// closeChannel closes the consumer's channel: unacked messages return to
+// the queue, and amqp091-go's delivery buffer goroutine ends.
+func (cs *consumer) closeChannel() {
+	ctx, cancel := context.WithTimeout(context.Background(), cs.c.opts.closeTimeout)
+	defer cancel()
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	_ = cs.st.close(ctx, 0)
+}
