@@ -270,17 +270,26 @@ func (p *Publisher) work() {
 			w.cork()
 		}
 		w.take(r)
-		for n := 1; n < cap(w.slots); n++ {
-			var more *pubReq
-			select {
-			case more = <-p.queue:
-			default:
+		n := 1
+		for round := 0; round < 4 && n < cap(w.slots); round++ {
+			took := 0
+			for ; n < cap(w.slots); n++ {
+				var more *pubReq
+				select {
+				case more = <-p.queue:
+				default:
+				}
+				if more == nil {
+					break // none queued, or the queue is closed: the outer loop sees which
+				}
+				w.cork()
+				w.take(more)
+				took++
 			}
-			if more == nil {
-				break // none queued, or the queue is closed: the outer loop sees which
+			if took == 0 {
+				break
 			}
-			w.cork()
-			w.take(more)
+			runtime.Gosched() // more callers may be waking: let them queue
 		}
 		w.uncork()
 	}

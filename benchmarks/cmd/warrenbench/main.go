@@ -6,6 +6,7 @@
 //	go run ./cmd/warrenbench -list                 # scenario names
 //	go run ./cmd/warrenbench -scenario pool/uncontended -contenders warren -cpuprofile cpu.out
 //	go run ./cmd/warrenbench -scenario confirms            # one family
+//	go run ./cmd/warrenbench -scenario consume             # another
 //
 // Scenarios needing a broker find one with internal/brokertest: AMQP_URL,
 // else the local default broker (guest/guest on 127.0.0.1:5672), else a
@@ -34,11 +35,12 @@ import (
 
 	"github.com/warrenmq/warren/benchmarks/internal/bench"
 	"github.com/warrenmq/warren/benchmarks/internal/confirmbench"
+	"github.com/warrenmq/warren/benchmarks/internal/consumebench"
 	"github.com/warrenmq/warren/benchmarks/internal/poolbench"
 	"github.com/warrenmq/warren/internal/brokertest"
 )
 
-// suiteDef is one scenario family. New families (publish, consume) are
+// suiteDef is one scenario family. New families (publish) are
 // added here.
 type suiteDef struct {
 	name  string
@@ -90,6 +92,31 @@ var suites = []suiteDef{
 			}
 			s.Cases = slices.DeleteFunc(s.Cases, func(c *bench.Case) bool { return !slices.Contains(cases, c.Name) })
 			return s, nil
+		},
+	},
+	{
+		name:  "consume",
+		cases: []string{"consume/prefetch-1", "consume/prefetch-50", "consume/prefetch-300"},
+		build: func(ctx context.Context, e *env, cases []string) (*bench.Suite, error) {
+			url, err := e.brokerURL(ctx)
+			if err != nil {
+				return nil, err
+			}
+			// Only the selected prefetch counts: every case pre-fills and
+			// consumes a fixed number of messages, -duration does not apply.
+			var prefetches []int
+			for _, c := range cases {
+				var p int
+				if _, err := fmt.Sscanf(c, "consume/prefetch-%d", &p); err != nil {
+					return nil, fmt.Errorf("case %s: %w", c, err)
+				}
+				prefetches = append(prefetches, p)
+			}
+			return consumebench.NewSuite(ctx, consumebench.Options{
+				BrokerURL:  url,
+				Contenders: e.contenders,
+				Prefetches: prefetches,
+			})
 		},
 	},
 }
@@ -147,7 +174,7 @@ func run() error {
 		list       = flag.Bool("list", false, "list scenarios and exit")
 		rounds     = flag.Int("rounds", 7, "measured rounds; contenders are interleaved within each")
 		procs      = flag.Int("procs", 2, "GOMAXPROCS for the run")
-		duration   = flag.Duration("duration", 0, "length of each measured pass (default 500ms for pool, 1s for confirms)")
+		duration   = flag.Duration("duration", 0, "length of each measured pass (default 500ms for pool, 1s for confirms; consume passes a fixed message count instead)")
 		contenders = flag.String("contenders", "", "comma-separated contenders (default: all of each family, e.g. warren,chanpool,puddle)")
 		hold       = flag.Duration("hold", 0, "pool/handoff: lease held off-CPU (default 4ms)")
 		work       = flag.Duration("work", 0, "pool/handoff: CPU work after Release (default 1ms)")

@@ -1,0 +1,155 @@
+// Package consumebench compares consuming with manual acks through warren's
+// Client.Consume with amqp091-go's documented idiom (a channel with
+// basic.qos, Channel.Consume and a range loop acking each delivery), at
+// several prefetch counts, one handler at a time.
+package consumebench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"time"
+
+	"github.com/warrenmq/warren/benchmarks/internal/bench"
+)
+
+// Contender names.
+const (
+	Raw    = "raw"    // amqp091-go: Qos, Consume, for d := range deliveries { d.Ack(false) }
+	Warren = "warren" // warren: Client.Consume with Prefetch n, Workers 1
+)
+
+// Options configure the consume suite. Zero fields take the defaults noted.
+type Options struct {
+	// BrokerURL is the RabbitMQ every contender consumes from. Required.
+	BrokerURL string
+	// Contenders to run, in order (default Raw, Warren).
+	Contenders []string
+	// Prefetches are the prefetch counts, one case each (default 1, 50
+	// and 300).
+	Prefetches []int
+	// Messages is how many messages a pass pre-fills and consumes when the
+	// prefetch is above 1 (default 20,000).
+	Messages int
+	// SingleMessages is the same for prefetch 1, where every delivery
+	// waits for the previous ack to reach the broker (default 6,000).
+	SingleMessages int
+	// Window of unconfirmed messages while pre-filling (default 2,000).
+	FillWindow int
+	// BodySize is the size of every message body (default 128 bytes).
+	BodySize int
+	// PassTimeout bounds one pass's consuming; a pass that has not consumed
+	// every message by then fails (default 1 minute).
+	PassTimeout time.Duration
+}
+
+func (o *Options) defaults() {
+	if len(o.Contenders) == 0 {
+		o.Contenders = []string{Raw, Warren}
+	}
+	if o.Prefetches == nil {
+		o.Prefetches = []int{1, 50, 300}
+	}
+	if o.Messages == 0 {
+		o.Messages = 20_000
+	}
+	if o.SingleMessages == 0 {
+		o.SingleMessages = 6_000
+	}
+	if o.FillWindow == 0 {
+		o.FillWindow = 2_000
+	}
+	if o.BodySize == 0 {
+		o.BodySize = 128
+	}
+	if o.PassTimeout == 0 {
+		o.PassTimeout = time.Minute
+	}
+}
+
+// messages returns how many messages a pass at prefetch p consumes.
+func (o *Options) messages(p int) int {
+	if p <= 1 {
+		return o.SingleMessages
+	}
+	return o.Messages
+}
+
+var (
+	mRate   = bench.Metric{Key: "msg_s", Title: "msg/s", Unit: bench.Rate, Higher: true}
+	mAllocs = bench.Metric{Key: "allocs_msg", Title: "allocs/msg", Unit: bench.Count}
+	mCPU    = bench.Metric{Key: "cpu_msg", Title: "CPU/msg", Unit: bench.Nanos}
+	mBytes  = bench.Metric{Key: "bytes_msg", Title: "B/msg", Unit: bench.Count}
+	metrics = []bench.Metric{mRate, mAllocs, mCPU, mBytes}
+)
+
+// NewSuite dials the broker for the filler and every selected contender,
+// declares the queue and returns the suite. Call its Close when done.
+func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
+	opts.defaults()
+	if opts.BrokerURL == "" {
+		return nil, errors.New("no broker URL")
+	}
+	all := []string{Raw, Warren}
+	for _, name := range opts.Contenders {
+		if !slices.Contains(all, name) {
+			return nil, fmt.Errorf("consume contender %s: unknown (have %v)", name, all)
+		}
+	}
+	for _, p := range opts.Prefetches {
+		if p < 1 || p > 65535 {
+			return nil, fmt.Errorf("consume: prefetch %d outside 1..65535", p)
+		}
+	}
+	selected := opts.Contenders
+
+	f, err := newFixture(ctx, opts, selected)
+	if err != nil {
+		return nil, err
+	}
+	baseline := Raw
+	if !slices.Contains(selected, Raw) {
+		baseline = selected[0]
+	}
+	s := &bench.Suite{
+		Name: "consume",
+		Doc: fmt.Sprintf("Consuming with manual acks, one handler at a time that only counts, %d-byte transient "+
+			"bodies, from one classic queue. Each pass first pre-fills the queue (not timed: a separate connection "+
+			"publishes with confirms in windows of %d, then a passive queue.declare must show exactly that many "+
+			"ready messages and no consumer), then times the contender consuming all of them: from opening its "+
+			"channel until the last delivery is acked and the channel closed again. raw: amqp091-go %s on its "+
+			"own connection; per pass Connection.Channel, Qos(n, 0, false), Consume(queue, \"\", false, false, "+
+			"false, false, nil), `for d := range deliveries { count; d.Ack(false) }` until the last one, then "+
+			"Channel.Close. warren: one Client; per pass Client.Consume(ctx, queue, handler, "+
+			"ConsumeOptions{Prefetch: n, Workers: 1}), the handler counting and returning nil (warren acks), "+
+			"cancelling ctx at the last message, so Consume cancels the consumer and closes its channel. After the "+
+			"pass a purge must find the queue empty. allocs/msg and B/msg are runtime.MemStats deltas over the "+
+			"timed part divided by the messages, CPU/msg is this process's user+system CPU (getrusage) over it "+
+			"divided by the messages (the broker's CPU is not included, but it shares the same cores).",
+			opts.BodySize, opts.FillWindow, bench.ModuleVersion("github.com/rabbitmq/amqp091-go")),
+		Contenders: selected,
+		Baseline:   baseline,
+		Close:      f.close,
+	}
+	for _, p := range opts.Prefetches {
+		n := opts.messages(p)
+		doc := fmt.Sprintf("Prefetch %d: at most %d unacked deliveries; %d messages per pass.", p, p, n)
+		if p == 1 {
+			doc = fmt.Sprintf("Prefetch 1: the broker sends the next delivery only once the previous ack arrived, "+
+				"so every message costs a round trip; %d messages per pass.", n)
+		}
+		s.Cases = append(s.Cases, &bench.Case{
+			Name:    fmt.Sprintf("consume/prefetch-%d", p),
+			Doc:     doc,
+			Metrics: metrics,
+			Run: func(ctx context.Context, who string) (bench.Result, error) {
+				if who == Raw {
+					return f.trial(ctx, p, n, f.raw.consume)
+				}
+				return f.trial(ctx, p, n, f.warren.consume)
+			},
+		})
+	}
+	return s, nil
+}
