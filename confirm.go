@@ -48,6 +48,10 @@ type Confirmation struct {
 	err  error         // valid once done is closed
 	ret  *amqp.Return  // set by the drainer, under the tracker's lock
 	slot chan struct{} // a Publisher's window: one token released on resolve
+	// signal: done is a reusable channel with a buffer of one, sent to
+	// rather than closed (a Publisher's internal requests, which have one
+	// waiter each).
+	signal bool
 }
 
 func newConfirmation() *Confirmation {
@@ -103,6 +107,10 @@ func (c *Confirmation) resolve(err error) {
 	c.err = err
 	if c.slot != nil {
 		<-c.slot
+	}
+	if c.signal {
+		c.done <- struct{}{}
+		return
 	}
 	close(c.done)
 }

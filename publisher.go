@@ -10,12 +10,15 @@ import (
 	"time"
 )
 
-// PublisherOptions configure a Publisher. The zero value is 2 channels with
-// a window of 256 unconfirmed messages each.
+// PublisherOptions configure a Publisher. The zero value is up to 4
+// channels with a window of 256 unconfirmed messages each.
 type PublisherOptions struct {
 	// Channels is how many confirm channels the publisher pipelines over,
-	// each driven by one goroutine (default 2). They are leased from a
-	// pool of the publisher's own, counted against channel_max.
+	// each driven by one goroutine (default 4). They are filled in order:
+	// the first takes every message while it keeps up, and the others
+	// share what it cannot take at once, so a few callers batch on one
+	// channel and many spread over all. They are leased from a pool of the
+	// publisher's own, counted against channel_max.
 	Channels int
 	// Window is the most messages a channel may have published and not yet
 	// confirmed (default 256). A full window makes the next publish on that
@@ -27,7 +30,7 @@ type PublisherOptions struct {
 }
 
 const (
-	defaultPublisherChannels = 2
+	defaultPublisherChannels = 4
 	defaultPublisherWindow   = 256
 )
 
@@ -59,7 +62,8 @@ type Publisher struct {
 	opts PublisherOptions
 	pool *Pool
 
-	queue   chan *pubReq
+	queue   chan *pubReq  // the first channel's requests
+	spill   chan *pubReq  // the other channels' requests: used once the first is saturated
 	closing chan struct{} // closed when no new requests are taken
 	abort   chan struct{} // closed when Close's ctx ended: give up on confirms
 	once    sync.Once
@@ -84,6 +88,7 @@ const (
 	reqQueued int32 = iota
 	reqTaken
 	reqCancelled
+	reqDone // the worker has finished with the request
 )
 
 // NewPublisher makes a Publisher on c and opens its channels (bounded by
@@ -106,13 +111,20 @@ func (c *Client) NewPublisher(ctx context.Context, opts PublisherOptions) (*Publ
 		c:       c,
 		opts:    opts,
 		pool:    pool,
-		queue:   make(chan *pubReq, opts.Channels*opts.Window),
+		queue:   make(chan *pubReq, opts.Window),
 		closing: make(chan struct{}),
 		abort:   make(chan struct{}),
 	}
+	if opts.Channels > 1 {
+		p.spill = make(chan *pubReq, (opts.Channels-1)*opts.Window)
+	}
 	for i := 0; i < opts.Channels; i++ {
+		q := p.queue
+		if i > 0 {
+			q = p.spill
+		}
 		p.running.Add(1)
-		if !c.goTracked(p.work) {
+		if !c.goTracked(func() { p.work(q) }) {
 			p.running.Done()
 			p.shutdown()
 			_ = pool.Close(context.Background())
@@ -169,22 +181,57 @@ func (p *Publisher) submit(ctx context.Context, m *Message) (*pubReq, error) {
 	if p.c.isDead.Load() {
 		return nil, p.c.connError(op)
 	}
-	r := &pubReq{ctx: ctx, m: *m}
-	r.conf.done = make(chan struct{})
+	r := reqPool.Get().(*pubReq)
+	r.ctx, r.m = ctx, *m
 	p.mu.RLock()
 	defer p.mu.RUnlock()
 	if p.closed {
+		r.recycle()
 		return nil, ErrPublisherClosed
+	}
+	// Fill first: the first channel takes every message while it keeps up
+	// (its queue has room); the others share the overflow. A few callers
+	// thus batch on one channel, many spread over all of them.
+	select {
+	case p.queue <- r:
+		p.pending.Add(1)
+		return r, nil
+	default:
 	}
 	select {
 	case p.queue <- r:
 		p.pending.Add(1)
 		return r, nil
+	case p.spill <- r: // nil, never ready, with one channel
+		p.pending.Add(1)
+		return r, nil
 	case <-p.closing:
+		r.recycle()
 		return nil, ErrPublisherClosed
 	case <-ctx.Done():
+		r.recycle()
 		return nil, fmt.Errorf("warren: %s: not published: %w", op, ctx.Err())
 	}
+}
+
+// reqPool recycles requests, with their signal channels, once their callers
+// have received the outcome: the worker and the tracker are done with a
+// request before they signal it.
+var reqPool = sync.Pool{New: func() any {
+	r := &pubReq{}
+	r.conf.done = make(chan struct{}, 1)
+	r.conf.signal = true
+	return r
+}}
+
+// recycle clears r and returns it to the pool. Only a request that was
+// never queued, or whose outcome was received after its worker was done
+// with it (state reqDone), may be recycled.
+func (r *pubReq) recycle() {
+	done := r.conf.done
+	*r = pubReq{}
+	r.conf.done, r.conf.signal = done, true
+	reqPool.Put(r)
 }
 
 // wait waits for r's outcome and counts it.
@@ -196,6 +243,8 @@ func (p *Publisher) wait(ctx context.Context, r *pubReq) error {
 		err = r.conf.err
 	case <-ctx.Done():
 		if r.state.CompareAndSwap(reqQueued, reqCancelled) {
+			// The worker will skip r; it still holds it, so r is left to
+			// the garbage collector rather than recycled.
 			p.notPublished.Add(1)
 			return fmt.Errorf("warren: publisher.publish: not published: %w", ctx.Err())
 		}
@@ -208,6 +257,9 @@ func (p *Publisher) wait(ctx context.Context, r *pubReq) error {
 			p.unknown.Add(1)
 			return &OutcomeUnknownError{Op: "publish", Cause: ctx.Err()}
 		}
+	}
+	if r.state.Load() == reqDone {
+		r.recycle()
 	}
 	switch {
 	case err == nil:
@@ -227,7 +279,7 @@ func (p *Publisher) wait(ctx context.Context, r *pubReq) error {
 // fail resolves a request that was not published.
 func (r *pubReq) fail(err error) {
 	r.conf.err = err
-	close(r.conf.done)
+	r.conf.done <- struct{}{}
 }
 
 // pubWorker is the state of one worker goroutine: its channel, and the
@@ -243,14 +295,14 @@ type pubWorker struct {
 // them while the window has room, and leaves the answers to the channel's
 // tracker. Requests already queued behind the first are published as one
 // burst: one socket write for all of them.
-func (p *Publisher) work() {
+func (p *Publisher) work(queue chan *pubReq) {
 	defer p.running.Done()
 	w := &pubWorker{p: p, slots: make(chan struct{}, p.opts.Window)}
 	dead := p.c.dead
 	for {
 		var r *pubReq
 		select {
-		case r = <-p.queue:
+		case r = <-queue:
 		case <-dead:
 			// The connection is gone: take no more requests and fail
 			// the queued ones (Acquire returns the connection's error).
@@ -261,12 +313,12 @@ func (p *Publisher) work() {
 		if r == nil {
 			break // queue closed and drained
 		}
-		if len(p.queue) == 0 {
+		if len(queue) == 0 {
 			// Callers woken by the same multiple ack are about to queue
 			// their next messages: let them, and send all in one write.
 			runtime.Gosched()
 		}
-		if len(p.queue) > 0 {
+		if len(queue) > 0 {
 			w.cork()
 		}
 		w.take(r)
@@ -276,7 +328,7 @@ func (p *Publisher) work() {
 			for ; n < cap(w.slots); n++ {
 				var more *pubReq
 				select {
-				case more = <-p.queue:
+				case more = <-queue:
 				default:
 				}
 				if more == nil {
@@ -332,6 +384,9 @@ func (w *pubWorker) uncork() {
 func (w *pubWorker) take(r *pubReq) {
 	if r.state.CompareAndSwap(reqQueued, reqTaken) {
 		w.publish(r)
+		// The broker's answer may have reached the caller already; this
+		// store tells it the worker is done with r, so r may be recycled.
+		r.state.Store(reqDone)
 	}
 }
 
@@ -393,6 +448,9 @@ func (p *Publisher) shutdown() {
 		p.mu.Lock()
 		p.closed = true
 		close(p.queue)
+		if p.spill != nil {
+			close(p.spill)
+		}
 		p.mu.Unlock()
 	})
 }

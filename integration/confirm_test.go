@@ -556,7 +556,7 @@ func TestPublisherManyGoroutinesAllAckedAllInTheQueue(t *testing.T) {
 	ch := openChannel(t, ctx, c)
 	q := uniqueName(t, "q-")
 	declareQueue(t, ctx, b, ch, q)
-	pub, err := c.NewPublisher(ctx, warren.PublisherOptions{Channels: 3, Window: 64})
+	pub, err := c.NewPublisher(ctx, warren.PublisherOptions{Channels: 3, Window: 8}) // 32 callers overflow the first channel
 	if err != nil {
 		t.Fatal(err)
 	}

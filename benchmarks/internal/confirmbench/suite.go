@@ -16,7 +16,7 @@ import (
 )
 
 // Contender names. The publisher-64 case also runs warren's Publisher with a
-// fixed channel count, named by PublisherName (warren-1ch, warren-4ch, warren-8ch).
+// fixed channel count, named by PublisherName (warren-1ch, warren-2ch, warren-8ch).
 const (
 	Raw    = "raw"    // amqp091-go, one confirm channel on its own connection
 	Warren = "warren" // warren: a confirm Channel, or a Publisher with default options
@@ -39,8 +39,8 @@ type Options struct {
 	// Goroutines calling Publisher.Publish in the publisher case (default 64).
 	Goroutines int
 	// PublisherChannels are the extra Publisher contenders of the publisher
-	// case, one per channel count (default 1, 4 and 8; the default
-	// Publisher, contender Warren, has 2).
+	// case, one per channel count (default 1, 2 and 8; the default
+	// Publisher, contender Warren, has up to 4).
 	PublisherChannels []int
 	// BodySize is the size of every message body (default 128 bytes).
 	BodySize int
@@ -57,7 +57,7 @@ func (o *Options) defaults() {
 		o.Goroutines = 64
 	}
 	if o.PublisherChannels == nil {
-		o.PublisherChannels = []int{1, 4, 8}
+		o.PublisherChannels = []int{1, 2, 8}
 	}
 	if o.BodySize == 0 {
 		o.BodySize = 128
@@ -171,7 +171,7 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 		Name: pubCase,
 		Doc: fmt.Sprintf("%d goroutines share one warren Publisher, each calling Publisher.Publish in a loop; a call "+
 			"returns once its message is confirmed, so at most %d messages are unconfirmed at a time. %s: the "+
-			"Publisher of PublisherOptions{} (defaults: 2 channels, window 256); %s: the same with Channels set to "+
+			"Publisher of PublisherOptions{} (defaults: up to 4 channels filled in order, window 256); %s: the same with Channels set to "+
 			"the number in the name. raw (baseline): amqp091-go's best hand-written idiom, the window-%d loop "+
 			"above, one goroutine on one channel.",
 			opts.Goroutines, opts.Goroutines, Warren, joinNames(pubNames[1:]), opts.Window),
