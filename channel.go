@@ -51,6 +51,7 @@ type channel struct {
 	confirm *confirmTracker // set before mode becomes ModeConfirm
 	txDirty atomic.Bool     // tx mode: work since the last commit or rollback
 	held    atomic.Bool     // a delivery needing settlement was received on it
+	flow    gate            // shut while the broker has the channel's flow off
 	busy    atomic.Bool     // the serialisation point: true while an operation runs
 	writing atomic.Int32    // writeIdle, writeActive, writeAborted: see send
 

@@ -54,7 +54,8 @@ type Client struct {
 	closeDone chan struct{}                   // closed when Close has finished
 	wg        sync.WaitGroup                  // every goroutine warren starts for this client
 
-	blocked atomic.Bool // the broker sent connection.blocked and no unblocked since
+	blocked   atomic.Bool // the broker sent connection.blocked and no unblocked since
+	blockGate gate        // shut while blocked: publishes wait on it (see FlowPolicy)
 
 	// confirmers holds, by channel id, the tracker of each confirm channel:
 	// the wire reports acks and nacks by id on amqp091-go's reader.
@@ -203,6 +204,7 @@ func (c *Client) connect(ctx context.Context, uri amqp.URI, sasl []amqp.Authenti
 	}
 	c.wire = wire.New(conn, c.sawClose)
 	c.wire.SetConfirmHooks(c.sawConfirm, c.sawReturn)
+	c.wire.SetFlowHook(c.sawFlow)
 
 	// Cancelling ctx during the handshake fails the pending read or write.
 	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
@@ -364,6 +366,7 @@ func (c *Client) watch(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking) {
 				continue
 			}
 			c.blocked.Store(b.Active)
+			c.blockGate.set(b.Active)
 			if b.Active {
 				c.opts.logger.Warn("warren: broker blocked publishing", "endpoint", c.endpoint, "reason", b.Reason)
 			} else {

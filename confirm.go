@@ -412,6 +412,9 @@ func (ch Channel) publish(ctx context.Context, m *Message, deferred bool) (*Conf
 	if err := ch.s.publishableIn(Mode(ch.s.mode.Load()), m, deferred); err != nil {
 		return nil, err
 	}
+	if err := ch.s.waitPublish(ctx, op); err != nil {
+		return nil, err
+	}
 	var c *Confirmation
 	err := ch.send(ctx, op, func() error {
 		// Checked again inside the serialisation point: the mode can

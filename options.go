@@ -20,6 +20,7 @@ type options struct {
 	name         string        // client-provided connection name
 	logger       *slog.Logger  // never nil after defaults
 	closeTimeout time.Duration // bound on Close when its ctx has no deadline
+	flowPolicy   FlowPolicy    // what publishes do while the broker pauses publishing
 }
 
 const (

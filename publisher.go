@@ -382,6 +382,19 @@ func (w *pubWorker) uncork() {
 
 // take publishes r unless its caller has given up.
 func (w *pubWorker) take(r *pubReq) {
+	if w.p.c.paused(w.ch.s) {
+		// The broker has paused publishing: let the burst out, then wait
+		// (bounded by the caller's ctx) before the request counts as taken,
+		// so that a caller who gives up meanwhile knows it was not sent.
+		w.uncork()
+		if err := w.p.c.waitPublish(r.ctx, w.ch.s, "publisher.publish"); err != nil {
+			if r.state.CompareAndSwap(reqQueued, reqTaken) {
+				r.fail(err)
+				r.state.Store(reqDone)
+			}
+			return
+		}
+	}
 	if r.state.CompareAndSwap(reqQueued, reqTaken) {
 		w.publish(r)
 		// The broker's answer may have reached the caller already; this

@@ -49,6 +49,7 @@ const (
 	methodOpen      = 10 // channel.open
 	methodClose     = 40 // channel.close
 	methodCloseO    = 41 // channel.close-ok
+	methodFlow      = 20 // channel.flow
 	methodConnClose = 50 // connection.close
 
 	classBasic   = 60
@@ -83,6 +84,10 @@ type ConfirmFunc func(id uint16, tag uint64, multiple, ack bool)
 // reader goroutine and must not block.
 type ReturnFunc func(id uint16)
 
+// FlowFunc receives a channel.flow read on channel id (active false: stop
+// publishing). It runs on amqp091-go's reader goroutine and must not block.
+type FlowFunc func(id uint16, active bool)
+
 // confirmArgsLen is the arguments of basic.ack and basic.nack: delivery tag
 // and one octet of bits (multiple, and requeue for nack).
 const confirmArgsLen = 8 + 1
@@ -112,6 +117,7 @@ type Conn struct {
 	onClose   CloseFunc
 	onConfirm ConfirmFunc
 	onReturn  ReturnFunc
+	onFlow    FlowFunc
 
 	// Trace, if set before the connection is used, sees every method
 	// frame: "in", "out", "drop" (outbound left out) or "drop-in" (a stray
@@ -122,19 +128,19 @@ type Conn struct {
 	droppedIn  atomic.Uint64
 
 	// inbound state, touched only inside Read
-	inHeld     []byte // an incomplete frame start kept back from amqp091-go (in inBuf)
-	inBuf      [frameStartLen]byte
-	inReady    []byte // walked bytes not yet handed on (tiny reads only)
-	inErr      error  // a read error to report after inReady
-	inRem      int    // bytes of the current inbound frame still to pass or drop
-	inDrop     bool   // the current inbound frame is dropped
-	inCh       uint16 // channel of the current inbound frame
-	capture    []byte // a close or confirm method being collected, or nil
-	capConfirm bool   // the frame being captured is a basic.ack or basic.nack (else a close)
-	isAck      bool   // ... and it is a basic.ack
-	ackBuf     [frameStartLen + confirmArgsLen]byte
-	closeOK    bool // the current inbound frame is a close-ok that is passed on
-	broken     bool // the stream is not valid framing: pass bytes on untouched
+	inHeld  []byte // an incomplete frame start kept back from amqp091-go (in inBuf)
+	inBuf   [frameStartLen]byte
+	inReady []byte // walked bytes not yet handed on (tiny reads only)
+	inErr   error  // a read error to report after inReady
+	inRem   int    // bytes of the current inbound frame still to pass or drop
+	inDrop  bool   // the current inbound frame is dropped
+	inCh    uint16 // channel of the current inbound frame
+	capture []byte // a close or confirm method being collected, or nil
+	capKind int    // what the frame being captured is: capClose, capConfirm or capFlow
+	isAck   bool   // a captured confirm is a basic.ack
+	ackBuf  [frameStartLen + confirmArgsLen]byte
+	closeOK bool // the current inbound frame is a close-ok that is passed on
+	broken  bool // the stream is not valid framing: pass bytes on untouched
 
 	// outbound state, guarded by wmu
 	wmu      sync.Mutex
@@ -194,6 +200,16 @@ func (c *Conn) emit(b []byte) error {
 func New(c net.Conn, onClose CloseFunc) *Conn {
 	return &Conn{Conn: c, preamble: protocolHeaderLen, onClose: onClose}
 }
+
+const (
+	capClose = iota
+	capConfirm
+	capFlow
+)
+
+// SetFlowHook asks for every channel.flow to be reported. It must be
+// called before the connection is used.
+func (c *Conn) SetFlowHook(flow FlowFunc) { c.onFlow = flow }
 
 // SetConfirmHooks asks for publisher confirms and returns to be reported.
 // It must be called before the connection is used.
@@ -306,7 +322,10 @@ func (c *Conn) startIn(f []byte) {
 		// before amqp091-go has answered.
 		c.closeSent.set(ch, false)
 		c.capture = make([]byte, 0, frameStartLen+maxCloseArgs)
-		c.capConfirm = false
+		c.capKind = capClose
+	case ch != 0 && class == classChannel && method == methodFlow && c.onFlow != nil:
+		c.capture = c.ackBuf[:0]
+		c.capKind = capFlow
 	case ch != 0 && class == classChannel && method == methodCloseO:
 		if c.closeSent.get(ch) {
 			c.closeOK = true
@@ -318,10 +337,10 @@ func (c *Conn) startIn(f []byte) {
 		}
 	case ch == 0 && class == classConnection && method == methodConnClose:
 		c.capture = make([]byte, 0, frameStartLen+maxCloseArgs)
-		c.capConfirm = false
+		c.capKind = capClose
 	case ch != 0 && class == classBasic && (method == methodAck || method == methodNack) && c.onConfirm != nil:
 		c.capture = c.ackBuf[:0] // no allocation: this is per confirm
-		c.capConfirm, c.isAck = true, method == methodAck
+		c.capKind, c.isAck = capConfirm, method == methodAck
 	case ch != 0 && class == classBasic && method == methodReturn && c.onReturn != nil:
 		c.onReturn(ch)
 	}
@@ -337,9 +356,14 @@ func (c *Conn) startIn(f []byte) {
 // frameDoneIn runs once the last byte of an inbound frame has been read.
 func (c *Conn) frameDoneIn() {
 	if c.capture != nil {
-		if c.capConfirm {
+		switch c.capKind {
+		case capConfirm:
 			c.confirmArgs(c.inCh, c.capture)
-		} else {
+		case capFlow:
+			if args := c.capture[min(len(c.capture), frameStartLen):]; len(args) >= 1 {
+				c.onFlow(c.inCh, args[0]&1 != 0)
+			}
+		default:
 			c.closeArgs(c.inCh, c.capture)
 		}
 		c.capture = nil

@@ -2743,3 +2743,27 @@ func TestCorkHoldsWritesBackUntilTheLastUncork(t *testing.T) {
 	}
 	r.take()
 }
+
+// channel.flow is reported with its active bit, at every split.
+func TestChannelFlowIsReportedAtEverySplit(t *testing.T) {
+	stream := cat(methodFrame(2, 20, 20, []byte{0}), delivery(2, 1, []byte("x")), methodFrame(2, 20, 20, []byte{1}))
+	type ev struct {
+		id     uint16
+		active bool
+	}
+	want := []ev{{2, false}, {2, true}}
+	for size := 1; size <= len(stream); size += 1 + size/6 {
+		r := newRig(t)
+		var got []ev
+		r.c.SetFlowHook(func(id uint16, active bool) { got = append(got, ev{id, active}) })
+		var chunks [][]byte
+		for i := 0; i < len(stream); i += size {
+			chunks = append(chunks, stream[i:min(i+size, len(stream))])
+		}
+		r.recv(stream, chunks...)
+		r.shutdown()
+		if !slices.Equal(got, want) {
+			t.Fatalf("reads of %d bytes: flow hook saw %v, want %v", size, got, want)
+		}
+	}
+}
