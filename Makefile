@@ -17,6 +17,25 @@ vet:
 	$(GO) vet ./...
 	cd integration && $(GO) vet ./...
 
+# make lint   staticcheck (pinned; installed from the Go module proxy into
+#             .ci/bin) over the three modules, then govulncheck when its
+#             vulnerability database (vuln.go.dev) is reachable
+STATICCHECK_VERSION ?= v0.8.2
+GOVULNCHECK_VERSION ?= v1.1.4
+BIN := $(CURDIR)/.ci/bin
+.PHONY: lint
+lint:
+	GOBIN=$(BIN) $(GO) install honnef.co/go/tools/cmd/staticcheck@$(STATICCHECK_VERSION)
+	$(BIN)/staticcheck ./...
+	cd integration && $(BIN)/staticcheck ./...
+	cd benchmarks && $(BIN)/staticcheck ./...
+	GOBIN=$(BIN) $(GO) install golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION)
+	@if curl -fsS -m 10 -o /dev/null https://vuln.go.dev/index/db.json.gz 2>/dev/null; then \
+		$(BIN)/govulncheck ./... ; \
+	else \
+		echo "lint: govulncheck NOT run: the vulnerability database https://vuln.go.dev is unreachable from this machine" >&2 ; \
+	fi
+
 # make bench   runs every benchmark scenario (benchmarks/, its own module) and
 #              prints the Markdown report of BENCHMARKS.md; about 2 minutes
 .PHONY: bench

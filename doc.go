@@ -32,6 +32,12 @@
 // lets in-flight handlers finish, and returns everything else to the queue.
 // Delivery is at least once: handlers must tolerate redelivery.
 //
+// Reconnection is not automatic yet: when the connection is lost, the
+// Client ends (Done is closed, Err says why) and every call returns the
+// *ConnectionError; dial a new Client. warren will own reconnection itself
+// rather than use amqp091-go's experimental recovery (see
+// docs/reconnection.md).
+//
 // Close never hangs: Client.Close and Channel.Close are bounded by their
 // context (or WithCloseTimeout), and survive the broker closing the same
 // channel at the same moment.

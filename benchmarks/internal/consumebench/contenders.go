@@ -315,7 +315,7 @@ func (w *warrenContender) consume(ctx context.Context, p, n int) (got, redeliver
 	case got == n && wctx.Err() == nil && errors.Is(err, context.Canceled):
 		err = nil // stopped by the handler at the n-th message
 	case err == nil:
-		err = fmt.Errorf("Consume returned nil after %d of %d messages", got, n)
+		err = fmt.Errorf("warren Consume returned nil after %d of %d messages", got, n)
 	default:
 		err = fmt.Errorf("consuming stopped after %d of %d messages: %w", got, n, err)
 	}

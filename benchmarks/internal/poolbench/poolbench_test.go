@@ -135,7 +135,7 @@ func BenchmarkPrimitive(b *testing.B) {
 		var mu sync.Mutex
 		for b.Loop() {
 			mu.Lock()
-			mu.Unlock() //nolint:staticcheck // the pair is what is measured
+			mu.Unlock() //lint:ignore SA2001 the pair is what is measured
 		}
 	})
 	b.Run("select-recv-default", func(b *testing.B) {
