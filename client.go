@@ -61,6 +61,8 @@ type Client struct {
 	// the wire reports acks and nacks by id on amqp091-go's reader.
 	confirmers atomic.Pointer[[]atomic.Pointer[confirmTracker]]
 
+	opened, closed atomic.Uint64 // channels opened and closed (churn)
+
 	strayReturns  atomic.Uint64 // basic.return matching no pending publish
 	strayConfirms atomic.Uint64 // acks or nacks matching no pending publish
 
@@ -555,6 +557,10 @@ func (c *Client) openChannel(ctx context.Context) (*channel, error) {
 	c.mu.Lock()
 	c.channels[ch.id] = ch
 	c.mu.Unlock()
+	c.opened.Add(1)
+	if h := c.opts.metrics.ChannelOpened; h != nil {
+		h(ch.id)
+	}
 	return ch, nil
 }
 
@@ -576,10 +582,17 @@ func (c *Client) openError(err error) error {
 // forget removes a closed channel from the registry.
 func (c *Client) forget(ch *channel) {
 	c.mu.Lock()
-	if c.channels[ch.id] == ch {
+	forgotten := c.channels[ch.id] == ch
+	if forgotten {
 		delete(c.channels, ch.id)
 	}
 	c.mu.Unlock()
+	if forgotten {
+		c.closed.Add(1)
+		if h := c.opts.metrics.ChannelClosed; h != nil {
+			h(ch.id)
+		}
+	}
 }
 
 // OpenChannels returns how many channels warren has open on the connection.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -52,6 +53,8 @@ type Confirmation struct {
 	// rather than closed (a Publisher's internal requests, which have one
 	// waiter each).
 	signal bool
+	hook   func(Outcome, time.Duration) // MetricsHook.PublishConfirmed, if set
+	sent   time.Time                    // when the publish was written (only with hook)
 }
 
 func newConfirmation() *Confirmation {
@@ -105,6 +108,9 @@ func (c *Confirmation) waitDone(ctx context.Context) (error, bool) {
 
 func (c *Confirmation) resolve(err error) {
 	c.err = err
+	if c.hook != nil {
+		c.hook(outcomeOf(err), time.Since(c.sent))
+	}
 	if c.slot != nil {
 		<-c.slot
 	}
@@ -173,6 +179,9 @@ func (t *confirmTracker) publish(m *Message, c *Confirmation) error {
 	}
 	c.tag = tag
 	c.chID = t.st.id
+	if h := t.st.c.opts.metrics.PublishConfirmed; h != nil {
+		c.hook, c.sent = h, time.Now()
+	}
 	if len(t.q) == 0 {
 		t.base = tag
 	}

@@ -21,6 +21,7 @@ type options struct {
 	logger       *slog.Logger  // never nil after defaults
 	closeTimeout time.Duration // bound on Close when its ctx has no deadline
 	flowPolicy   FlowPolicy    // what publishes do while the broker pauses publishing
+	metrics      MetricsHook   // per-event figures, every field optional
 }
 
 const (

@@ -195,12 +195,20 @@ func (p *Pool) fail() { p.core.Fail(p.c.connError("pool.acquire")) }
 // once. When ctx ends first, the context error is returned wrapped with the
 // pool's state; a channel handed over at that moment goes back to the pool.
 func (p *Pool) Acquire(ctx context.Context) (Channel, error) {
+	hook := p.c.opts.metrics.PoolAcquired
+	var start time.Time
+	if hook != nil {
+		start = time.Now()
+	}
 	for {
 		st, err := p.core.Acquire(ctx)
 		if err != nil {
 			return Channel{}, p.mapErr(err)
 		}
 		if ch, ok := p.lease(st); ok {
+			if hook != nil {
+				hook(p.opts.Mode, time.Since(start))
+			}
 			return ch, nil
 		}
 	}

@@ -5,6 +5,11 @@ type ClientStats struct {
 	OpenChannels int  // channels warren has open on the connection
 	Blocked      bool // the broker has blocked publishing (connection.blocked)
 
+	// ChannelsOpened and ChannelsClosed count channels since Dial: their
+	// rate is the channel churn RabbitMQ's monitoring guide warns about.
+	ChannelsOpened uint64
+	ChannelsClosed uint64
+
 	// LateFramesDropped counts frames amqp091-go tried to send on a channel
 	// after its close-ok, or a channel.close that would only have crossed
 	// the broker's; RabbitMQ would have closed the connection for the
@@ -27,6 +32,8 @@ func (c *Client) Stats() ClientStats {
 	return ClientStats{
 		OpenChannels:         c.OpenChannels(),
 		Blocked:              c.Blocked(),
+		ChannelsOpened:       c.opened.Load(),
+		ChannelsClosed:       c.closed.Load(),
 		LateFramesDropped:    c.wire.Dropped(),
 		StrayCloseOKsDropped: c.wire.DroppedInbound(),
 		StrayReturns:         c.strayReturns.Load(),

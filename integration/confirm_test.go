@@ -794,3 +794,65 @@ func TestConfirmPoolChannelReleasedWithPendingConfirmations(t *testing.T) {
 	}
 	waitDepth(t, ctx, b, q, 500)
 }
+
+// The metrics hook sees every confirmed publish with its outcome and
+// latency, every pool acquire, and channel churn; Stats counts churn too.
+func TestMetricsHookSeesOutcomesPoolWaitsAndChurn(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	ctx := testCtx(t, opTimeout)
+	var mu sync.Mutex
+	outcomes := map[warren.Outcome]int{}
+	var acquires, opened, closed int
+	var maxLatency time.Duration
+	c := dial(t, b.URL, warren.WithMetrics(warren.MetricsHook{
+		PublishConfirmed: func(o warren.Outcome, d time.Duration) {
+			mu.Lock()
+			outcomes[o]++
+			maxLatency = max(maxLatency, d)
+			mu.Unlock()
+		},
+		PoolAcquired:  func(m warren.Mode, d time.Duration) { mu.Lock(); acquires++; mu.Unlock() },
+		ChannelOpened: func(uint16) { mu.Lock(); opened++; mu.Unlock() },
+		ChannelClosed: func(uint16) { mu.Lock(); closed++; mu.Unlock() },
+	}))
+	ch := confirmChannel(t, ctx, c)
+	q := uniqueName(t, "q-")
+	declareQueue(t, ctx, b, ch, q)
+	for i := 0; i < 10; i++ {
+		if err := ch.Publish(ctx, "", q, warren.Publishing{Body: body128}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := ch.PublishMessage(ctx, warren.Message{Key: uniqueName(t, "nowhere-"), Mandatory: true}); !errors.Is(err, warren.ErrUnroutable) {
+		t.Fatalf("mandatory publish nowhere: %v", err)
+	}
+	p := newTestPool(t, ctx, c, warren.PoolOptions{Size: 2})
+	for i := 0; i < 3; i++ {
+		lc, err := p.Acquire(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		p.Release(lc)
+	}
+	if err := p.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	if outcomes[warren.OutcomeAcked] != 10 || outcomes[warren.OutcomeUnroutable] != 1 || len(outcomes) != 2 {
+		t.Errorf("PublishConfirmed outcomes: %v, want 10 acked and 1 unroutable", outcomes)
+	}
+	if maxLatency <= 0 || maxLatency > opTimeout {
+		t.Errorf("PublishConfirmed latency: max %v", maxLatency)
+	}
+	if acquires != 3 {
+		t.Errorf("PoolAcquired: %d calls, want 3", acquires)
+	}
+	s := c.Stats()
+	if uint64(opened) != s.ChannelsOpened || uint64(closed) != s.ChannelsClosed || opened < 2 || closed < 1 {
+		t.Errorf("churn: hook saw %d opened, %d closed; Stats says %d, %d", opened, closed, s.ChannelsOpened, s.ChannelsClosed)
+	}
+	if int(s.ChannelsOpened-s.ChannelsClosed) != s.OpenChannels {
+		t.Errorf("Stats: opened %d - closed %d != open %d", s.ChannelsOpened, s.ChannelsClosed, s.OpenChannels)
+	}
+}
