@@ -1,30 +1,66 @@
 // Package warren is a RabbitMQ (AMQP 0-9-1) client for Go: a safer layer
-// over github.com/rabbitmq/amqp091-go.
+// over github.com/rabbitmq/amqp091-go. It keeps amqp091-go's wire protocol
+// and fixes, by construction, what hurts in production: garbled frames from
+// concurrent use, lost close reasons, calls that hang, confirms that cannot
+// tell a nack from a dead channel.
 //
-// A Client owns exactly one connection. Channels opened on it are numbered
-// sequentially from 1 (Channel.ID is the number the broker shows) and are
-// bounded by the negotiated channel_max (Client.ChannelMax).
+// # Connecting
 //
-// A Channel belongs to one goroutine at a time: every operation goes through
-// one serialisation point, and a second goroutine calling in gets
-// ErrConcurrentUse instead of interleaving frames on the wire. Every
-// blocking operation takes a context; an RPC abandoned by its context
-// poisons its channel, which warren then closes.
+// Dial opens exactly one connection, bounded by its context (TCP, TLS and the
+// AMQP handshake). Options set TLS, heartbeat, channel_max, frame size, the
+// connection name RabbitMQ shows, a *slog.Logger, the close bound, the flow
+// policy and metrics hooks. Errors never contain the password. Client.Close
+// is idempotent and bounded, and returns once warren's goroutines have ended.
 //
-// Errors are typed. When the broker closes a channel (a soft error, e.g.
-// publishing to an exchange that does not exist), every later operation on
-// that channel and its Close return the broker's *ChannelError, matched with
-// errors.Is against sentinels such as ErrNotFound; other channels are
-// unaffected. When the connection ends, every channel and waiting call
-// returns its *ConnectionError.
+// # Channels and numbers
 //
-// Publisher confirms report four distinct outcomes: nil (acked),
-// *NackedError, *UnroutableError (a mandatory message came back), and
-// *OutcomeUnknownError (the channel or connection closed before the
-// broker's answer; never reported as an ack or a nack). A Publisher gives
-// any number of goroutines confirmed publishing, pipelined over a few
-// confirm channels. Tx, Client.Tx and Pool.Tx wrap AMQP transactions with
-// database/sql semantics.
+// Channels opened on a Client are numbered sequentially from 1
+// (Channel.ID is the number rabbitmqctl list_channels shows) and bounded by
+// the negotiated channel_max (Client.ChannelMax). A Channel belongs to one
+// goroutine at a time: every operation goes through one serialisation point,
+// and a second goroutine calling in gets ErrConcurrentUse instead of
+// interleaving frames on the wire. Every blocking operation takes a context;
+// an RPC abandoned by its context poisons its channel, which warren closes.
+//
+// # Errors
+//
+// When the broker closes a channel (a soft error, e.g. publishing to an
+// exchange that does not exist), every later operation on that channel and
+// its Close return the broker's *ChannelError, matched with errors.Is
+// against sentinels such as ErrNotFound; other channels are unaffected. When
+// the connection ends, every channel and waiting call returns its
+// *ConnectionError (ErrConnectionLost when the network, not the broker,
+// ended it). CodeOf, IsChannelLevel and IsConnectionLevel classify any
+// error. Close never hangs, and survives the broker closing the same channel
+// at the same moment.
+//
+// # Pool
+//
+// A Pool hands each goroutine a channel of its own: bounded, fair (first
+// come, first served), ctx-aware, and healthy (a channel the broker closed,
+// one poisoned, or one released mid-operation is closed instead of reused).
+// Pools hold one mode: plain, confirm or tx.
+//
+// # Confirms
+//
+// On a confirm channel (Channel.SetMode(ctx, ModeConfirm), or a confirm
+// Pool) every publish has an outcome: nil (acked), *NackedError,
+// *UnroutableError (a mandatory message came back), or *OutcomeUnknownError
+// (the channel or connection closed before the answer; never reported as an
+// ack or a nack). PublishDeferred returns a *Confirmation future;
+// Publish and PublishMessage wait; PublishBatch does a slice. A Publisher
+// gives any number of goroutines confirmed publishing, pipelined over a few
+// confirm channels with a bounded window each.
+//
+// # Transactions
+//
+// Tx wraps tx.select, tx.commit and tx.rollback with database/sql
+// semantics: Client.Tx and Pool.Tx commit when the function returns nil and
+// roll back on an error or a panic; after Commit or Rollback every method
+// returns ErrTxDone. Publishes and acks take effect on commit. Confirm and
+// tx mode are refused on each other's channels before the broker's 406.
+//
+// # Consumers
 //
 // Client.Consume runs a handler on a pool of workers for every delivery of
 // a queue, with a bounded prefetch, acks serialised on the consumer's own
@@ -32,13 +68,24 @@
 // lets in-flight handlers finish, and returns everything else to the queue.
 // Delivery is at least once: handlers must tolerate redelivery.
 //
+// # Flow control
+//
+// While the broker blocks the connection (connection.blocked: a memory or
+// disk alarm) or stops a channel's flow, publishes wait, bounded by their
+// context, or fail at once with ErrBlocked (WithFlowPolicy).
+//
+// # Reconnection
+//
 // Reconnection is not automatic yet: when the connection is lost, the
 // Client ends (Done is closed, Err says why) and every call returns the
 // *ConnectionError; dial a new Client. warren will own reconnection itself
-// rather than use amqp091-go's experimental recovery (see
-// docs/reconnection.md).
+// rather than use amqp091-go's experimental recovery, which would silently
+// reopen channels the broker closed (see docs/reconnection.md).
 //
-// Close never hangs: Client.Close and Channel.Close are bounded by their
-// context (or WithCloseTimeout), and survive the broker closing the same
-// channel at the same moment.
+// # Observability
+//
+// Client.Stats, Pool.Stats and Publisher.Stats are snapshots of gauges and
+// counters; WithMetrics installs hooks for per-event figures (confirm
+// latency, pool waits, channel churn); the otelwarren module adapts both to
+// OpenTelemetry.
 package warren
