@@ -50,7 +50,11 @@ type channel struct {
 	mode    atomic.Int32    // Mode; changed only by SetMode
 	confirm *confirmTracker // set before mode becomes ModeConfirm
 	txDirty atomic.Bool     // tx mode: work since the last commit or rollback
-	held    atomic.Bool     // a delivery needing settlement was received on it
+	// unsettled counts messages fetched with Get that still need a
+	// settlement the broker has taken into account (in tx mode: committed);
+	// txSettled counts settlements made in the open transaction.
+	unsettled atomic.Int64
+	txSettled atomic.Int64
 	flow    gate            // shut while the broker has the channel's flow off
 	busy    atomic.Bool     // the serialisation point: true while an operation runs
 	writing atomic.Int32    // writeIdle, writeActive, writeAborted: see send

@@ -26,6 +26,7 @@ type Delivery struct {
 	amqp.Delivery
 	ch      Channel
 	lock    *sync.Mutex // a consumer's: serialises settlements from its workers
+	counted bool        // fetched by Get: counted in its channel's unsettled messages
 	settled atomic.Bool
 }
 
@@ -51,10 +52,10 @@ func (ch Channel) Get(ctx context.Context, queue string, opts GetOptions) (d *De
 		return nil, false, err
 	}
 	ad.Acknowledger = nil // settle through warren only
-	if !opts.AutoAck {
-		ch.s.held.Store(true)
+	d = &Delivery{Delivery: ad, ch: ch, counted: !opts.AutoAck}
+	if d.counted {
+		ch.s.unsettled.Add(1)
 	}
-	d = &Delivery{Delivery: ad, ch: ch}
 	d.settled.Store(opts.AutoAck)
 	return d, true, nil
 }
@@ -87,8 +88,15 @@ func (d *Delivery) settle(ctx context.Context, fn func() error) error {
 		defer d.lock.Unlock()
 	}
 	err := fn()
-	if errors.Is(err, ErrConcurrentUse) || errors.Is(err, ErrInvalidArgument) {
+	switch {
+	case errors.Is(err, ErrConcurrentUse) || errors.Is(err, ErrInvalidArgument):
 		d.settled.Store(false) // nothing was sent; the caller may retry
+	case err == nil && d.counted:
+		if st := d.ch.s; Mode(st.mode.Load()) == ModeTx {
+			st.txSettled.Add(1) // counts once committed
+		} else {
+			st.unsettled.Add(-1)
+		}
 	}
 	return err
 }

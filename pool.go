@@ -248,7 +248,7 @@ func (p *Pool) Release(ch Channel) {
 		return // not this pool's, or this lease already ended
 	}
 	if st.busy.Load() || (st.suspect() && st.unusable("") != nil) || Mode(st.mode.Load()) != p.opts.Mode ||
-		(p.opts.Mode == ModeTx && (st.txDirty.Load() || st.held.Load())) {
+		(p.opts.Mode == ModeTx && (st.txDirty.Load() || st.unsettled.Load() > 0)) {
 		if st.busy.Load() {
 			// Released mid-operation: the channel can only be closed once
 			// the operation ends. Do that off the caller's path; the slot

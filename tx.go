@@ -159,6 +159,7 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	err := tx.ch.call(ctx, "tx.commit", func() error { return tx.ch.s.ch.TxCommit() })
 	if err == nil {
 		tx.ch.s.txDirty.Store(false)
+		tx.ch.s.unsettled.Add(-tx.ch.s.txSettled.Swap(0))
 		tx.committed.Store(true)
 		tx.finish()
 		return nil
@@ -182,7 +183,11 @@ func (tx *Tx) Rollback(ctx context.Context) error {
 	}
 	err := tx.ch.call(ctx, "tx.rollback", func() error { return tx.ch.s.ch.TxRollback() })
 	if err == nil {
+		// The rolled-back settlements are void: those messages stay
+		// unacknowledged on the channel (their Deliveries count as
+		// settled), so the channel is not reused (see Pool.Release).
 		tx.ch.s.txDirty.Store(false)
+		tx.ch.s.txSettled.Store(0)
 	}
 	tx.finish()
 	return nil

@@ -355,3 +355,36 @@ func TestTxAndConfirmMixingIsRefusedClientSide(t *testing.T) {
 	}
 	waitDepth(t, ctx, b, q, 1)
 }
+
+// A transaction that fetched messages and acked them all, committed, leaves
+// its channel clean: the tx pool reuses it.
+func TestTxPoolReusesChannelsOfCommittedGetAndAck(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	ctx := testCtx(t, opTimeout)
+	c := dial(t, b.URL)
+	q := uniqueName(t, "q-")
+	declareQueue(t, ctx, b, openChannel(t, ctx, c), q)
+	fill(t, ctx, c, q, 6)
+	p := newTestPool(t, ctx, c, warren.PoolOptions{Size: 1, Mode: warren.ModeTx})
+	for i := 0; i < 3; i++ {
+		err := p.Tx(ctx, func(tx *warren.Tx) error {
+			for j := 0; j < 2; j++ {
+				d, ok, err := tx.Get(ctx, q, warren.GetOptions{})
+				if err != nil || !ok {
+					t.Fatalf("Get: ok %v err %v", ok, err)
+				}
+				if err := d.Ack(ctx); err != nil {
+					return err
+				}
+			}
+			return nil
+		})
+		if err != nil {
+			t.Fatalf("Pool.Tx %d: %v", i, err)
+		}
+	}
+	if s := p.Stats(); s.Opened != 1 || s.Discarded.TxUnfinished != 0 {
+		t.Errorf("after 3 committed Get+Ack transactions: Opened %d, TxUnfinished %d; want 1 and 0", s.Opened, s.Discarded.TxUnfinished)
+	}
+	waitDepth(t, ctx, b, q, 0)
+}

@@ -1,0 +1,88 @@
+package integration
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/warrenmq/warren/internal/brokertest"
+)
+
+// exampleProof is, for each runnable example in ../examples, a string its
+// output must contain: the line that proves the example's point.
+var exampleProof = map[string]string{
+	"quickstart": "was closed by the broker: code 404",
+	"producer":   "nacked=1 unroutable=1 unknown=0",
+	"consumer":   "(stop cause: all 200 messages handled)",
+	"txmove":     "rolled back: simulated failure after publish and ack",
+	"httppool":   "requests got 202 Accepted only after the broker acked",
+}
+
+// exampleTimeout bounds one example, build included.
+const exampleTimeout = 2 * time.Minute
+
+// TestExamples runs every example as a user would, `go run ./examples/<name>`
+// from the root module, one after the other, against the test broker:
+// AMQP_URL is set, so brokertest.Find in the example uses it as is (no
+// probe of the local default broker, no node of its own, and Stop leaves
+// it alone). Each must exit 0 and print its proof line.
+func TestExamples(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skipf("no go command to run the examples with: %v", err)
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := filepath.Dir(wd) // the integration module lives in the root module's directory
+	dirs, err := filepath.Glob(filepath.Join(root, "examples", "*", "main.go"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(dirs) == 0 {
+		t.Fatalf("no examples under %s", filepath.Join(root, "examples"))
+	}
+	seen := map[string]bool{}
+	for _, mainGo := range dirs {
+		name := filepath.Base(filepath.Dir(mainGo))
+		seen[name] = true
+		t.Run(name, func(t *testing.T) {
+			proof, ok := exampleProof[name]
+			if !ok {
+				t.Fatalf("examples/%s has no entry in exampleProof: add the output line that proves its point", name)
+			}
+			ctx, cancel := context.WithTimeout(context.Background(), exampleTimeout)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, goTool, "run", "./examples/"+name)
+			cmd.Dir = root
+			cmd.Env = append(os.Environ(), "AMQP_URL="+b.URL)
+			cmd.WaitDelay = 10 * time.Second // the output pipe may outlive a killed `go run`
+			start := time.Now()
+			out, err := cmd.CombinedOutput()
+			t.Logf("go run ./examples/%s (%v):\n%s", name, time.Since(start).Round(time.Millisecond), out)
+			if ctx.Err() != nil {
+				t.Fatalf("examples/%s did not finish within %v", name, exampleTimeout)
+			}
+			if err != nil {
+				t.Fatalf("examples/%s: %v", name, err)
+			}
+			if !strings.Contains(string(out), proof) {
+				t.Errorf("examples/%s: output lacks %q", name, proof)
+			}
+			if !strings.Contains(string(out), "brokertest: using AMQP_URL") {
+				t.Errorf("examples/%s did not use the test broker from AMQP_URL", name)
+			}
+		})
+	}
+	for name := range exampleProof {
+		if !seen[name] {
+			t.Errorf("exampleProof lists %q, but examples/%s/main.go does not exist", name, name)
+		}
+	}
+}
