@@ -55,9 +55,10 @@ type channel struct {
 	// txSettled counts settlements made in the open transaction.
 	unsettled atomic.Int64
 	txSettled atomic.Int64
-	flow    gate            // shut while the broker has the channel's flow off
-	busy    atomic.Bool     // the serialisation point: true while an operation runs
-	writing atomic.Int32    // writeIdle, writeActive, writeAborted: see send
+	flow      gate          // shut while the broker has the channel's flow off
+	busy      atomic.Bool   // the serialisation point: true while an operation runs
+	writing   atomic.Uint64 // the sequence number of the send writing now, 0, or writeAborted: see send
+	wseq      atomic.Uint64 // numbers sends
 
 	closes      chan *amqp.Error           // buffered NotifyClose listener registered at open
 	brokerClose atomic.Pointer[amqp.Error] // the broker's channel.close, as read off the wire
@@ -70,11 +71,12 @@ type channel struct {
 	closeDone chan struct{}
 }
 
-const (
-	writeIdle int32 = iota
-	writeActive
-	writeAborted
-)
+// writeAborted marks a send whose stalled write warren cut short.
+const writeAborted = ^uint64(0)
+
+// stallGrace is how long a write may make no progress, after its ctx has
+// ended, before warren declares it stalled and closes the connection.
+const stallGrace = 250 * time.Millisecond
 
 func newChannel(c *Client, ach *amqp.Channel) *channel {
 	ch := &channel{
@@ -352,10 +354,12 @@ func (ch *channel) poison(op string, cause error, pending <-chan error) {
 }
 
 // send runs fn, an operation that writes frames without waiting for a reply
-// (publish, ack). amqp091-go's writes cannot be interrupted, so if ctx ends
-// while the socket write is stalled (a blocked broker, a dead network) warren
-// fails the connection's pending writes: a partly written frame cannot be
-// taken back, so the connection ends with a *ConnectionError.
+// (publish, ack). amqp091-go's writes cannot be interrupted. If ctx ends
+// while the write is in progress, warren watches it: a write that completes
+// is left alone, whatever ctx says, but one that makes no progress for
+// stallGrace (a blocked broker, a dead network) is stalled, and warren fails
+// the connection's pending writes: a partly written frame cannot be taken
+// back, so the connection ends with a *ConnectionError.
 func (ch *channel) send(ctx context.Context, op string, gen uint64, fn func() error) error {
 	if err := ch.enter(ctx, op, gen); err != nil {
 		return err
@@ -364,22 +368,51 @@ func (ch *channel) send(ctx context.Context, op string, gen uint64, fn func() er
 	if ctx.Done() == nil {
 		return ch.result(op, fn())
 	}
-	ch.writing.Store(writeActive)
-	stop := context.AfterFunc(ctx, func() {
-		if ch.writing.CompareAndSwap(writeActive, writeAborted) {
-			ch.c.abortWrites(op, ch.id)
-		}
-	})
+	seq := ch.wseq.Add(1)
+	ch.writing.Store(seq)
+	stop := context.AfterFunc(ctx, func() { ch.watchStall(op, seq) })
 	err := fn()
-	finished := ch.writing.CompareAndSwap(writeActive, writeIdle)
+	finished := ch.writing.CompareAndSwap(seq, 0)
 	stop()
 	if !finished {
-		ch.writing.Store(writeIdle)
+		ch.writing.Store(0)
 		<-ch.c.dead
 		ch.setCause(ch.c.connError(""))
+		if err == nil {
+			// Every frame was handed to the socket before it was cut:
+			// the broker may or may not have the message.
+			return &OutcomeUnknownError{ChannelID: ch.id, Op: op,
+				Cause: fmt.Errorf("%w (the connection was closed because a write stalled)", ctx.Err())}
+		}
 		return fmt.Errorf("warren: %s on channel %d abandoned during a stalled write: %w (connection closed)", op, ch.id, ctx.Err())
 	}
 	return ch.result(op, err)
+}
+
+// watchStall runs once send number seq's ctx has ended while it writes: it
+// cuts the connection if the write makes no progress for stallGrace.
+func (ch *channel) watchStall(op string, seq uint64) {
+	last := ch.c.wire.Written()
+	t := time.NewTicker(stallGrace)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-ch.c.dead:
+			return
+		}
+		if ch.writing.Load() != seq {
+			return // the write finished
+		}
+		if now := ch.c.wire.Written(); now != last {
+			last = now // slow, not stalled
+			continue
+		}
+		if ch.writing.CompareAndSwap(seq, writeAborted) {
+			ch.c.abortWrites(op, ch.id)
+		}
+		return
+	}
 }
 
 // Close closes the channel. It is idempotent and safe while the broker is

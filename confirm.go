@@ -196,10 +196,32 @@ func (t *confirmTracker) publish(m *Message, c *Confirmation) error {
 	dc, err := t.st.ch.PublishWithDeferredConfirm(m.Exchange, m.Key, m.Mandatory, false, msg)
 	if err == nil && (dc == nil || dc.DeliveryTag != tag) {
 		// Cannot happen while every publish on the channel goes through
-		// the tracker; if it did, every later outcome would be wrong.
-		err = fmt.Errorf("warren: internal error: publish sequence out of step on channel %d", t.st.id)
-		t.st.setCause(err)
-		_ = t.st.ch.Close()
+		// the tracker; if it did, every later outcome would be wrong. The
+		// close runs apart: a Publisher may be holding writes back (Cork),
+		// and channel.close waits for a reply.
+		bad := fmt.Errorf("warren: internal error: publish sequence out of step on channel %d", t.st.id)
+		t.st.setCause(bad)
+		ach := t.st.ch
+		if !t.st.c.goTracked(func() { _ = ach.Close() }) {
+			go func() { _ = ach.Close() }()
+		}
+		err = nil // the frames went out: the confirmation resolves unknown when the channel ends
+	}
+	if err != nil && !errors.Is(err, amqp.ErrClosed) {
+		// A failed write (not a closed channel, which sends nothing):
+		// another goroutine's flush may have carried these frames out
+		// before the socket failed, so the outcome is unknown, not "not
+		// published". The connection is going down; c resolves now.
+		t.mu.Lock()
+		t.sending = nil
+		if n := len(t.q); n > 0 && t.q[n-1] == c {
+			t.q[n-1] = nil
+			t.q = t.q[:n-1]
+			c.resolve(c.unknown(fmt.Errorf("warren: writing the publish failed: %w", err)))
+		}
+		// t.last stays: amqp091-go took its sequence number back too.
+		t.mu.Unlock()
+		return nil
 	}
 
 	t.mu.Lock()
@@ -360,12 +382,17 @@ func (t *confirmTracker) run() {
 	for r := range t.rets {
 		t.returned(&r)
 	}
-	// amqp091-go closes the listener when the channel ends. Every frame
-	// read before the end has been handled: apply confirms still waiting
-	// for a return that never came, then fail the rest.
+	// amqp091-go closes the listener when the channel ends. If returns the
+	// wire saw were never delivered (the channel was shut down before
+	// amqp091-go parsed them), the confirms that waited for them cannot
+	// tell an unroutable message from a routed one: those publishes are
+	// left to failAll, outcome unknown, rather than reported as acked.
 	t.mu.Lock()
+	if t.returns == 0 {
+		t.replayLocked()
+	}
 	t.returns = 0
-	t.replayLocked()
+	t.deferred = t.deferred[:0]
 	t.mu.Unlock()
 	t.failAll(t.st.awaitCause("publish"))
 	t.st.c.untrackConfirms(t.st.id, t)

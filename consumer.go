@@ -57,7 +57,10 @@ type ConsumeOptions struct {
 	// "x-priority" or "x-stream-offset".
 	Args Table
 	// AutoAck makes the broker consider every message acknowledged once
-	// sent: a message whose handler fails or is interrupted is lost.
+	// sent: a message whose handler fails or is interrupted is lost, and
+	// nothing bounds how many the broker pushes (Prefetch does not apply).
+	// At shutdown the workers handle what was already delivered, up to
+	// ShutdownTimeout; what is left then is lost too.
 	AutoAck bool
 	// DeadLetterOnError nacks a failed message without requeueing it, so
 	// the broker drops it or dead-letters it. By default it is requeued.
@@ -176,7 +179,8 @@ type consumer struct {
 	mu      sync.Mutex
 	cancels chan string // the broker's basic.cancel, from amqp091-go
 	closed  chan *amqp.Error
-	stop    chan struct{} // closed when no new deliveries may be taken
+	stop    chan struct{} // closed (by halt) when no new deliveries may be taken
+	halted  sync.Once
 }
 
 func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) error {
@@ -205,19 +209,25 @@ func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) er
 	var err error
 	select {
 	case tag := <-cs.cancels:
-		close(cs.stop)
+		cs.halt()
 		err = fmt.Errorf("warren: consume %q: %w (consumer tag %q)", cs.queue, ErrConsumerCancelled, tag)
 	case <-cs.closed:
-		close(cs.stop)
+		cs.halt()
 		err = cs.st.awaitCause("basic.consume")
 	case <-ended:
 		// The deliveries ended without our cancel: the broker cancelled
 		// the consumer, or the channel or connection closed.
-		close(cs.stop)
+		cs.halt()
 		err = cs.endReason()
 	case <-ctx.Done():
-		// Shutdown: take nothing new, cancel, let in-flight handlers finish.
-		close(cs.stop)
+		// Shutdown: take nothing new, cancel, let in-flight handlers
+		// finish. With manual acks, deliveries not yet started stay
+		// unacked and return to the queue when the channel closes. With
+		// AutoAck the broker already counts them as delivered: the workers
+		// go on handling them until the buffer is empty (or the bound).
+		if !cs.opts.AutoAck {
+			cs.halt()
+		}
 		cctx, ccancel := context.WithTimeout(context.Background(), cs.opts.ShutdownTimeout)
 		cs.mu.Lock()
 		_ = Channel{s: cs.st}.call(cctx, "basic.cancel", func() error { return cs.st.ch.Cancel(cs.opts.Tag, false) })
@@ -230,6 +240,9 @@ func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) er
 	select {
 	case <-workersDone:
 	case <-bound.C:
+		if cs.opts.AutoAck {
+			cs.halt() // whatever is still buffered is lost: AutoAck
+		}
 		n := running.Load()
 		hcancel()
 		// The channel closes next; the unfinished handlers' messages go
@@ -238,6 +251,9 @@ func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) er
 	}
 	return err
 }
+
+// halt makes the workers take no new deliveries.
+func (cs *consumer) halt() { cs.halted.Do(func() { close(cs.stop) }) }
 
 // endReason says why the deliveries ended when Consume's ctx did not.
 func (cs *consumer) endReason() error {

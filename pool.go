@@ -54,6 +54,7 @@ type DiscardStats struct {
 	ModeChanged  int64 // switched away from the pool's mode (confirm, tx)
 	Connection   int64 // the connection ended
 	TxUnfinished int64 // a tx channel released with uncommitted work or unsettled messages
+	Unsettled    int64 // released holding fetched messages it never settled (closing it requeues them)
 }
 
 // PoolStats is a snapshot of a Pool, like database/sql's DBStats: gauges
@@ -89,7 +90,7 @@ type Pool struct {
 	opts PoolOptions
 	core *chanpool.Pool[*channel]
 
-	discards [7]atomic.Int64 // indexed by discard*
+	discards [8]atomic.Int64 // indexed by discard*
 	closed   atomic.Bool
 	warming  atomic.Bool
 }
@@ -102,6 +103,7 @@ const (
 	discardMode
 	discardConnection
 	discardTx
+	discardUnsettled
 )
 
 // NewPool makes a pool of channels on c. It opens opts.MinIdle channels
@@ -248,7 +250,7 @@ func (p *Pool) Release(ch Channel) {
 		return // not this pool's, or this lease already ended
 	}
 	if st.busy.Load() || (st.suspect() && st.unusable("") != nil) || Mode(st.mode.Load()) != p.opts.Mode ||
-		(p.opts.Mode == ModeTx && (st.txDirty.Load() || st.unsettled.Load() > 0)) {
+		st.unsettled.Load() > 0 || (p.opts.Mode == ModeTx && st.txDirty.Load()) {
 		if st.busy.Load() {
 			// Released mid-operation: the channel can only be closed once
 			// the operation ends. Do that off the caller's path; the slot
@@ -276,6 +278,8 @@ func (p *Pool) discard(st *channel) {
 		reason = discardMode
 	case err == nil && p.opts.Mode == ModeTx:
 		reason = discardTx
+	case err == nil && st.unsettled.Load() > 0:
+		reason = discardUnsettled
 	case err == nil:
 	case errors.Is(err, ErrPoisoned):
 		reason = discardPoisoned
@@ -360,6 +364,7 @@ func (p *Pool) Stats() PoolStats {
 			ModeChanged:  p.discards[discardMode].Load(),
 			Connection:   p.discards[discardConnection].Load(),
 			TxUnfinished: p.discards[discardTx].Load(),
+			Unsettled:    p.discards[discardUnsettled].Load(),
 		},
 	}
 }

@@ -387,7 +387,10 @@ func (w *pubWorker) take(r *pubReq) {
 		// (bounded by the caller's ctx) before the request counts as taken,
 		// so that a caller who gives up meanwhile knows it was not sent.
 		w.uncork()
-		if err := w.p.c.waitPublish(r.ctx, w.ch.s, "publisher.publish"); err != nil {
+		wctx, done := w.p.abortable(r.ctx)
+		err := w.p.c.waitPublish(wctx, w.ch.s, "publisher.publish")
+		done()
+		if err != nil {
 			if r.state.CompareAndSwap(reqQueued, reqTaken) {
 				r.fail(err)
 				r.state.Store(reqDone)
@@ -410,7 +413,9 @@ func (w *pubWorker) publish(r *pubReq) {
 	for attempt := 0; ; attempt++ {
 		if w.ch.s == nil {
 			w.uncork() // channel.open is an RPC
-			c, err := p.pool.Acquire(r.ctx)
+			actx, done := p.abortable(r.ctx)
+			c, err := p.pool.Acquire(actx)
+			done()
 			if err != nil {
 				r.fail(err)
 				return
@@ -452,6 +457,22 @@ func (w *pubWorker) publish(r *pubReq) {
 		r.fail(err)
 		return
 	}
+}
+
+// abortable returns ctx, also cancelled if Close gives up waiting (for the
+// rare waits a worker does on a caller's ctx: a blocked broker, a channel
+// being opened).
+func (p *Publisher) abortable(ctx context.Context) (context.Context, func()) {
+	actx, cancel := context.WithCancel(ctx)
+	stop := make(chan struct{})
+	go func() {
+		select {
+		case <-p.abort:
+			cancel()
+		case <-stop:
+		}
+	}()
+	return actx, func() { close(stop); cancel() }
 }
 
 // shutdown stops taking requests; the workers publish what is queued.

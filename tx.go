@@ -26,6 +26,7 @@ type Tx struct {
 	done atomic.Bool
 	// committed is set by a successful Commit (read by Tx helpers).
 	committed atomic.Bool
+	commitErr error // what Commit returned, if it failed
 }
 
 // Begin starts a transaction on a new channel of its own, closed when the
@@ -98,6 +99,9 @@ func (tx *Tx) run(ctx context.Context, fn func(*Tx) error) (err error) {
 		if tx.committed.Load() {
 			return nil
 		}
+		if tx.commitErr != nil {
+			return tx.commitErr // the function's Commit failed, or its outcome is unknown
+		}
 		return fmt.Errorf("%w: the function rolled the transaction back and returned nil", ErrTxDone)
 	}
 	return tx.Commit(ctx)
@@ -156,6 +160,18 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	if !tx.done.CompareAndSwap(false, true) {
 		return ErrTxDone
 	}
+	// What stops the commit from being sent at all means it did not
+	// happen: the transaction is discarded with its channel.
+	if err := tx.ch.Err(); err != nil {
+		tx.finish()
+		tx.commitErr = fmt.Errorf("warren: tx.commit not sent, the transaction is discarded: %w", err)
+		return tx.commitErr
+	}
+	if err := ctx.Err(); err != nil {
+		tx.finish()
+		tx.commitErr = fmt.Errorf("warren: tx.commit not sent, the transaction is discarded: %w", err)
+		return tx.commitErr
+	}
 	err := tx.ch.call(ctx, "tx.commit", func() error { return tx.ch.s.ch.TxCommit() })
 	if err == nil {
 		tx.ch.s.txDirty.Store(false)
@@ -166,9 +182,11 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	}
 	tx.finish()
 	if IsChannelLevel(err) && !errors.Is(err, ErrPoisoned) {
+		tx.commitErr = err
 		return err
 	}
-	return &OutcomeUnknownError{ChannelID: tx.ch.ID(), Op: "tx.commit", Cause: err}
+	tx.commitErr = &OutcomeUnknownError{ChannelID: tx.ch.ID(), Op: "tx.commit", Cause: err}
+	return tx.commitErr
 }
 
 // Rollback discards the transaction's publishes and acks. It returns nil

@@ -376,3 +376,33 @@ func TestConsumeChannelClosedByTheBrokerReturnsTheTypedCause(t *testing.T) {
 	t.Logf("Consume returned: %v", err)
 	waitDepth(t, ctx, b, q, 1)
 }
+
+// With AutoAck the broker counts every pushed message as delivered: at
+// shutdown the workers handle what was already pushed (within the bound)
+// instead of dropping it. (Found by review: they dropped it.)
+func TestConsumeAutoAckShutdownHandlesWhatWasDelivered(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	ctx := testCtx(t, opTimeout)
+	c := dial(t, b.URL)
+	q := uniqueName(t, "q-")
+	declareQueue(t, ctx, b, openChannel(t, ctx, c), q)
+	const n = 600
+	fillNumbered(t, ctx, c, q, n)
+	var handled atomic.Int64
+	cctx, stop := context.WithCancel(ctx)
+	done := consumeAsync(cctx, c, q, func(ctx context.Context, d *warren.Delivery) error {
+		time.Sleep(time.Millisecond)
+		handled.Add(1)
+		return nil
+	}, warren.ConsumeOptions{AutoAck: true, Workers: 2, ShutdownTimeout: 20 * time.Second})
+	time.Sleep(100 * time.Millisecond)
+	stop()
+	if err := waitConsume(t, done, opTimeout); !errors.Is(err, context.Canceled) || errors.Is(err, warren.ErrShutdownTimeout) {
+		t.Fatalf("Consume: %v, want context.Canceled within the bound", err)
+	}
+	left := len(drainNumbers(t, ctx, c, q))
+	t.Logf("%d handled, %d left in the queue", handled.Load(), left)
+	if got := int(handled.Load()) + left; got != n {
+		t.Fatalf("handled %d + left %d = %d, want %d: AutoAck messages were lost at shutdown", handled.Load(), left, got, n)
+	}
+}

@@ -1819,3 +1819,53 @@ func TestPoolServesEveryGoroutineItsShareUnderSustainedContention(t *testing.T) 
 		t.Errorf("stats: got InUse %d, Opened %d, Discarded %+v; want 0, <= %d, none", s.InUse, s.Opened, s.Discarded, size)
 	}
 }
+
+// A plain pooled channel released while it holds a fetched message it never
+// settled is closed, which returns the message to its queue, instead of
+// being reused with the message stuck on it.
+func TestPoolDiscardsAChannelReleasedWithAnUnsettledMessage(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	ctx := testCtx(t, opTimeout)
+	c := dial(t, b.URL)
+	q := uniqueName(t, "q-")
+	ch := openChannel(t, ctx, c)
+	declareQueue(t, ctx, b, ch, q)
+	if err := ch.Publish(ctx, "", q, warren.Publishing{Body: []byte("x")}); err != nil {
+		t.Fatal(err)
+	}
+	p := newTestPool(t, ctx, c, warren.PoolOptions{Size: 1})
+	lc, err := p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, ok, err := lc.Get(ctx, q, warren.GetOptions{}); err != nil || !ok {
+		t.Fatalf("Get: ok %v err %v", ok, err)
+	}
+	p.Release(lc)
+	if s := p.Stats(); s.Discarded.Unsettled != 1 {
+		t.Errorf("Discarded.Unsettled: %d, want 1 (%+v)", s.Discarded.Unsettled, s)
+	}
+	d := getOne(t, ctx, ch, q)
+	if !d.Redelivered {
+		t.Error("the message came back without Redelivered")
+	}
+	// A lease that settles what it fetched keeps its channel.
+	lc, err = p.Acquire(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Nack(ctx, true); err != nil {
+		t.Fatal(err)
+	}
+	got, ok, err := lc.Get(ctx, q, warren.GetOptions{})
+	if err != nil || !ok {
+		t.Fatalf("Get: ok %v err %v", ok, err)
+	}
+	if err := got.Ack(ctx); err != nil {
+		t.Fatal(err)
+	}
+	p.Release(lc)
+	if s := p.Stats(); s.Discarded.Unsettled != 1 || s.Idle != 1 {
+		t.Errorf("after a settled lease: %+v, want the channel idle and no new discard", s)
+	}
+}

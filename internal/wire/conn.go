@@ -144,12 +144,13 @@ type Conn struct {
 
 	// outbound state, guarded by wmu
 	wmu      sync.Mutex
-	preamble int    // protocol header bytes still to pass unexamined
-	held     []byte // an incomplete frame start kept back from the last Write
-	wrem     int    // bytes of the current outbound frame still to pass or drop
-	wdrop    bool   // the current outbound frame is dropped
-	corks    int    // Cork calls not yet matched by Uncork
-	corked   []byte // bytes held back while corked
+	preamble int           // protocol header bytes still to pass unexamined
+	held     []byte        // an incomplete frame start kept back from the last Write
+	wrem     int           // bytes of the current outbound frame still to pass or drop
+	wdrop    bool          // the current outbound frame is dropped
+	written  atomic.Uint64 // bytes handed to the socket, for progress checks
+	corks    int           // Cork calls not yet matched by Uncork
+	corked   []byte        // bytes held back while corked
 }
 
 // maxCorked bounds the bytes held back while corked; beyond it writes go
@@ -174,10 +175,15 @@ func (c *Conn) Uncork() error {
 	if c.corks > 0 || len(c.corked) == 0 {
 		return nil
 	}
-	_, err := c.Conn.Write(c.corked)
+	n, err := c.Conn.Write(c.corked)
+	c.written.Add(uint64(n))
 	c.corked = c.corked[:0]
 	return err
 }
+
+// Written returns how many bytes have been handed to the socket; a write
+// that makes no progress leaves it unchanged.
+func (c *Conn) Written() uint64 { return c.written.Load() }
 
 // emit writes b, or holds it back while corked. wmu is held.
 func (c *Conn) emit(b []byte) error {
@@ -188,10 +194,9 @@ func (c *Conn) emit(b []byte) error {
 	if len(c.corked) > 0 {
 		b = append(c.corked, b...)
 		c.corked = c.corked[:0]
-		_, err := c.Conn.Write(b)
-		return err
 	}
-	_, err := c.Conn.Write(b)
+	n, err := c.Conn.Write(b)
+	c.written.Add(uint64(n))
 	return err
 }
 
