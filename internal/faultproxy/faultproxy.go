@@ -11,6 +11,7 @@ import (
 	"errors"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -54,6 +55,8 @@ type Proxy struct {
 	ctx    context.Context // cancelled by Close: ends dials to the target
 	cancel context.CancelFunc
 	wg     sync.WaitGroup // the accept loop and every pump
+
+	delays [2]atomic.Int64 // per direction: latency added to every chunk forwarded (ns)
 
 	mu     sync.Mutex // guards following
 	gates  [2]chan struct{}
@@ -112,6 +115,13 @@ func (p *Proxy) Resume(d Direction) {
 	default:
 		close(p.gates[d])
 	}
+}
+
+// Slow adds latency in direction d: every chunk read is held for delay
+// before it is forwarded (0 restores full speed). It applies to current and
+// future connections; bytes keep their order.
+func (p *Proxy) Slow(d Direction, delay time.Duration) {
+	p.delays[d].Store(int64(delay))
 }
 
 func (p *Proxy) gate(d Direction) <-chan struct{} {
@@ -218,6 +228,15 @@ func (p *Proxy) pump(c *pair, d Direction, src, dst net.Conn) {
 		}
 		n, err := src.Read(buf)
 		if n > 0 {
+			if delay := time.Duration(p.delays[d].Load()); delay > 0 {
+				t := time.NewTimer(delay)
+				select {
+				case <-t.C:
+				case <-c.done:
+					t.Stop()
+					return
+				}
+			}
 			// A stall that began while Read waited holds these bytes too.
 			if !c.wait(p.gate(d)) {
 				return

@@ -278,3 +278,23 @@ func TestUnreachableTargetClosesTheClient(t *testing.T) {
 		t.Fatalf("read: got %v, want a reset or EOF", err)
 	}
 }
+
+func TestSlowAddsLatencyPerDirectionAndCanBeLifted(t *testing.T) {
+	p, c := start(t)
+	roundTrip(t, c, "warm")
+	p.Slow(ClientToServer, 150*time.Millisecond)
+	p.Slow(ServerToClient, 100*time.Millisecond)
+	start := time.Now()
+	roundTrip(t, c, "slow")
+	if d := time.Since(start); d < 250*time.Millisecond {
+		t.Errorf("round trip with 150 ms + 100 ms of added latency took %v", d)
+	}
+	p.Slow(ClientToServer, 0)
+	p.Slow(ServerToClient, 0)
+	roundTrip(t, c, "flush") // a chunk read while slow may still be held
+	start = time.Now()
+	roundTrip(t, c, "fast")
+	if d := time.Since(start); d > 100*time.Millisecond {
+		t.Errorf("round trip after Slow(0) took %v", d)
+	}
+}
