@@ -38,7 +38,7 @@ type Channel struct {
 
 // channel is the state shared by every handle of one AMQP channel.
 type channel struct {
-	c  *Client
+	c  *session
 	ch *amqp.Channel
 	id uint16
 
@@ -78,7 +78,7 @@ const writeAborted = ^uint64(0)
 // ended, before warren declares it stalled and closes the connection.
 const stallGrace = 250 * time.Millisecond
 
-func newChannel(c *Client, ach *amqp.Channel) *channel {
+func newChannel(c *session, ach *amqp.Channel) *channel {
 	ch := &channel{
 		c:         c,
 		ch:        ach,

@@ -10,7 +10,7 @@ import (
 // trackerWith returns a tracker (no AMQP channel behind it) holding pending
 // publishes with tags first..first+n-1.
 func trackerWith(first uint64, n int) (*confirmTracker, []*Confirmation) {
-	st := &channel{c: &Client{opts: defaultOptions()}, id: 7}
+	st := &channel{c: &session{opts: defaultOptions()}, id: 7}
 	t := &confirmTracker{st: st, base: first}
 	confs := make([]*Confirmation, n)
 	for i := range confs {

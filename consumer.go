@@ -81,23 +81,8 @@ const (
 
 var consumerSeq atomic.Uint64
 
-// Consume consumes queue on a channel of its own, running h for each
-// delivery on opts.Workers goroutines, until ctx ends or the consumer
-// cannot go on. It returns:
-//
-//   - when ctx ends: no new deliveries are taken (basic.cancel), in-flight
-//     handlers finish (bounded by ShutdownTimeout), their messages are acked
-//     or nacked, everything unstarted returns to the queue; the error wraps
-//     ctx.Err() (and ErrShutdownTimeout if handlers were still running);
-//   - ErrConsumerCancelled (wrapped) when the broker cancelled the consumer;
-//   - the typed cause (*ChannelError, *ConnectionError) when the channel or
-//     connection closed under it; unacked messages return to the queue;
-//   - the typed error of basic.qos or basic.consume if consuming could not
-//     start (e.g. ErrNotFound for a missing queue).
-//
-// Acks, nacks and rejects from the workers are serialised on the channel;
-// a second settlement of one delivery is refused (ErrAlreadySettled).
-func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts ConsumeOptions) error {
+// Consume: see Client.Consume.
+func (c *session) Consume(ctx context.Context, queue string, h Handler, opts ConsumeOptions) error {
 	const op = "basic.consume"
 	if err := opts.fill(queue, h); err != nil {
 		return err
@@ -168,7 +153,7 @@ func (o *ConsumeOptions) fill(queue string, h Handler) error {
 
 // consumer is one running Consume.
 type consumer struct {
-	c     *Client
+	c     *session
 	st    *channel
 	queue string
 	h     Handler

@@ -76,11 +76,13 @@
 //
 // # Reconnection
 //
-// Reconnection is not automatic yet: when the connection is lost, the
-// Client ends (Done is closed, Err says why) and every call returns the
-// *ConnectionError; dial a new Client. warren will own reconnection itself
-// rather than use amqp091-go's experimental recovery, which would silently
-// reopen channels the broker closed (see docs/reconnection.md).
+// With WithReconnect the Client dials a new connection when one is lost
+// (exponential backoff with jitter; Close stops it), and reports state
+// changes in order through WithStateCallback. Pools, Publishers and
+// Client.Consume carry on on the new connection; Channels of the lost one
+// keep returning its *ConnectionError, so nothing silently hides an error.
+// warren owns reconnection rather than use amqp091-go's experimental
+// recovery (see docs/reconnection.md).
 //
 // # Observability
 //

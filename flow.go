@@ -100,13 +100,13 @@ func (ch *channel) waitPublish(ctx context.Context, op string) error {
 
 // paused reports whether publishing on ch (nil: a channel not chosen yet)
 // is paused by the broker.
-func (c *Client) paused(ch *channel) bool {
+func (c *session) paused(ch *channel) bool {
 	return c.blockGate.shut.Load() || (ch != nil && ch.flow.shut.Load())
 }
 
 // waitPublish waits while the connection is blocked or ch's flow is off
 // (ch may be nil: only the connection counts), per the flow policy.
-func (c *Client) waitPublish(ctx context.Context, ch *channel, op string) error {
+func (c *session) waitPublish(ctx context.Context, ch *channel, op string) error {
 	for c.paused(ch) {
 		why := "the connection is blocked (connection.blocked)"
 		wait := c.blockGate.opened()
@@ -133,7 +133,7 @@ func (c *Client) waitPublish(ctx context.Context, ch *channel, op string) error 
 
 // sawFlow applies a channel.flow read off the wire (on amqp091-go's reader
 // goroutine; amqp091-go answers it with flow-ok).
-func (c *Client) sawFlow(id uint16, active bool) {
+func (c *session) sawFlow(id uint16, active bool) {
 	c.mu.Lock()
 	ch := c.channels[id]
 	c.mu.Unlock()

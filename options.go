@@ -22,6 +22,8 @@ type options struct {
 	closeTimeout time.Duration // bound on Close when its ctx has no deadline
 	flowPolicy   FlowPolicy    // what publishes do while the broker pauses publishing
 	metrics      MetricsHook   // per-event figures, every field optional
+	reconnect    *ReconnectPolicy
+	onState      func(StateEvent)
 }
 
 const (

@@ -86,9 +86,10 @@ type PoolStats struct {
 // A Pool is safe for concurrent use. Close stops new leases and closes the
 // channels.
 type Pool struct {
-	c    *Client
-	opts PoolOptions
-	core *chanpool.Pool[*channel]
+	c      *session // the connection the pool was made on
+	client *Client  // set when the pool follows the client across reconnects
+	opts   PoolOptions
+	core   *chanpool.Pool[*channel]
 
 	discards [8]atomic.Int64 // indexed by discard*
 	closed   atomic.Bool
@@ -106,10 +107,14 @@ const (
 	discardUnsettled
 )
 
-// NewPool makes a pool of channels on c. It opens opts.MinIdle channels
-// before returning (bounded by ctx). A size that cannot fit in the
-// negotiated channel_max is refused with an error that says why.
-func (c *Client) NewPool(ctx context.Context, opts PoolOptions) (*Pool, error) {
+// NewPool: see Client.NewPool.
+func (c *session) NewPool(ctx context.Context, opts PoolOptions) (*Pool, error) {
+	return c.newPool(ctx, opts, nil)
+}
+
+// newPool makes a pool on c; with client set, and reconnection on, the
+// pool outlives c: it opens its channels on the client's live connection.
+func (c *session) newPool(ctx context.Context, opts PoolOptions, client *Client) (*Pool, error) {
 	if opts.Size == 0 {
 		opts.Size = defaultPoolSize
 	}
@@ -125,6 +130,9 @@ func (c *Client) NewPool(ctx context.Context, opts PoolOptions) (*Pool, error) {
 		return nil, fmt.Errorf("%w: pool: unknown mode %s", ErrInvalidArgument, opts.Mode)
 	}
 	p := &Pool{c: c, opts: opts}
+	if client != nil && client.opts.reconnect != nil {
+		p.client = client
+	}
 	p.core = chanpool.New(chanpool.Config[*channel]{
 		Max:     opts.Size,
 		Open:    p.open,
@@ -162,7 +170,11 @@ func (c *Client) NewPool(ctx context.Context, opts PoolOptions) (*Pool, error) {
 
 // open opens one channel in the pool's mode.
 func (p *Pool) open(ctx context.Context) (*channel, error) {
-	st, err := p.c.openChannel(ctx)
+	s, err := p.live(ctx)
+	if err != nil {
+		return nil, err
+	}
+	st, err := s.openChannel(ctx)
 	if err != nil {
 		return nil, err
 	}
@@ -187,7 +199,33 @@ func (p *Pool) destroy(st *channel) {
 }
 
 // fail makes Acquire return the connection's error at once.
-func (p *Pool) fail() { p.core.Fail(p.c.connError("pool.acquire")) }
+func (p *Pool) fail() {
+	if p.client != nil {
+		// The client reconnects: dead channels are discarded as they are
+		// leased or released, and new ones open on the next connection.
+		return
+	}
+	p.core.Fail(p.c.connError("pool.acquire"))
+}
+
+// live returns the connection to open channels on: the pool's own, or,
+// for a pool that follows a reconnecting client, the client's live one
+// (waiting for a reconnect, bounded by ctx).
+func (p *Pool) live(ctx context.Context) (*session, error) {
+	if p.client == nil {
+		return p.c, nil
+	}
+	return p.client.live(ctx)
+}
+
+// sess returns the connection whose goroutines the pool's background work
+// belongs to.
+func (p *Pool) sess() *session {
+	if p.client == nil {
+		return p.c
+	}
+	return p.client.s()
+}
 
 // Acquire leases a channel: an idle one, a new one if fewer than Size are
 // open, or else the next one released, waiting in arrival order until ctx
@@ -257,7 +295,7 @@ func (p *Pool) Release(ch Channel) {
 			// stays taken (Open, InUse) until the channel is closed, so
 			// the pool never exceeds Size channels on the broker.
 			p.discards[discardBusy].Add(1)
-			if !p.c.goTracked(func() { p.drop(st) }) {
+			if !p.sess().goTracked(func() { p.drop(st) }) {
 				p.drop(st)
 			}
 			return
@@ -306,7 +344,7 @@ func (p *Pool) keepWarm() {
 	if p.opts.MinIdle == 0 || p.closed.Load() || !p.warming.CompareAndSwap(false, true) {
 		return
 	}
-	if !p.c.goTracked(func() {
+	if !p.sess().goTracked(func() {
 		defer p.warming.Store(false)
 		ctx, cancel := context.WithTimeout(context.Background(), p.c.opts.closeTimeout)
 		defer cancel()

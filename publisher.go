@@ -8,6 +8,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/warrenmq/warren/internal/wire"
 )
 
 // PublisherOptions configure a Publisher. The zero value is up to 4
@@ -58,7 +60,7 @@ type PublisherStats struct {
 // could not be sent because its channel had died is retried once on a fresh
 // channel, one that was sent never is.
 type Publisher struct {
-	c    *Client
+	c    *session
 	opts PublisherOptions
 	pool *Pool
 
@@ -91,9 +93,14 @@ const (
 	reqDone // the worker has finished with the request
 )
 
-// NewPublisher makes a Publisher on c and opens its channels (bounded by
-// ctx).
-func (c *Client) NewPublisher(ctx context.Context, opts PublisherOptions) (*Publisher, error) {
+// NewPublisher: see Client.NewPublisher.
+func (c *session) NewPublisher(ctx context.Context, opts PublisherOptions) (*Publisher, error) {
+	return c.newPublisher(ctx, opts, nil)
+}
+
+// newPublisher makes a Publisher on c; with client set and reconnection on,
+// it follows the client across reconnects.
+func (c *session) newPublisher(ctx context.Context, opts PublisherOptions, client *Client) (*Publisher, error) {
 	if opts.Channels == 0 {
 		opts.Channels = defaultPublisherChannels
 	}
@@ -103,7 +110,7 @@ func (c *Client) NewPublisher(ctx context.Context, opts PublisherOptions) (*Publ
 	if opts.Channels < 0 || opts.Window < 0 {
 		return nil, fmt.Errorf("%w: publisher: negative Channels or Window", ErrInvalidArgument)
 	}
-	pool, err := c.NewPool(ctx, PoolOptions{Size: opts.Channels, MinIdle: opts.Channels, Mode: ModeConfirm, Headroom: opts.Headroom})
+	pool, err := c.newPool(ctx, PoolOptions{Size: opts.Channels, MinIdle: opts.Channels, Mode: ModeConfirm, Headroom: opts.Headroom}, client)
 	if err != nil {
 		return nil, fmt.Errorf("warren: publisher: %w", err)
 	}
@@ -178,7 +185,7 @@ func (p *Publisher) submit(ctx context.Context, m *Message) (*pubReq, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("warren: %s: not published: %w", op, err)
 	}
-	if p.c.isDead.Load() {
+	if p.pool.client == nil && p.c.isDead.Load() {
 		return nil, p.c.connError(op)
 	}
 	r := reqPool.Get().(*pubReq)
@@ -288,7 +295,7 @@ type pubWorker struct {
 	p      *Publisher
 	ch     Channel
 	slots  chan struct{} // one token per unanswered message; the tracker takes them back
-	corked bool          // the wire is holding back this worker's burst
+	corked *wire.Conn    // the wire holding back this worker's burst, if any
 }
 
 // work drives one channel: it takes requests in arrival order, publishes
@@ -298,7 +305,10 @@ type pubWorker struct {
 func (p *Publisher) work(queue chan *pubReq) {
 	defer p.running.Done()
 	w := &pubWorker{p: p, slots: make(chan struct{}, p.opts.Window)}
-	dead := p.c.dead
+	dead := p.c.dead // the end of the publisher's connection, or of its client
+	if p.pool.client != nil {
+		dead = p.pool.client.done
+	}
 	for {
 		var r *pubReq
 		select {
@@ -365,30 +375,34 @@ func (p *Publisher) work(queue chan *pubReq) {
 }
 
 func (w *pubWorker) cork() {
-	if !w.corked {
-		w.p.c.wire.Cork()
-		w.corked = true
+	if w.corked == nil && w.ch.s != nil {
+		w.corked = w.ch.s.c.wire
+		w.corked.Cork()
 	}
 }
 
 // uncork writes the burst held back so far. It must precede anything that
 // waits: a reply, a window token, or another goroutine.
 func (w *pubWorker) uncork() {
-	if w.corked {
-		_ = w.p.c.wire.Uncork() // a failed write fails the connection, and with it the burst's confirms
-		w.corked = false
+	if w.corked != nil {
+		_ = w.corked.Uncork() // a failed write fails the connection, and with it the burst's confirms
+		w.corked = nil
 	}
 }
 
 // take publishes r unless its caller has given up.
 func (w *pubWorker) take(r *pubReq) {
-	if w.p.c.paused(w.ch.s) {
+	s := w.p.pool.sess()
+	if w.ch.s != nil {
+		s = w.ch.s.c
+	}
+	if s.paused(w.ch.s) {
 		// The broker has paused publishing: let the burst out, then wait
 		// (bounded by the caller's ctx) before the request counts as taken,
 		// so that a caller who gives up meanwhile knows it was not sent.
 		w.uncork()
 		wctx, done := w.p.abortable(r.ctx)
-		err := w.p.c.waitPublish(wctx, w.ch.s, "publisher.publish")
+		err := s.waitPublish(wctx, w.ch.s, "publisher.publish")
 		done()
 		if err != nil {
 			if r.state.CompareAndSwap(reqQueued, reqTaken) {
@@ -450,7 +464,10 @@ func (w *pubWorker) publish(r *pubReq) {
 			// not sent. Give the channel back (the pool discards it).
 			p.pool.Release(ch)
 			w.ch = Channel{}
-			if attempt == 0 && !IsConnectionLevel(err) {
+			// Not sent: retry on a fresh channel, once; with a
+			// reconnecting client also after a connection loss (the
+			// pool waits for the new connection, bounded by r.ctx).
+			if attempt == 0 && (!IsConnectionLevel(err) || p.pool.client != nil) {
 				continue
 			}
 		}

@@ -5,7 +5,8 @@ type ClientStats struct {
 	OpenChannels int  // channels warren has open on the connection
 	Blocked      bool // the broker has blocked publishing (connection.blocked)
 
-	// ChannelsOpened and ChannelsClosed count channels since Dial: their
+	// ChannelsOpened and ChannelsClosed count channels on the current
+	// connection (a reconnect starts them again): their
 	// rate is the channel churn RabbitMQ's monitoring guide warns about.
 	ChannelsOpened uint64
 	ChannelsClosed uint64
@@ -27,8 +28,8 @@ type ClientStats struct {
 	StrayConfirms uint64
 }
 
-// Stats returns a snapshot of the client's gauges and counters.
-func (c *Client) Stats() ClientStats {
+// Stats: see Client.Stats.
+func (c *session) Stats() ClientStats {
 	return ClientStats{
 		OpenChannels:         c.OpenChannels(),
 		Blocked:              c.Blocked(),

@@ -29,11 +29,8 @@ type Tx struct {
 	commitErr error // what Commit returned, if it failed
 }
 
-// Begin starts a transaction on a new channel of its own, closed when the
-// transaction ends (which also returns any message the transaction fetched
-// but did not ack to its queue). For many short transactions, a Pool with
-// Mode ModeTx reuses channels (Pool.Begin).
-func (c *Client) Begin(ctx context.Context) (*Tx, error) {
+// Begin: see Client.Begin.
+func (c *session) Begin(ctx context.Context) (*Tx, error) {
 	st, err := c.openChannel(ctx)
 	if err != nil {
 		return nil, err
@@ -46,10 +43,8 @@ func (c *Client) Begin(ctx context.Context) (*Tx, error) {
 	return &Tx{ch: ch}, nil
 }
 
-// Tx runs fn in a transaction on a new channel: it commits when fn returns
-// nil, and rolls back when fn returns an error or panics (the panic then
-// continues). It returns fn's error, or Commit's.
-func (c *Client) Tx(ctx context.Context, fn func(*Tx) error) error {
+// Tx: see Client.Tx.
+func (c *session) Tx(ctx context.Context, fn func(*Tx) error) error {
 	tx, err := c.Begin(ctx)
 	if err != nil {
 		return err

@@ -1,0 +1,287 @@
+package integration
+
+// WithReconnect (issue 7, first part): the Client dials a new connection
+// when its connection is lost, reports the changes in order on one
+// goroutine, never moves an old channel to the new connection, gives up per
+// its policy, and stops when closed.
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/warrenmq/warren"
+)
+
+// stateLog records state events.
+type stateLog struct {
+	mu     sync.Mutex
+	events []warren.StateEvent
+	seen   chan warren.State
+}
+
+func newStateLog() *stateLog { return &stateLog{seen: make(chan warren.State, 64)} }
+
+func (l *stateLog) record(e warren.StateEvent) {
+	l.mu.Lock()
+	l.events = append(l.events, e)
+	l.mu.Unlock()
+	l.seen <- e.State
+}
+
+func (l *stateLog) states() []warren.State {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	out := make([]warren.State, len(l.events))
+	for i, e := range l.events {
+		out[i] = e.State
+	}
+	return out
+}
+
+// await waits for state s, failing after d.
+func (l *stateLog) await(t *testing.T, s warren.State, d time.Duration) {
+	t.Helper()
+	timeout := time.After(d)
+	for {
+		select {
+		case got := <-l.seen:
+			if got == s {
+				return
+			}
+		case <-timeout:
+			t.Fatalf("no %s event within %v; events so far: %v", s, d, l.states())
+		}
+	}
+}
+
+func TestReconnectAfterTheConnectionIsCut(t *testing.T) {
+	faultCheckLeaks(t)
+	r := newFaultRig(t)
+	ctx := testCtx(t, opTimeout)
+	log := newStateLog()
+	c := r.dial(warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}),
+		warren.WithStateCallback(log.record))
+	old, err := c.Channel(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roundTrip(t, ctx, c)
+
+	for round := 1; round <= 3; round++ {
+		start := time.Now()
+		r.proxy.CutAll()
+		log.await(t, warren.StateDisconnected, 10*time.Second)
+		log.await(t, warren.StateReconnected, 10*time.Second)
+		t.Logf("round %d: reconnected %v after the cut", round, time.Since(start))
+		select {
+		case <-c.Done():
+			t.Fatal("Done closed although the Client reconnected")
+		default:
+		}
+		if err := c.Err(); err != nil {
+			t.Fatalf("Err after reconnecting: %v", err)
+		}
+		roundTrip(t, ctx, c)
+	}
+	// The channel of the first connection stays dead: nothing moved it.
+	if err := old.Publish(ctx, "", "x", warren.Publishing{}); !errors.Is(err, warren.ErrConnectionLost) {
+		t.Errorf("a channel of the lost connection: got %v, want its ErrConnectionLost", err)
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	<-c.Done()
+	want := []warren.State{warren.StateConnected}
+	for i := 0; i < 3; i++ {
+		want = append(want, warren.StateDisconnected, warren.StateReconnected)
+	}
+	want = append(want, warren.StateClosed)
+	if got := log.states(); !equalStates(got, want) {
+		t.Errorf("events: %v, want %v", got, want)
+	}
+	log.mu.Lock()
+	for _, e := range log.events {
+		if e.State == warren.StateDisconnected && !errors.Is(e.Err, warren.ErrConnectionLost) {
+			t.Errorf("Disconnected event: Err %v, want ErrConnectionLost", e.Err)
+		}
+		if e.State == warren.StateReconnected && e.Attempt < 1 {
+			t.Errorf("Reconnected event: Attempt %d", e.Attempt)
+		}
+	}
+	log.mu.Unlock()
+}
+
+func TestReconnectGivesUpAfterMaxAttemptsAndCloseStopsIt(t *testing.T) {
+	faultCheckLeaks(t)
+	r := newFaultRig(t)
+	ctx := testCtx(t, opTimeout)
+	log := newStateLog()
+	c := r.dial(warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 10 * time.Millisecond, MaxBackoff: 50 * time.Millisecond, MaxAttempts: 3}),
+		warren.WithStateCallback(log.record))
+	r.proxy.Close() // nothing listens any more: every dial fails
+	log.await(t, warren.StateClosed, 20*time.Second)
+	select {
+	case <-c.Done():
+	case <-time.After(time.Second):
+		t.Fatal("Done not closed after the Client gave up")
+	}
+	log.mu.Lock()
+	last := log.events[len(log.events)-1]
+	log.mu.Unlock()
+	if last.Err == nil || !strings.Contains(last.Err.Error(), "gave up after 3 attempts") {
+		t.Errorf("Closed event: Err %v, want it to say it gave up after 3 attempts", last.Err)
+	}
+	if _, err := c.Channel(ctx); err == nil {
+		t.Error("Channel on a Client that gave up: got nil error")
+	}
+	_ = c.Close(ctx)
+
+	// Close during backoff returns promptly and stops reconnecting.
+	r2 := newFaultRig(t)
+	log2 := newStateLog()
+	c2 := r2.dial(warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 5 * time.Second, MaxBackoff: 5 * time.Second}),
+		warren.WithStateCallback(log2.record))
+	r2.proxy.Close()
+	log2.await(t, warren.StateDisconnected, 10*time.Second)
+	time.Sleep(100 * time.Millisecond) // into the first backoff
+	start := time.Now()
+	_ = c2.Close(ctx)
+	if d := time.Since(start); d > 2*time.Second {
+		t.Errorf("Close during a 5 s backoff took %v", d)
+	}
+	if got := log2.states(); got[len(got)-1] != warren.StateClosed {
+		t.Errorf("events: %v, want StateClosed last", got)
+	}
+}
+
+func equalStates(a, b []warren.State) bool {
+	if len(a) != len(b) {
+		return false
+	}
+	for i := range a {
+		if a[i] != b[i] {
+			return false
+		}
+	}
+	return true
+}
+
+// With reconnection on, a Pool, a Publisher and a consumer carry on across
+// connection cuts: every message whose Publish returned nil is consumed
+// (zero lost), every failure is reported to its caller, and duplicates
+// (redeliveries of messages whose ack was lost with a connection) are
+// counted.
+func TestReconnectPublisherPoolAndConsumerCarryOnAcrossCuts(t *testing.T) {
+	r := newFaultRig(t)
+	ctx := testCtx(t, 2*opTimeout)
+	c := r.dial(warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}))
+	q := uniqueName(t, "q-")
+	direct := dial(t, r.b.URL)
+	declareQueue(t, ctx, r.b, openChannel(t, ctx, direct), q)
+
+	pub, err := c.NewPublisher(ctx, warren.PublisherOptions{Channels: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool, err := c.NewPool(ctx, warren.PoolOptions{Size: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	var mu sync.Mutex
+	consumed := map[string]int{}
+	cctx, stopConsumer := context.WithCancel(ctx)
+	consumeDone := make(chan error, 1)
+	go func() {
+		consumeDone <- c.Consume(cctx, q, func(ctx context.Context, d *warren.Delivery) error {
+			mu.Lock()
+			consumed[string(d.Body)]++
+			mu.Unlock()
+			return nil
+		}, warren.ConsumeOptions{Workers: 4, Prefetch: 50})
+	}()
+
+	const goroutines, each = 8, 400
+	var acked sync.Map
+	var failures, unknown atomic.Int64
+	var wg sync.WaitGroup
+	for g := 0; g < goroutines; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := 0; i < each; i++ {
+				id := fmt.Sprintf("%d-%d", g, i)
+				pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				err := pub.Publish(pctx, "", q, warren.Publishing{DeliveryMode: warren.Persistent, Body: []byte(id)})
+				cancel()
+				switch {
+				case err == nil:
+					acked.Store(id, true)
+				case errors.Is(err, warren.ErrOutcomeUnknown):
+					unknown.Add(1)
+				default:
+					failures.Add(1)
+				}
+			}
+		}()
+	}
+	for i := 0; i < 3; i++ {
+		time.Sleep(300 * time.Millisecond)
+		r.proxy.CutAll()
+	}
+	wg.Wait()
+
+	nAcked := 0
+	acked.Range(func(_, _ any) bool { nAcked++; return true })
+	eventually(t, ctx, "every acked message consumed", func() string {
+		mu.Lock()
+		defer mu.Unlock()
+		missing := 0
+		acked.Range(func(k, _ any) bool {
+			if consumed[k.(string)] == 0 {
+				missing++
+			}
+			return true
+		})
+		if missing > 0 {
+			return fmt.Sprintf("%d of %d acked messages not consumed yet", missing, nAcked)
+		}
+		return ""
+	})
+	stopConsumer()
+	if err := <-consumeDone; !errors.Is(err, context.Canceled) {
+		t.Errorf("Consume: %v, want context.Canceled after its ctx ended", err)
+	}
+	mu.Lock()
+	dups := 0
+	for _, n := range consumed {
+		if n > 1 {
+			dups += n - 1
+		}
+	}
+	t.Logf("%d published: %d acked, %d unknown, %d failed; %d distinct consumed, %d duplicates (redelivered after a lost ack)",
+		goroutines*each, nAcked, unknown.Load(), failures.Load(), len(consumed), dups)
+	mu.Unlock()
+	if nAcked < goroutines*each/2 {
+		t.Errorf("only %d of %d publishes acked across 3 cuts", nAcked, goroutines*each)
+	}
+	// The pool works on the current connection.
+	if err := pool.Do(ctx, func(ch warren.Channel) error {
+		_, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Passive: true})
+		return err
+	}); err != nil {
+		t.Errorf("pool after the cuts: %v", err)
+	}
+	if err := pub.Close(ctx); err != nil {
+		t.Errorf("Publisher.Close: %v", err)
+	}
+	if err := pool.Close(ctx); err != nil {
+		t.Errorf("Pool.Close: %v", err)
+	}
+}

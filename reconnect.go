@@ -1,0 +1,310 @@
+package warren
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+)
+
+// ReconnectPolicy makes a Client dial a new connection when its connection
+// is lost (see WithReconnect). Attempts are spaced by exponential backoff
+// with full jitter: attempt n waits a random time up to
+// min(MaxBackoff, MinBackoff·2ⁿ⁻¹).
+type ReconnectPolicy struct {
+	MinBackoff  time.Duration // default 100 ms
+	MaxBackoff  time.Duration // default 30 s
+	MaxAttempts int           // consecutive failed dials before the Client gives up (0: never)
+	DialTimeout time.Duration // bound on one dial (default 30 s)
+}
+
+// WithReconnect makes the Client reconnect when its connection is lost,
+// per p. warren owns reconnection: amqp091-go's own recovery stays off (see
+// docs/reconnection.md).
+//
+// What carries on across a reconnect:
+//
+//   - the Client: Channel, NewPool, Begin... work on the new connection;
+//     Client.Channel during a reconnect returns the lost connection's error
+//     at once;
+//   - Pools (made with Client.NewPool): dead channels are discarded as they
+//     are leased or released, new ones open on the new connection, and an
+//     Acquire during the reconnect waits for it (bounded by its ctx);
+//   - Publishers: messages sent before the loss resolve outcome unknown;
+//     messages not yet sent wait for the new connection (bounded by their
+//     caller's ctx) and go out on it;
+//   - Client.Consume subscribes again on the new connection; its unacked
+//     messages were requeued by the broker and come again (Redelivered).
+//
+// What does not: Channels (and Txs) of the lost connection keep returning
+// its *ConnectionError; nothing silently moves to the new connection, so no
+// channel error is hidden and no transaction half-moves. Topology is not
+// redeclared (declare durable topology, or redeclare after StateReconnected).
+// Close stops reconnecting.
+func WithReconnect(p ReconnectPolicy) Option {
+	return func(o *options) error {
+		if p.MinBackoff < 0 || p.MaxBackoff < 0 || p.MaxAttempts < 0 || p.DialTimeout < 0 {
+			return fmt.Errorf("%w: WithReconnect: negative value in %+v", ErrInvalidArgument, p)
+		}
+		if p.MinBackoff == 0 {
+			p.MinBackoff = 100 * time.Millisecond
+		}
+		if p.MaxBackoff == 0 {
+			p.MaxBackoff = 30 * time.Second
+		}
+		if p.MaxBackoff < p.MinBackoff {
+			return fmt.Errorf("%w: WithReconnect: MaxBackoff %v below MinBackoff %v", ErrInvalidArgument, p.MaxBackoff, p.MinBackoff)
+		}
+		if p.DialTimeout == 0 {
+			p.DialTimeout = 30 * time.Second
+		}
+		o.reconnect = &p
+		return nil
+	}
+}
+
+// backoff returns the wait before attempt n+1, after n failed attempts.
+func (p *ReconnectPolicy) backoff(n int) time.Duration {
+	d := p.MaxBackoff
+	if n < 32 {
+		if b := p.MinBackoff << (n - 1); b > 0 && b < d {
+			d = b
+		}
+	}
+	return time.Duration(rand.Int64N(int64(d) + 1))
+}
+
+// State is a Client's connection state, as reported to WithStateCallback.
+type State int
+
+const (
+	StateConnected    State = iota // the first connection is open
+	StateDisconnected              // the connection was lost (Err says why)
+	StateReconnected               // a new connection is open (Attempt says after how many dials)
+	StateClosed                    // the Client has ended: Close, or it gave up (Err)
+)
+
+// String returns "connected", "disconnected", "reconnected" or "closed".
+func (s State) String() string {
+	switch s {
+	case StateConnected:
+		return "connected"
+	case StateDisconnected:
+		return "disconnected"
+	case StateReconnected:
+		return "reconnected"
+	case StateClosed:
+		return "closed"
+	}
+	return fmt.Sprintf("State(%d)", int(s))
+}
+
+// StateEvent is one change of a Client's connection state.
+type StateEvent struct {
+	State    State
+	Err      error  // why the connection was lost, or why the Client ended (nil for Close)
+	Attempt  int    // StateReconnected: the dial that succeeded (1 = the first)
+	Endpoint string // the broker, without credentials
+	At       time.Time
+}
+
+// WithStateCallback calls fn for every state change, in order, on one
+// goroutine of warren's (never on amqp091-go's frame reader, so a slow fn
+// delays only later callbacks). StateClosed is the last call.
+func WithStateCallback(fn func(StateEvent)) Option {
+	return func(o *options) error {
+		if fn == nil {
+			return fmt.Errorf("%w: WithStateCallback: nil function", ErrInvalidArgument)
+		}
+		o.onState = fn
+		return nil
+	}
+}
+
+// dispatcher delivers events to fn in order on its own goroutine, without
+// ever blocking the sender.
+type dispatcher struct {
+	fn    func(StateEvent)
+	mu    sync.Mutex
+	queue []StateEvent
+	wake  chan struct{}
+	done  chan struct{} // closed once StateClosed has been delivered
+}
+
+func newDispatcher(fn func(StateEvent)) *dispatcher {
+	d := &dispatcher{fn: fn, wake: make(chan struct{}, 1), done: make(chan struct{})}
+	go d.run()
+	return d
+}
+
+func (d *dispatcher) send(e StateEvent) {
+	d.mu.Lock()
+	d.queue = append(d.queue, e)
+	d.mu.Unlock()
+	select {
+	case d.wake <- struct{}{}:
+	default:
+	}
+}
+
+func (d *dispatcher) run() {
+	defer close(d.done)
+	for range d.wake {
+		for {
+			d.mu.Lock()
+			if len(d.queue) == 0 {
+				d.mu.Unlock()
+				break
+			}
+			e := d.queue[0]
+			d.queue = d.queue[1:]
+			d.mu.Unlock()
+			d.fn(e)
+			if e.State == StateClosed {
+				return
+			}
+		}
+	}
+}
+
+// emit reports a state change.
+func (c *Client) emit(e StateEvent) {
+	e.At = time.Now()
+	if e.Endpoint == "" {
+		e.Endpoint = c.s().endpoint
+	}
+	switch e.State {
+	case StateDisconnected:
+		c.opts.logger.Warn("warren: connection lost", "endpoint", e.Endpoint, "err", e.Err)
+	case StateReconnected:
+		c.opts.logger.Info("warren: reconnected", "endpoint", e.Endpoint, "attempt", e.Attempt)
+	}
+	if c.events != nil {
+		c.events.send(e)
+	}
+}
+
+type errBox struct{ err error }
+
+// finish ends the Client once: Done is closed and StateClosed reported.
+func (c *Client) finish(err error) {
+	if c.endErr.CompareAndSwap(nil, &errBox{err}) {
+		c.emit(StateEvent{State: StateClosed, Err: err})
+		close(c.done)
+	}
+}
+
+// supervise watches the current connection and, when it is lost, reconnects
+// per the policy or ends the Client.
+func (c *Client) supervise() {
+	defer close(c.loopDone)
+	for {
+		s := c.s()
+		select {
+		case <-s.dead:
+		case <-c.closing:
+			return
+		}
+		select {
+		case <-c.closing:
+			return // Close ended it
+		default:
+		}
+		cause := s.Err()
+		c.emit(StateEvent{State: StateDisconnected, Err: cause})
+		if c.opts.reconnect == nil {
+			c.finish(cause)
+			return
+		}
+		ns, attempt, err := c.redial()
+		if err != nil {
+			c.finish(err)
+			return
+		}
+		c.swap(ns)
+		select {
+		case <-c.closing:
+			// Close began while the dial finished: it closes c.s(),
+			// which is now ns.
+			return
+		default:
+		}
+		c.emit(StateEvent{State: StateReconnected, Attempt: attempt, Endpoint: ns.endpoint})
+	}
+}
+
+// swap installs ns as the current connection and wakes those waiting for
+// it.
+func (c *Client) swap(ns *session) {
+	c.swapMu.Lock()
+	c.cur.Store(ns)
+	close(c.swapped)
+	c.swapped = make(chan struct{})
+	c.swapMu.Unlock()
+}
+
+// live returns the current connection once it is usable: at once when it
+// is, after the reconnect in progress when it is not (bounded by ctx), or
+// the error that ended the Client.
+func (c *Client) live(ctx context.Context) (*session, error) {
+	for {
+		c.swapMu.Lock()
+		s, next := c.s(), c.swapped
+		c.swapMu.Unlock()
+		if !s.isDead.Load() {
+			return s, nil
+		}
+		if c.opts.reconnect == nil {
+			return nil, s.connError("")
+		}
+		select {
+		case <-next:
+		case <-c.done:
+			if b := c.endErr.Load(); b != nil && b.err != nil {
+				return nil, b.err
+			}
+			return nil, ErrClientClosed
+		case <-ctx.Done():
+			return nil, fmt.Errorf("warren: waiting for the connection to be re-established: %w (last cause: %w)", ctx.Err(), s.Err())
+		}
+	}
+}
+
+// redial dials until it succeeds, Close begins, or the policy gives up.
+func (c *Client) redial() (*session, int, error) {
+	p := c.opts.reconnect
+	ctx, cancel := context.WithCancel(context.Background())
+	defer cancel()
+	stop := make(chan struct{})
+	defer close(stop)
+	go func() {
+		select {
+		case <-c.closing:
+			cancel()
+		case <-stop:
+		}
+	}()
+	for attempt := 1; ; attempt++ {
+		dctx, dcancel := context.WithTimeout(ctx, p.DialTimeout)
+		s, err := dial(dctx, c.url, c.opts)
+		dcancel()
+		if err == nil {
+			return s, attempt, nil
+		}
+		if ctx.Err() != nil {
+			return nil, attempt, ErrClientClosed
+		}
+		c.opts.logger.Warn("warren: reconnect attempt failed", "attempt", attempt, "err", err)
+		if p.MaxAttempts > 0 && attempt >= p.MaxAttempts {
+			return nil, attempt, fmt.Errorf("warren: reconnect: gave up after %d attempts: %w", attempt, err)
+		}
+		t := time.NewTimer(p.backoff(attempt))
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, attempt, ErrClientClosed
+		}
+	}
+}

@@ -1,0 +1,656 @@
+package warren
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"net"
+	"net/url"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
+
+	"github.com/warrenmq/warren/internal/wire"
+)
+
+// Version is reported to the broker in the client properties.
+const Version = "0.1.0"
+
+// session is one AMQP connection and the channels opened on it: everything
+// a Client does goes through its session.
+type session struct {
+	conn       *amqp.Connection
+	wire       *wire.Conn
+	opts       options
+	endpoint   string // redacted URL: never holds a password
+	channelMax uint16
+
+	// openMu serialises channel opens, so that the ids amqp091-go hands out
+	// are observed in order, and an open abandoned by its ctx finishes
+	// before the next one starts.
+	openMu sync.Mutex
+
+	mu       sync.Mutex // guards following
+	channels map[uint16]*channel
+	pools    poolSet // live pools, failed together when the connection ends
+	pooled   int     // channel numbers reserved by pools
+	closing  bool    // Close has begun: no new channels or goroutines
+	closeErr error   // Close's result, valid once closeDone is closed
+
+	connErr   atomic.Pointer[ConnectionError] // why the connection ended; set before dead closes
+	rawErr    *amqp.Error                     // amqp091-go's pointer for connErr; read after dead closes
+	dead      chan struct{}                   // closed when the connection is gone, for any reason
+	isDead    atomic.Bool                     // set just before dead is closed (cheaper to poll)
+	closeDone chan struct{}                   // closed when Close has finished
+	wg        sync.WaitGroup                  // every goroutine warren starts for this client
+
+	blocked   atomic.Bool // the broker sent connection.blocked and no unblocked since
+	blockGate gate        // shut while blocked: publishes wait on it (see FlowPolicy)
+
+	// confirmers holds, by channel id, the tracker of each confirm channel:
+	// the wire reports acks and nacks by id on amqp091-go's reader.
+	confirmers atomic.Pointer[[]atomic.Pointer[confirmTracker]]
+
+	opened, closed atomic.Uint64 // channels opened and closed (churn)
+
+	strayReturns  atomic.Uint64 // basic.return matching no pending publish
+	strayConfirms atomic.Uint64 // acks or nacks matching no pending publish
+
+	abortReason atomic.Pointer[string]     // why warren cut the socket, if it did
+	wireClose   atomic.Pointer[amqp.Error] // connection.close as read off the wire
+}
+
+// sawClose records a channel.close or connection.close as it is read off
+// the wire, on amqp091-go's reader goroutine: amqp091-go can lose the
+// reply when a close races its own, warren does not.
+func (c *session) sawClose(id uint16, code uint16, text string) {
+	e := &amqp.Error{Code: int(code), Reason: text, Server: true}
+	if id == 0 {
+		c.wireClose.CompareAndSwap(nil, e)
+		return
+	}
+	c.mu.Lock()
+	ch := c.channels[id]
+	c.mu.Unlock()
+	if ch != nil {
+		ch.brokerClose.CompareAndSwap(nil, e)
+	}
+}
+
+// tracker returns the confirm tracker of channel id, or nil.
+func (c *session) tracker(id uint16) *confirmTracker {
+	ts := c.confirmers.Load()
+	if ts == nil || int(id) >= len(*ts) {
+		return nil
+	}
+	return (*ts)[id].Load()
+}
+
+// trackConfirms registers t as the tracker of channel id.
+func (c *session) trackConfirms(id uint16, t *confirmTracker) {
+	if ts := c.confirmers.Load(); ts != nil && int(id) < len(*ts) {
+		(*ts)[id].Store(t)
+	}
+}
+
+// untrackConfirms removes t, if it is still channel id's tracker.
+func (c *session) untrackConfirms(id uint16, t *confirmTracker) {
+	if ts := c.confirmers.Load(); ts != nil && int(id) < len(*ts) {
+		(*ts)[id].CompareAndSwap(t, nil)
+	}
+}
+
+// sawConfirm hands a basic.ack or basic.nack read off the wire to its
+// channel's tracker (on amqp091-go's reader goroutine).
+func (c *session) sawConfirm(id uint16, tag uint64, multiple, ack bool) {
+	if t := c.tracker(id); t != nil {
+		t.confirmed(tag, multiple, ack)
+	} else {
+		c.strayConfirms.Add(1)
+	}
+}
+
+// sawReturn tells channel id's tracker that a returned message is coming.
+func (c *session) sawReturn(id uint16) {
+	if t := c.tracker(id); t != nil {
+		t.returnSeen()
+	}
+}
+
+// parseOptions applies opts to the defaults.
+func parseOptions(opts []Option) (options, error) {
+	o := defaultOptions()
+	for _, opt := range opts {
+		if err := opt(&o); err != nil {
+			return o, err
+		}
+	}
+	return o, nil
+}
+
+// dial opens a session with options o; see Dial.
+func dial(ctx context.Context, rawURL string, o options) (*session, error) {
+	uri, err := amqp.ParseURI(rawURL)
+	if err != nil {
+		return nil, fmt.Errorf("%w: dial: invalid AMQP URL: %v", ErrInvalidArgument, urlError(err))
+	}
+	if err := urlParams(rawURL, &o); err != nil {
+		return nil, err
+	}
+	sasl, err := saslFor(uri)
+	if err != nil {
+		return nil, err
+	}
+	c := &session{
+		opts:      o,
+		endpoint:  redact(uri),
+		channels:  make(map[uint16]*channel),
+		pools:     make(poolSet),
+		dead:      make(chan struct{}),
+		closeDone: make(chan struct{}),
+	}
+	if err := c.connect(ctx, uri, sasl); err != nil {
+		return nil, fmt.Errorf("warren: dial %s: %w", c.endpoint, err)
+	}
+	c.channelMax = c.conn.Config.ChannelMax
+	trackers := make([]atomic.Pointer[confirmTracker], int(c.channelMax)+1)
+	if c.channelMax == 0 {
+		trackers = make([]atomic.Pointer[confirmTracker], 1<<16)
+	}
+	c.confirmers.Store(&trackers)
+
+	// Buffered listeners registered before anything can close the
+	// connection: amqp091-go delivers into them without blocking its reader.
+	closes := c.conn.NotifyClose(make(chan *amqp.Error, 1))
+	blocks := c.conn.NotifyBlocked(make(chan amqp.Blocking, 4))
+	c.wg.Add(1)
+	go c.watch(closes, blocks)
+
+	c.opts.logger.Info("warren: connected", "endpoint", c.endpoint, "channel_max", c.channelMax,
+		"frame_max", c.conn.Config.FrameSize, "heartbeat", c.conn.Config.Heartbeat)
+	return c, nil
+}
+
+// connect dials, does TLS if asked, and runs the AMQP handshake under ctx.
+func (c *session) connect(ctx context.Context, uri amqp.URI, sasl []amqp.Authentication) error {
+	addr := net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))
+	var d net.Dialer
+	raw, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return err
+	}
+	var conn net.Conn = raw
+	if uri.Scheme == "amqps" {
+		cfg, err := c.tlsConfig(uri)
+		if err != nil {
+			raw.Close()
+			return err
+		}
+		tc := tls.Client(raw, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return fmt.Errorf("tls handshake: %w", err)
+		}
+		conn = tc
+	}
+	c.wire = wire.New(conn, c.sawClose)
+	c.wire.SetConfirmHooks(c.sawConfirm, c.sawReturn)
+	c.wire.SetFlowHook(c.sawFlow)
+
+	// Cancelling ctx during the handshake fails the pending read or write.
+	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
+	props := amqp.NewConnectionProperties()
+	props["product"] = "warren (amqp091-go)"
+	props["version"] = Version
+	if c.opts.name != "" {
+		props["connection_name"] = c.opts.name
+	}
+	channelMax := c.opts.channelMax
+	if channelMax == 0 {
+		channelMax = uri.ChannelMax
+	}
+	conn2, err := amqp.Open(c.wire, amqp.Config{
+		SASL:       sasl,
+		Vhost:      uri.Vhost,
+		ChannelMax: channelMax,
+		FrameSize:  c.opts.frameSize,
+		Heartbeat:  c.opts.heartbeat,
+		Properties: props,
+		Locale:     "en_US",
+	})
+	if !stop() {
+		// ctx ended at some point during the handshake; even if it
+		// completed, the socket now carries a deadline in the past.
+		if conn2 != nil {
+			_ = conn2.Close()
+		}
+		raw.Close()
+		return ctx.Err()
+	}
+	if err != nil {
+		raw.Close()
+		var ae *amqp.Error
+		switch {
+		case errors.Is(err, amqp.ErrCredentials), errors.Is(err, amqp.ErrSASL):
+			// RabbitMQ closes the socket (after a 3 s pause) instead of
+			// sending connection.close, because amqp091-go does not offer
+			// authentication_failure_close: the refusal is still the broker's.
+			return &ConnectionError{Code: CodeAccessRefused, Server: true, Op: "handshake",
+				Reason: "ACCESS_REFUSED - login refused: " + reasonOf(err)}
+		case errors.Is(err, amqp.ErrVhost):
+			return &ConnectionError{Code: CodeNotAllowed, Server: true, Op: "handshake",
+				Reason: "NOT_ALLOWED - access to the virtual host refused: " + reasonOf(err)}
+		case errors.As(err, &ae):
+			return connectionCause("handshake", ae)
+		}
+		return err
+	}
+	c.conn = conn2
+	return nil
+}
+
+// reasonOf returns the reason of an *amqp.Error, or the error's text.
+func reasonOf(err error) string {
+	var ae *amqp.Error
+	if errors.As(err, &ae) {
+		return ae.Reason
+	}
+	return err.Error()
+}
+
+func (c *session) tlsConfig(uri amqp.URI) (*tls.Config, error) {
+	cfg := c.opts.tls
+	if cfg == nil {
+		cfg = &tls.Config{MinVersion: tls.VersionTLS12, ServerName: uri.ServerName}
+		if uri.CACertFile != "" {
+			pem, err := os.ReadFile(uri.CACertFile)
+			if err != nil {
+				return nil, fmt.Errorf("read cacertfile: %w", err)
+			}
+			cfg.RootCAs = x509.NewCertPool()
+			if !cfg.RootCAs.AppendCertsFromPEM(pem) {
+				return nil, fmt.Errorf("%w: cacertfile holds no PEM certificate", ErrInvalidArgument)
+			}
+		}
+		if uri.CertFile != "" && uri.KeyFile != "" {
+			cert, err := tls.LoadX509KeyPair(uri.CertFile, uri.KeyFile)
+			if err != nil {
+				return nil, fmt.Errorf("load client certificate: %w", err)
+			}
+			cfg.Certificates = []tls.Certificate{cert}
+		}
+	} else {
+		cfg = cfg.Clone()
+	}
+	if cfg.ServerName == "" {
+		cfg.ServerName = uri.Host
+	}
+	return cfg, nil
+}
+
+func saslFor(uri amqp.URI) ([]amqp.Authentication, error) {
+	if len(uri.AuthMechanism) == 0 {
+		return []amqp.Authentication{uri.PlainAuth()}, nil
+	}
+	var out []amqp.Authentication
+	for _, m := range uri.AuthMechanism {
+		switch strings.ToUpper(m) {
+		case "PLAIN":
+			out = append(out, uri.PlainAuth())
+		case "AMQPLAIN":
+			out = append(out, uri.AMQPlainAuth())
+		case "EXTERNAL":
+			out = append(out, &amqp.ExternalAuth{})
+		default:
+			return nil, fmt.Errorf("%w: dial: unsupported auth_mechanism %q", ErrInvalidArgument, m)
+		}
+	}
+	return out, nil
+}
+
+// urlParams applies the URL query parameters amqp091-go parses into
+// unexported fields: heartbeat (seconds) overrides WithHeartbeat.
+func urlParams(rawURL string, o *options) error {
+	u, err := url.Parse(rawURL)
+	if err != nil {
+		return fmt.Errorf("%w: dial: invalid AMQP URL: %v", ErrInvalidArgument, urlError(err))
+	}
+	if hb := u.Query().Get("heartbeat"); hb != "" {
+		n, err := strconv.Atoi(hb)
+		if err != nil || n < 1 {
+			return fmt.Errorf("%w: dial: URL parameter heartbeat=%q is not a positive number of seconds", ErrInvalidArgument, hb)
+		}
+		o.heartbeat = time.Duration(n) * time.Second
+	}
+	return nil
+}
+
+// urlError strips the URL (which may hold a password) from a parse error.
+func urlError(err error) error {
+	var ue *url.Error
+	if errors.As(err, &ue) {
+		return ue.Err
+	}
+	return err
+}
+
+// redact renders uri without its password.
+func redact(uri amqp.URI) string {
+	u := url.URL{Scheme: uri.Scheme, Host: net.JoinHostPort(uri.Host, strconv.Itoa(uri.Port))}
+	if uri.Username != "" {
+		u.User = url.User(uri.Username)
+	}
+	s := u.String() + "/" + url.PathEscape(uri.Vhost)
+	return s
+}
+
+// watch is the client's one long-lived goroutine: it records why the
+// connection ended and drains connection.blocked notifications so that
+// amqp091-go's reader never waits on warren.
+func (c *session) watch(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking) {
+	defer c.wg.Done()
+	for {
+		select {
+		case b, ok := <-blocks:
+			if !ok {
+				blocks = nil
+				continue
+			}
+			c.blocked.Store(b.Active)
+			c.blockGate.set(b.Active)
+			if b.Active {
+				c.opts.logger.Warn("warren: broker blocked publishing", "endpoint", c.endpoint, "reason", b.Reason)
+			} else {
+				c.opts.logger.Info("warren: broker unblocked publishing", "endpoint", c.endpoint)
+			}
+		case e, ok := <-closes:
+			closing := c.isClosing()
+			if (!ok || e == nil) && !closing {
+				// amqp091-go closed the listener without a value; the
+				// wire may still have seen the broker's reason.
+				e, ok = c.wireClose.Load(), true
+			}
+			if ok && e != nil && !closing {
+				// (Once Close has begun, how the socket ended is Close's
+				// business: Err reports ErrClientClosed.)
+				c.rawErr = e
+				ce := connectionCause("", e)
+				if r := c.abortReason.Load(); r != nil && !e.Server {
+					ce.Reason = *r
+				}
+				c.connErr.Store(ce)
+				c.opts.logger.Warn("warren: connection closed", "endpoint", c.endpoint, "code", e.Code, "reason", e.Reason, "server", e.Server)
+			}
+			c.isDead.Store(true)
+			close(c.dead)
+			c.failPools()
+			// amqp091-go closes the blocked listener during shutdown;
+			// drain it so nothing is left behind.
+			if blocks != nil {
+				for range blocks {
+				}
+			}
+			return
+		}
+	}
+}
+
+func (c *session) isClosing() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.closing
+}
+
+// failPools makes every pool's Acquire return the connection's error.
+func (c *session) failPools() {
+	c.mu.Lock()
+	pools := make([]*Pool, 0, len(c.pools))
+	for p := range c.pools {
+		pools = append(pools, p)
+	}
+	c.mu.Unlock()
+	for _, p := range pools {
+		p.fail()
+	}
+}
+
+// String: see Client.String.
+func (c *session) String() string { return "warren.Client(" + c.endpoint + ")" }
+
+// ChannelMax: see Client.ChannelMax.
+func (c *session) ChannelMax() uint16 { return c.channelMax }
+
+// Blocked: see Client.Blocked.
+func (c *session) Blocked() bool { return c.blocked.Load() }
+
+// Err: see Client.Err.
+func (c *session) Err() error {
+	select {
+	case <-c.dead:
+	default:
+		return nil
+	}
+	if e := c.connErr.Load(); e != nil {
+		return e
+	}
+	return ErrClientClosed
+}
+
+// Done: see Client.Done.
+func (c *session) Done() <-chan struct{} { return c.dead }
+
+// connError returns the error operations should report once the connection
+// is gone, tagged with op.
+func (c *session) connError(op string) error {
+	if e := c.connErr.Load(); e != nil {
+		cp := *e
+		cp.Op = op
+		return &cp
+	}
+	return ErrClientClosed
+}
+
+// abortWrites ends the connection because op on channel id was abandoned
+// by its context in the middle of a socket write: a partly written frame
+// cannot be taken back. Closing the socket fails the stalled write and makes
+// amqp091-go's reader shut the connection down.
+func (c *session) abortWrites(op string, id uint16) {
+	r := fmt.Sprintf("%s on channel %d was abandoned by its context during a stalled socket write", op, id)
+	c.abortReason.CompareAndSwap(nil, &r)
+	_ = c.wire.Close()
+}
+
+// goTracked starts fn on a goroutine the client owns, unless Close has begun.
+func (c *session) goTracked(fn func()) bool {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		return false
+	}
+	c.wg.Add(1)
+	c.mu.Unlock()
+	go func() {
+		defer c.wg.Done()
+		fn()
+	}()
+	return true
+}
+
+// Channel: see Client.Channel.
+func (c *session) Channel(ctx context.Context) (Channel, error) {
+	st, err := c.openChannel(ctx)
+	if err != nil {
+		return Channel{}, err
+	}
+	return Channel{s: st}, nil
+}
+
+// openChannel opens an AMQP channel and registers its state.
+func (c *session) openChannel(ctx context.Context) (*channel, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	c.mu.Lock()
+	closing := c.closing
+	c.mu.Unlock()
+	if closing {
+		return nil, ErrClientClosed
+	}
+	if c.Err() != nil {
+		return nil, c.connError("channel.open")
+	}
+
+	c.openMu.Lock()
+	var (
+		ach *amqp.Channel
+		err error
+	)
+	done := make(chan struct{})
+	if !c.goTracked(func() {
+		defer close(done)
+		ach, err = c.conn.Channel()
+	}) {
+		c.openMu.Unlock()
+		return nil, ErrClientClosed
+	}
+	select {
+	case <-done:
+		c.openMu.Unlock()
+	case <-ctx.Done():
+		// The open may still complete. Hand openMu to a goroutine that
+		// waits for it and closes what it yields, so no other open
+		// overtakes it.
+		reap := func() {
+			<-done
+			if ach != nil {
+				_ = ach.Close()
+			}
+			c.openMu.Unlock()
+		}
+		if !c.goTracked(reap) {
+			reap() // Close has begun: the open ends with the connection
+		}
+		return nil, fmt.Errorf("warren: channel.open abandoned: %w", ctx.Err())
+	}
+	if err != nil {
+		return nil, c.openError(err)
+	}
+	ch := newChannel(c, ach)
+	c.mu.Lock()
+	c.channels[ch.id] = ch
+	c.mu.Unlock()
+	c.opened.Add(1)
+	if h := c.opts.metrics.ChannelOpened; h != nil {
+		h(ch.id)
+	}
+	return ch, nil
+}
+
+func (c *session) openError(err error) error {
+	if errors.Is(err, amqp.ErrChannelMax) {
+		return &ChannelMaxError{Max: c.channelMax}
+	}
+	if c.conn.IsClosed() {
+		<-c.dead
+		return c.connError("channel.open")
+	}
+	var ae *amqp.Error
+	if errors.As(err, &ae) && ae.Server && ReplyCode(ae.Code).Level() == LevelChannel {
+		return channelCause(0, "channel.open", ae)
+	}
+	return fmt.Errorf("warren: channel.open: %w", err)
+}
+
+// forget removes a closed channel from the registry.
+func (c *session) forget(ch *channel) {
+	c.mu.Lock()
+	forgotten := c.channels[ch.id] == ch
+	if forgotten {
+		delete(c.channels, ch.id)
+	}
+	c.mu.Unlock()
+	if forgotten {
+		c.closed.Add(1)
+		if h := c.opts.metrics.ChannelClosed; h != nil {
+			h(ch.id)
+		}
+	}
+}
+
+// OpenChannels: see Client.OpenChannels.
+func (c *session) OpenChannels() int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return len(c.channels)
+}
+
+// Close: see Client.Close.
+func (c *session) Close(ctx context.Context) error {
+	c.mu.Lock()
+	if c.closing {
+		c.mu.Unlock()
+		select {
+		case <-c.closeDone:
+			return c.closeErr
+		case <-ctx.Done():
+			return fmt.Errorf("warren: close: %w", ctx.Err())
+		}
+	}
+	c.closing = true
+	chans := make([]*channel, 0, len(c.channels))
+	for _, ch := range c.channels {
+		chans = append(chans, ch)
+	}
+	c.mu.Unlock()
+
+	ctx, cancel := withDefaultTimeout(ctx, c.opts.closeTimeout)
+	defer cancel()
+
+	var err error
+	select {
+	case <-c.dead:
+		err = c.Err()
+		if err == ErrClientClosed {
+			err = nil
+		}
+	default:
+		// Bound the close handshake by ctx: on expiry, fail pending I/O.
+		var aborted atomic.Bool
+		stop := context.AfterFunc(ctx, func() {
+			aborted.Store(true)
+			_ = c.wire.SetDeadline(time.Unix(1, 0))
+		})
+		_ = c.conn.Close()
+		stop()
+		<-c.dead
+		if aborted.Load() {
+			err = fmt.Errorf("warren: close: no close-ok from the broker in time, socket closed: %w", ctx.Err())
+		}
+	}
+	_ = c.wire.Close()
+	for _, ch := range chans {
+		ch.markClientClosed()
+	}
+	c.wg.Wait()
+
+	c.mu.Lock()
+	c.closeErr = err
+	c.mu.Unlock()
+	close(c.closeDone)
+	c.opts.logger.Info("warren: client closed", "endpoint", c.endpoint)
+	return err
+}
+
+func withDefaultTimeout(ctx context.Context, d time.Duration) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return context.WithCancel(ctx)
+	}
+	return context.WithTimeout(ctx, d)
+}
