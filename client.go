@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 // Client owns one AMQP connection at a time and the channels opened on it.
@@ -52,10 +53,14 @@ func Dial(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 	}
 	c := &Client{url: rawURL, opts: o, closing: make(chan struct{}), done: make(chan struct{}),
 		loopDone: make(chan struct{}), swapped: make(chan struct{})}
+	c.cur.Store(s)
+	if err := c.declareTopology(s); err != nil {
+		_ = s.Close(ctx)
+		return nil, err
+	}
 	if o.onState != nil {
 		c.events = newDispatcher(o.onState)
 	}
-	c.cur.Store(s)
 	c.emit(StateEvent{State: StateConnected, Endpoint: s.endpoint})
 	go c.supervise()
 	return c, nil
@@ -95,8 +100,35 @@ func (c *Client) Done() <-chan struct{} {
 // sequentially from 1; ch.ID() is the number the broker sees. When
 // ChannelMax channels are open it returns a *ChannelMaxError (errors.Is
 // ErrChannelMax) and the connection is unaffected.
+//
+// With WithReconnect, Channel during a reconnect waits for the new
+// connection (bounded by ctx) and opens the channel there.
 func (c *Client) Channel(ctx context.Context) (Channel, error) {
-	return c.s().Channel(ctx)
+	if c.opts.reconnect == nil {
+		return c.s().Channel(ctx)
+	}
+	for {
+		s, err := c.live(ctx)
+		if err != nil {
+			return Channel{}, err
+		}
+		ch, err := s.Channel(ctx)
+		if err == nil || ctx.Err() != nil {
+			return ch, err
+		}
+		// The open may have failed because the connection is going
+		// down under it: then try again on the next one.
+		t := time.NewTimer(c.opts.closeTimeout)
+		select {
+		case <-s.dead:
+			t.Stop()
+			continue
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+		}
+		return Channel{}, err
+	}
 }
 
 // OpenChannels returns how many channels warren has open on the connection.

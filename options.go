@@ -1,6 +1,7 @@
 package warren
 
 import (
+	"context"
 	"crypto/tls"
 	"fmt"
 	"io"
@@ -24,6 +25,7 @@ type options struct {
 	metrics      MetricsHook   // per-event figures, every field optional
 	reconnect    *ReconnectPolicy
 	onState      func(StateEvent)
+	topology     func(context.Context, Channel) error
 }
 
 const (

@@ -27,6 +27,14 @@ type PublisherOptions struct {
 	// channel wait for an answer: memory stays bounded while the broker is
 	// slow.
 	Window int
+	// RepublishUnknown makes a publish whose outcome became unknown
+	// because its channel or connection was lost publish the message
+	// again (on a new channel, after a reconnect with WithReconnect), until
+	// the broker answers or the caller's ctx ends: at-least-once. The
+	// broker may then hold the message twice; consumers must tolerate
+	// duplicates (PublisherStats.Republished counts the second sends). An
+	// unknown outcome because the caller's own ctx ended is not retried.
+	RepublishUnknown bool
 	// Headroom is passed to the publisher's pool (see PoolOptions).
 	Headroom int
 }
@@ -43,6 +51,7 @@ type PublisherStats struct {
 	Unroutable   int64 // mandatory and returned (ErrUnroutable)
 	Unknown      int64 // outcome unknown (ErrOutcomeUnknown)
 	NotPublished int64 // failed before anything was sent (bad argument, closed, ctx)
+	Republished  int64 // sent again after an unknown outcome (RepublishUnknown)
 	Pending      int   // Publish calls waiting now
 }
 
@@ -74,8 +83,8 @@ type Publisher struct {
 	closed  bool
 	running sync.WaitGroup
 
-	pending                                          atomic.Int64
-	acked, nacked, unroutable, unknown, notPublished atomic.Int64
+	pending                                                       atomic.Int64
+	acked, nacked, unroutable, unknown, notPublished, republished atomic.Int64
 }
 
 // pubReq is one Publish call on its way through a worker.
@@ -149,12 +158,29 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg Publi
 
 // PublishMessage publishes m and returns once the broker has answered.
 func (p *Publisher) PublishMessage(ctx context.Context, m Message) error {
-	r, err := p.submit(ctx, &m)
-	if err != nil {
-		p.notPublished.Add(1)
-		return err
+	for {
+		r, err := p.submit(ctx, &m)
+		if err != nil {
+			p.notPublished.Add(1)
+			return err
+		}
+		err = p.wait(ctx, r)
+		if !p.republish(ctx, err) {
+			return err
+		}
 	}
-	return p.wait(ctx, r)
+}
+
+// republish reports whether a publish that ended with err is sent again:
+// RepublishUnknown is set, the outcome is unknown because the channel or
+// connection was lost (not because ctx ended), and ctx still allows it.
+func (p *Publisher) republish(ctx context.Context, err error) bool {
+	if !p.opts.RepublishUnknown || !errors.Is(err, ErrOutcomeUnknown) || ctx.Err() != nil ||
+		errors.Is(err, context.Canceled) || errors.Is(err, context.DeadlineExceeded) {
+		return false
+	}
+	p.republished.Add(1)
+	return true
 }
 
 // PublishBatch publishes msgs, pipelined, and returns one outcome per
@@ -171,6 +197,11 @@ func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) []error {
 	for i, r := range reqs {
 		if r != nil {
 			errs[i] = p.wait(ctx, r)
+			for p.republish(ctx, errs[i]) {
+				if r, errs[i] = p.submit(ctx, &msgs[i]); errs[i] == nil {
+					errs[i] = p.wait(ctx, r)
+				}
+			}
 		}
 	}
 	return errs
@@ -545,6 +576,7 @@ func (p *Publisher) Stats() PublisherStats {
 		Unroutable:   p.unroutable.Load(),
 		Unknown:      p.unknown.Load(),
 		NotPublished: p.notPublished.Load(),
+		Republished:  p.republished.Load(),
 		Pending:      int(p.pending.Load()),
 	}
 }

@@ -26,8 +26,7 @@ type ReconnectPolicy struct {
 // What carries on across a reconnect:
 //
 //   - the Client: Channel, NewPool, Begin... work on the new connection;
-//     Client.Channel during a reconnect returns the lost connection's error
-//     at once;
+//     Client.Channel during a reconnect waits for it (bounded by its ctx);
 //   - Pools (made with Client.NewPool): dead channels are discarded as they
 //     are leased or released, new ones open on the new connection, and an
 //     Acquire during the reconnect waits for it (bounded by its ctx);
@@ -75,6 +74,46 @@ func (p *ReconnectPolicy) backoff(n int) time.Duration {
 	return time.Duration(rand.Int64N(int64(d) + 1))
 }
 
+// WithTopology declares the application's topology (exchanges, queues,
+// bindings) with fn on every connection: once in Dial, which fails if fn
+// does, and again after every reconnect, before the new connection is put
+// to use (pools, Publishers and consumers wait for it). A failure after a
+// reconnect does not stop the Client: it is reported in the
+// StateReconnected event's Err. fn gets a plain channel of its own, closed
+// afterwards, and a ctx bounded by the reconnect policy's DialTimeout (30 s
+// without one).
+func WithTopology(fn func(ctx context.Context, ch Channel) error) Option {
+	return func(o *options) error {
+		if fn == nil {
+			return fmt.Errorf("%w: WithTopology: nil function", ErrInvalidArgument)
+		}
+		o.topology = fn
+		return nil
+	}
+}
+
+// declareTopology runs the WithTopology function on s.
+func (c *Client) declareTopology(s *session) error {
+	if c.opts.topology == nil {
+		return nil
+	}
+	d := 30 * time.Second
+	if c.opts.reconnect != nil {
+		d = c.opts.reconnect.DialTimeout
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	defer cancel()
+	ch, err := s.Channel(ctx)
+	if err != nil {
+		return fmt.Errorf("warren: topology: %w", err)
+	}
+	defer ch.Close(ctx)
+	if err := c.opts.topology(ctx, ch); err != nil {
+		return fmt.Errorf("warren: topology: %w", err)
+	}
+	return nil
+}
+
 // State is a Client's connection state, as reported to WithStateCallback.
 type State int
 
@@ -103,7 +142,7 @@ func (s State) String() string {
 // StateEvent is one change of a Client's connection state.
 type StateEvent struct {
 	State    State
-	Err      error  // why the connection was lost, or why the Client ended (nil for Close)
+	Err      error  // why the connection was lost, why the Client ended (nil for Close), or, for StateReconnected, why WithTopology failed
 	Attempt  int    // StateReconnected: the dial that succeeded (1 = the first)
 	Endpoint string // the broker, without credentials
 	At       time.Time
@@ -222,6 +261,7 @@ func (c *Client) supervise() {
 			c.finish(err)
 			return
 		}
+		terr := c.declareTopology(ns)
 		c.swap(ns)
 		select {
 		case <-c.closing:
@@ -230,7 +270,7 @@ func (c *Client) supervise() {
 			return
 		default:
 		}
-		c.emit(StateEvent{State: StateReconnected, Attempt: attempt, Endpoint: ns.endpoint})
+		c.emit(StateEvent{State: StateReconnected, Attempt: attempt, Endpoint: ns.endpoint, Err: terr})
 	}
 }
 

@@ -20,6 +20,7 @@ var exampleProof = map[string]string{
 	"consumer":   "(stop cause: all 200 messages handled)",
 	"txmove":     "rolled back: simulated failure after publish and ack",
 	"httppool":   "requests got 202 Accepted only after the broker acked",
+	"reconnect":  "every acked publish is there",
 }
 
 // exampleTimeout bounds one example, build included.

@@ -285,3 +285,46 @@ func TestReconnectPublisherPoolAndConsumerCarryOnAcrossCuts(t *testing.T) {
 		t.Errorf("Pool.Close: %v", err)
 	}
 }
+
+// WithTopology declares on Dial and again after every reconnect, before the
+// new connection is used; a failure after a reconnect is reported in the
+// StateReconnected event, and the Client carries on.
+func TestReconnectRedeclaresTopologyAndReportsItsFailure(t *testing.T) {
+	r := newFaultRig(t)
+	ctx := testCtx(t, opTimeout)
+	q := uniqueName(t, "topo-")
+	deleteQueueLater(t, r.b, q)
+	var calls atomic.Int64
+	log := newStateLog()
+	c := r.dial(warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}),
+		warren.WithStateCallback(log.record),
+		warren.WithTopology(func(ctx context.Context, ch warren.Channel) error {
+			if calls.Add(1) == 3 {
+				return errors.New("declarations refused on purpose")
+			}
+			_, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{})
+			return err
+		}))
+	direct := dial(t, r.b.URL)
+	dch := openChannel(t, ctx, direct)
+	if _, err := dch.QueueDeclare(ctx, q, warren.QueueOptions{Passive: true}); err != nil {
+		t.Fatalf("after Dial the topology is not there: %v", err)
+	}
+	if _, err := dch.QueueDelete(ctx, q, warren.QueueDeleteOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	r.proxy.CutAll()
+	log.await(t, warren.StateReconnected, 10*time.Second)
+	if _, err := dch.QueueDeclare(ctx, q, warren.QueueOptions{Passive: true}); err != nil {
+		t.Fatalf("after the reconnect the topology was not redeclared: %v", err)
+	}
+	r.proxy.CutAll()
+	log.await(t, warren.StateReconnected, 10*time.Second)
+	log.mu.Lock()
+	last := log.events[len(log.events)-1]
+	log.mu.Unlock()
+	if last.State != warren.StateReconnected || last.Err == nil || !strings.Contains(last.Err.Error(), "refused on purpose") {
+		t.Errorf("second reconnect event: %+v, want StateReconnected carrying the topology error", last)
+	}
+	roundTrip(t, ctx, c)
+}
