@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/warrenmq/warren"
+	"github.com/warrenmq/warren/internal/faultproxy"
 )
 
 // stateLog records state events.
@@ -327,4 +328,64 @@ func TestReconnectRedeclaresTopologyAndReportsItsFailure(t *testing.T) {
 		t.Errorf("second reconnect event: %+v, want StateReconnected carrying the topology error", last)
 	}
 	roundTrip(t, ctx, c)
+}
+
+// During a reconnect, Pool.Acquire and Client.Channel wait for the new
+// connection (bounded by their ctx) instead of failing.
+func TestReconnectAcquireAndChannelWaitForTheNewConnection(t *testing.T) {
+	r := newFaultRig(t)
+	ctx := testCtx(t, opTimeout)
+	log := newStateLog()
+	c := r.dial(warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}),
+		warren.WithStateCallback(log.record))
+	pool, err := c.NewPool(ctx, warren.PoolOptions{Size: 1, MinIdle: 1})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pool.Close(ctx)
+
+	r.proxy.Stall(faultproxy.ClientToServer) // the next handshake hangs
+	r.proxy.CutAll()
+	log.await(t, warren.StateDisconnected, 10*time.Second)
+
+	short, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
+	_, err = pool.Acquire(short)
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Acquire during a reconnect with a short ctx: got %v, want its deadline", err)
+	}
+	acquired := make(chan error, 1)
+	go func() {
+		ch, err := pool.Acquire(ctx)
+		if err == nil {
+			_, err = ch.QueueDeclare(ctx, "", warren.QueueOptions{Exclusive: true})
+			pool.Release(ch)
+		}
+		acquired <- err
+	}()
+	opened := make(chan error, 1)
+	go func() {
+		ch, err := c.Channel(ctx)
+		if err == nil {
+			err = ch.Close(ctx)
+		}
+		opened <- err
+	}()
+	select {
+	case err := <-acquired:
+		t.Fatalf("Acquire returned %v while the broker was unreachable", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	r.proxy.Resume(faultproxy.ClientToServer)
+	log.await(t, warren.StateReconnected, 10*time.Second)
+	for name, c := range map[string]chan error{"Pool.Acquire": acquired, "Client.Channel": opened} {
+		select {
+		case err := <-c:
+			if err != nil {
+				t.Errorf("%s after the reconnect: %v", name, err)
+			}
+		case <-ctx.Done():
+			t.Fatalf("%s still waiting after the reconnect", name)
+		}
+	}
 }
