@@ -138,3 +138,54 @@ func ExampleClient_Consume() {
 		fmt.Println("the queue was deleted")
 	}
 }
+
+// A Pool gives each goroutine a channel of its own; Do leases one for the
+// duration of a function.
+func ExampleClient_NewPool() {
+	ctx := context.Background()
+	client, err := warren.Dial(ctx, "amqp://guest:guest@127.0.0.1:5672/")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close(ctx)
+	pool, err := client.NewPool(ctx, warren.PoolOptions{Size: 8, Mode: warren.ModeConfirm})
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer pool.Close(ctx)
+	err = pool.Do(ctx, func(ch warren.Channel) error {
+		return ch.Publish(ctx, "", "jobs", warren.Publishing{Body: []byte("hi")}) // waits for the ack
+	})
+	fmt.Println("published:", err == nil, "channels open:", pool.Stats().Open)
+}
+
+// WithReconnect makes the Client dial again when its connection is lost;
+// state changes arrive in order on one goroutine.
+func ExampleWithReconnect() {
+	ctx := context.Background()
+	client, err := warren.Dial(ctx, "amqp://guest:guest@127.0.0.1:5672/",
+		warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 100 * time.Millisecond, MaxBackoff: 30 * time.Second}),
+		warren.WithStateCallback(func(e warren.StateEvent) {
+			log.Printf("%s %v", e.State, e.Err)
+		}),
+		warren.WithTopology(func(ctx context.Context, ch warren.Channel) error {
+			_, err := ch.QueueDeclare(ctx, "jobs", warren.QueueOptions{Durable: true})
+			return err
+		}))
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer client.Close(ctx)
+}
+
+// Outcome names are stable, for metrics labels.
+func ExampleOutcome_String() {
+	for _, o := range []warren.Outcome{warren.OutcomeAcked, warren.OutcomeNacked, warren.OutcomeUnroutable, warren.OutcomeUnknown} {
+		fmt.Println(o)
+	}
+	// Output:
+	// acked
+	// nacked
+	// unroutable
+	// unknown
+}

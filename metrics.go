@@ -53,6 +53,10 @@ type MetricsHook struct {
 	// discarded).
 	ChannelOpened func(id uint16)
 	ChannelClosed func(id uint16)
+	// Reconnected is called when a reconnecting Client (WithReconnect) has
+	// a new connection, with the dials it took and how long publishing
+	// and consuming were without a connection.
+	Reconnected func(attempts int, downtime time.Duration)
 }
 
 // WithMetrics installs hook (see MetricsHook).

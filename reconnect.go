@@ -251,6 +251,7 @@ func (c *Client) supervise() {
 		default:
 		}
 		cause := s.Err()
+		lost := time.Now()
 		c.emit(StateEvent{State: StateDisconnected, Err: cause})
 		if c.opts.reconnect == nil {
 			c.finish(cause)
@@ -269,6 +270,9 @@ func (c *Client) supervise() {
 			// which is now ns.
 			return
 		default:
+		}
+		if h := c.opts.metrics.Reconnected; h != nil {
+			h(attempt, time.Since(lost))
 		}
 		c.emit(StateEvent{State: StateReconnected, Attempt: attempt, Endpoint: ns.endpoint, Err: terr})
 	}

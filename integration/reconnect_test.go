@@ -66,8 +66,14 @@ func TestReconnectAfterTheConnectionIsCut(t *testing.T) {
 	r := newFaultRig(t)
 	ctx := testCtx(t, opTimeout)
 	log := newStateLog()
+	var reconnects atomic.Int64
 	c := r.dial(warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}),
-		warren.WithStateCallback(log.record))
+		warren.WithStateCallback(log.record),
+		warren.WithMetrics(warren.MetricsHook{Reconnected: func(attempts int, downtime time.Duration) {
+			if attempts >= 1 && downtime > 0 {
+				reconnects.Add(1)
+			}
+		}}))
 	old, err := c.Channel(ctx)
 	if err != nil {
 		t.Fatal(err)
@@ -93,6 +99,9 @@ func TestReconnectAfterTheConnectionIsCut(t *testing.T) {
 	// The channel of the first connection stays dead: nothing moved it.
 	if err := old.Publish(ctx, "", "x", warren.Publishing{}); !errors.Is(err, warren.ErrConnectionLost) {
 		t.Errorf("a channel of the lost connection: got %v, want its ErrConnectionLost", err)
+	}
+	if n := reconnects.Load(); n != 3 {
+		t.Errorf("MetricsHook.Reconnected: %d calls with attempts and downtime, want 3", n)
 	}
 	if err := c.Close(ctx); err != nil {
 		t.Fatalf("Close: %v", err)

@@ -14,6 +14,8 @@
 //	warren.pool.acquire.duration      histogram, s   time Pool.Acquire waited [mode]
 //	warren.channel.opened             counter        channels opened (churn)
 //	warren.channel.closed             counter        channels closed (churn)
+//	warren.connection.reconnects      counter        reconnects (WithReconnect)
+//	warren.connection.downtime        histogram, s   time without a connection per reconnect
 //	warren.channel.open               gauge          channels open now
 //	warren.connection.blocked         gauge          1 while connection.blocked
 //	warren.pool.channels              gauge          [pool, state=in_use|idle]
@@ -52,6 +54,15 @@ func Hook(meter metric.Meter) (warren.MetricsHook, error) {
 	if err != nil {
 		return warren.MetricsHook{}, err
 	}
+	reconnects, err := meter.Int64Counter("warren.connection.reconnects", metric.WithDescription("Reconnects after a lost connection."))
+	if err != nil {
+		return warren.MetricsHook{}, err
+	}
+	downtime, err := meter.Float64Histogram("warren.connection.downtime", metric.WithUnit("s"),
+		metric.WithDescription("Time without a connection, per reconnect."))
+	if err != nil {
+		return warren.MetricsHook{}, err
+	}
 	// Attribute sets are built once: the hooks run on hot paths.
 	outcomes := map[warren.Outcome]metric.MeasurementOption{}
 	for _, o := range []warren.Outcome{warren.OutcomeAcked, warren.OutcomeNacked, warren.OutcomeUnroutable, warren.OutcomeUnknown} {
@@ -67,6 +78,10 @@ func Hook(meter metric.Meter) (warren.MetricsHook, error) {
 		PoolAcquired:     func(m warren.Mode, d time.Duration) { acquire.Record(ctx, d.Seconds(), modes[m]) },
 		ChannelOpened:    func(uint16) { opened.Add(ctx, 1) },
 		ChannelClosed:    func(uint16) { closed.Add(ctx, 1) },
+		Reconnected: func(_ int, d time.Duration) {
+			reconnects.Add(ctx, 1)
+			downtime.Record(ctx, d.Seconds())
+		},
 	}, nil
 }
 
