@@ -178,6 +178,13 @@ func (ch *channel) enter(ctx context.Context, op string, gen uint64) error {
 
 func (ch *channel) exit() { ch.busy.Store(false) }
 
+// protocolError is the cause recorded when the broker's reply broke the
+// protocol but closed nothing.
+type protocolError struct{ err error }
+
+func (e *protocolError) Error() string { return e.err.Error() }
+func (e *protocolError) Unwrap() error { return e.err }
+
 // causeBox holds a recorded cause (atomic.Pointer needs a concrete type).
 type causeBox struct{ err error }
 
@@ -191,8 +198,14 @@ func (ch *channel) unusable(op string) error {
 	case e, ok := <-ch.closes:
 		return withOp(ch.setCause(ch.classify(e, ok)), op)
 	default:
-		return nil
 	}
+	if ch.c.isDead.Load() {
+		// The connection is gone; amqp091-go may not have told the
+		// channel's listener yet.
+		<-ch.c.dead
+		return withOp(ch.setCause(ch.c.connError("")), op)
+	}
+	return nil
 }
 
 // suspect is a lock-free hint that the channel may be unusable: a cause is
@@ -283,6 +296,12 @@ func (ch *channel) result(op string, err error) error {
 	switch {
 	case errors.Is(err, amqp.ErrClosed):
 		return ch.awaitCause(op)
+	case errors.As(err, &ae) && !ae.Server && ch.brokerClose.Load() == nil && !ch.ch.IsClosed() && !ch.c.isDead.Load():
+		// Not a close at all: amqp091-go refused a reply of the wrong
+		// type (ErrCommandInvalid) and left the channel open, in a state
+		// nobody knows. Every later operation gets this error; Close
+		// still closes the channel, so that its id is freed.
+		return ch.setCause(&protocolError{fmt.Errorf("warren: %s on channel %d: the broker's reply broke the protocol: %w", op, ch.id, err)})
 	case errors.As(err, &ae):
 		// The broker closed the channel (or the connection) while op
 		// waited for its reply; the listener holds the same error.
@@ -452,8 +471,12 @@ func (ch *channel) close(ctx context.Context, gen uint64) error {
 	ch.mu.Unlock()
 
 	err := ch.unusable("close")
-	if err == nil {
+	var pe *protocolError
+	switch {
+	case err == nil:
 		err = ch.closeWithin(ctx)
+	case errors.As(err, &pe):
+		_ = ch.closeWithin(ctx) // the channel is still open on both sides
 	}
 	if errors.Is(err, ErrChannelClosed) {
 		err = nil

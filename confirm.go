@@ -344,6 +344,21 @@ func (t *confirmTracker) returnSeen() {
 	t.mu.Unlock()
 }
 
+// returnDropped records that a return the wire saw will never be
+// delivered (its content was cut short), and applies the confirms that
+// waited for it.
+func (t *confirmTracker) returnDropped() {
+	t.mu.Lock()
+	if t.returns > 0 {
+		t.returns--
+	}
+	if t.returns == 0 {
+		t.replayLocked()
+	}
+	t.mu.Unlock()
+	t.st.c.strayReturns.Add(1)
+}
+
 // returned matches a returned message, delivered by amqp091-go, to its
 // publish by the stamp header, and applies the confirms that waited for it.
 func (t *confirmTracker) returned(r *amqp.Return) {

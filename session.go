@@ -117,6 +117,14 @@ func (c *session) sawConfirm(id uint16, tag uint64, multiple, ack bool) {
 	}
 }
 
+// sawReturnDropped tells channel id's tracker that a returned message will
+// not come after all.
+func (c *session) sawReturnDropped(id uint16) {
+	if t := c.tracker(id); t != nil {
+		t.returnDropped()
+	}
+}
+
 // sawReturn tells channel id's tracker that a returned message is coming.
 func (c *session) sawReturn(id uint16) {
 	if t := c.tracker(id); t != nil {
@@ -201,7 +209,7 @@ func (c *session) connect(ctx context.Context, uri amqp.URI, sasl []amqp.Authent
 		conn = tc
 	}
 	c.wire = wire.New(conn, c.sawClose)
-	c.wire.SetConfirmHooks(c.sawConfirm, c.sawReturn)
+	c.wire.SetConfirmHooks(c.sawConfirm, c.sawReturn, c.sawReturnDropped)
 	c.wire.SetFlowHook(c.sawFlow)
 
 	// Cancelling ctx during the handshake fails the pending read or write.

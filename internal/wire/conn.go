@@ -42,6 +42,8 @@ import (
 
 const (
 	frameMethod = 1
+	frameHeader = 2
+	frameBody   = 3
 	frameEnd    = 0xCE
 
 	classConnection = 10
@@ -118,6 +120,7 @@ type Conn struct {
 	onConfirm ConfirmFunc
 	onReturn  ReturnFunc
 	onFlow    FlowFunc
+	onDropped ReturnFunc // a returned message whose content amqp091-go will drop
 
 	// Trace, if set before the connection is used, sees every method
 	// frame: "in", "out", "drop" (outbound left out) or "drop-in" (a stray
@@ -139,8 +142,11 @@ type Conn struct {
 	capKind int    // what the frame being captured is: capClose, capConfirm or capFlow
 	isAck   bool   // a captured confirm is a basic.ack
 	ackBuf  [frameStartLen + confirmArgsLen]byte
-	closeOK bool // the current inbound frame is a close-ok that is passed on
-	broken  bool // the stream is not valid framing: pass bytes on untouched
+	// retContent follows the content of returned messages by channel: -1
+	// while the content header is awaited, else the body bytes to come.
+	retContent map[uint16]int64
+	closeOK    bool // the current inbound frame is a close-ok that is passed on
+	broken     bool // the stream is not valid framing: pass bytes on untouched
 
 	// outbound state, guarded by wmu
 	wmu      sync.Mutex
@@ -210,16 +216,45 @@ const (
 	capClose = iota
 	capConfirm
 	capFlow
+	capHeader // the content header of a returned message (its body size)
 )
 
 // SetFlowHook asks for every channel.flow to be reported. It must be
 // called before the connection is used.
 func (c *Conn) SetFlowHook(flow FlowFunc) { c.onFlow = flow }
 
-// SetConfirmHooks asks for publisher confirms and returns to be reported.
-// It must be called before the connection is used.
-func (c *Conn) SetConfirmHooks(confirm ConfirmFunc, ret ReturnFunc) {
-	c.onConfirm, c.onReturn = confirm, ret
+// SetConfirmHooks asks for publisher confirms and returns to be reported:
+// ret when a basic.return is read, dropped when its content is then cut
+// short by another method on its channel (amqp091-go drops such a return
+// instead of delivering it). It must be called before the connection is
+// used.
+func (c *Conn) SetConfirmHooks(confirm ConfirmFunc, ret, dropped ReturnFunc) {
+	c.onConfirm, c.onReturn, c.onDropped = confirm, ret, dropped
+}
+
+// followReturn tracks the content of a returned message on the frame that
+// starts at f: its header and body complete it; a method cuts it short.
+func (c *Conn) followReturn(f []byte) {
+	want, ok := c.retContent[c.inCh]
+	if !ok {
+		return
+	}
+	switch {
+	case f[0] == frameHeader && want == -1:
+		c.capture = c.ackBuf[:0]
+		c.capKind = capHeader
+	case f[0] == frameBody && want > 0:
+		if want -= int64(binary.BigEndian.Uint32(f[3:7])); want > 0 {
+			c.retContent[c.inCh] = want
+		} else {
+			delete(c.retContent, c.inCh)
+		}
+	case f[0] == frameMethod:
+		delete(c.retContent, c.inCh)
+		if c.onDropped != nil {
+			c.onDropped(c.inCh)
+		}
+	}
 }
 
 // Dropped returns how many outbound frames Conn left out because their
@@ -313,6 +348,9 @@ func (c *Conn) startIn(f []byte) {
 	c.inRem = frameHeaderLen + int(binary.BigEndian.Uint32(f[3:7])) + 1
 	c.inDrop = false
 	c.closeOK = false
+	if c.retContent != nil && c.inCh != 0 {
+		c.followReturn(f)
+	}
 	if f[0] != frameMethod || len(f) < frameStartLen || binary.BigEndian.Uint32(f[3:7]) < methodIDLen {
 		return
 	}
@@ -347,6 +385,10 @@ func (c *Conn) startIn(f []byte) {
 		c.capture = c.ackBuf[:0] // no allocation: this is per confirm
 		c.capKind, c.isAck = capConfirm, method == methodAck
 	case ch != 0 && class == classBasic && method == methodReturn && c.onReturn != nil:
+		if c.retContent == nil {
+			c.retContent = make(map[uint16]int64)
+		}
+		c.retContent[ch] = -1 // its content header comes next
 		c.onReturn(ch)
 	}
 	if c.Trace != nil {
@@ -362,6 +404,14 @@ func (c *Conn) startIn(f []byte) {
 func (c *Conn) frameDoneIn() {
 	if c.capture != nil {
 		switch c.capKind {
+		case capHeader:
+			if args := c.capture[min(len(c.capture), frameHeaderLen):]; len(args) >= 12 {
+				if size := int64(binary.BigEndian.Uint64(args[4:12])); size > 0 {
+					c.retContent[c.inCh] = size
+				} else {
+					delete(c.retContent, c.inCh) // complete: amqp091-go delivers it
+				}
+			}
 		case capConfirm:
 			c.confirmArgs(c.inCh, c.capture)
 		case capFlow:

@@ -2660,6 +2660,7 @@ type confirmEvent struct {
 	ret           bool
 	tag           uint64
 	multiple, ack bool
+	dropped       bool
 }
 
 // Publisher confirms and returns are reported as they are read, however
@@ -2668,15 +2669,18 @@ func TestConfirmsAndReturnsAreReportedAtEverySplit(t *testing.T) {
 	ret := cat(methodFrame(3, 60, 50, cat(u16(312), shortstr("NO_ROUTE"), shortstr(""), shortstr("k"))),
 		contentHeader(3, 60, 2), bodyFrame(3, []byte("hi")))
 	nack := methodFrame(3, 60, 120, cat(u64(8), []byte{2})) // requeue bit only
+	bare := methodFrame(3, 60, 50, cat(u16(312), shortstr("NO_ROUTE"), shortstr(""), shortstr("k"))) // no content follows
 	stream := cat(ret, methodFrame(3, 60, 80, cat(u64(7), []byte{1})), nack,
-		delivery(4, 1, []byte("x")), basicAck(5, 1<<40))
-	want := []confirmEvent{{id: 3, ret: true}, {3, false, 7, true, true}, {3, false, 8, false, false}, {5, false, 1 << 40, false, true}}
+		delivery(4, 1, []byte("x")), basicAck(5, 1<<40), bare, basicAck(3, 9))
+	want := []confirmEvent{{id: 3, ret: true}, {3, false, 7, true, true, false}, {3, false, 8, false, false, false},
+		{5, false, 1 << 40, false, true, false}, {id: 3, ret: true}, {id: 3, dropped: true}, {3, false, 9, false, true, false}}
 	for size := 1; size <= len(stream); size += 1 + size/8 {
 		r := newRig(t)
 		var got []confirmEvent
 		r.c.SetConfirmHooks(func(id uint16, tag uint64, multiple, ack bool) {
-			got = append(got, confirmEvent{id, false, tag, multiple, ack})
-		}, func(id uint16) { got = append(got, confirmEvent{id: id, ret: true}) })
+			got = append(got, confirmEvent{id, false, tag, multiple, ack, false})
+		}, func(id uint16) { got = append(got, confirmEvent{id: id, ret: true}) },
+			func(id uint16) { got = append(got, confirmEvent{id: id, dropped: true}) })
 		var chunks [][]byte
 		for i := 0; i < len(stream); i += size {
 			chunks = append(chunks, stream[i:min(i+size, len(stream))])
