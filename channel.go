@@ -469,6 +469,7 @@ func (ch *channel) close(ctx context.Context, gen uint64) error {
 	}
 	ch.closed = true
 	ch.mu.Unlock()
+	ch.flow.set(false) // nothing waits for the flow of a closed channel
 
 	err := ch.unusable("close")
 	var pe *protocolError

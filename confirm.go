@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -143,7 +144,8 @@ type confirmTracker struct {
 	st   *channel
 	rets chan amqp.Return
 
-	last uint64 // tag of the last publish written; touched only under the channel's serialisation point
+	last    uint64        // tag of the last publish written; touched only under the channel's serialisation point
+	highest atomic.Uint64 // the highest tag a publish has been given: a confirm beyond it is bogus
 
 	mu       sync.Mutex
 	q        []*Confirmation // pending publishes for tags base, base+1, ...; nil once resolved out of order
@@ -172,6 +174,7 @@ func newConfirmTracker(st *channel) *confirmTracker {
 // serialisation point. On error nothing was published and c is unresolved.
 func (t *confirmTracker) publish(m *Message, c *Confirmation) error {
 	tag := t.last + 1
+	t.highest.Store(tag) // before the write: the ack may come before it returns
 	t.mu.Lock()
 	if t.end != nil {
 		t.mu.Unlock()

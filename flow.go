@@ -136,9 +136,15 @@ func (c *session) waitPublish(ctx context.Context, ch *channel, op string) error
 func (c *session) sawFlow(id uint16, active bool) {
 	c.mu.Lock()
 	ch := c.channels[id]
+	if ch == nil {
+		if c.earlyFlow == nil {
+			c.earlyFlow = make(map[uint16]bool)
+		}
+		c.earlyFlow[id] = active
+	}
 	c.mu.Unlock()
 	if ch != nil {
 		ch.flow.set(!active)
-		c.opts.logger.Info("warren: broker set channel flow", "endpoint", c.endpoint, "channel", id, "active", active)
 	}
+	c.opts.logger.Info("warren: broker set channel flow", "endpoint", c.endpoint, "channel", id, "active", active)
 }

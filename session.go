@@ -39,10 +39,13 @@ type session struct {
 
 	mu       sync.Mutex // guards following
 	channels map[uint16]*channel
-	pools    poolSet // live pools, failed together when the connection ends
-	pooled   int     // channel numbers reserved by pools
-	closing  bool    // Close has begun: no new channels or goroutines
-	closeErr error   // Close's result, valid once closeDone is closed
+	// earlyFlow holds a channel.flow read for a channel id not registered
+	// yet (sent right after channel.open-ok).
+	earlyFlow map[uint16]bool
+	pools     poolSet // live pools, failed together when the connection ends
+	pooled    int     // channel numbers reserved by pools
+	closing   bool    // Close has begun: no new channels or goroutines
+	closeErr  error   // Close's result, valid once closeDone is closed
 
 	connErr   atomic.Pointer[ConnectionError] // why the connection ended; set before dead closes
 	rawErr    *amqp.Error                     // amqp091-go's pointer for connErr; read after dead closes
@@ -81,6 +84,7 @@ func (c *session) sawClose(id uint16, code uint16, text string) {
 	c.mu.Unlock()
 	if ch != nil {
 		ch.brokerClose.CompareAndSwap(nil, e)
+		ch.flow.set(false) // publishes waiting for flow see the close instead
 	}
 }
 
@@ -108,13 +112,23 @@ func (c *session) untrackConfirms(id uint16, t *confirmTracker) {
 }
 
 // sawConfirm hands a basic.ack or basic.nack read off the wire to its
-// channel's tracker (on amqp091-go's reader goroutine).
-func (c *session) sawConfirm(id uint16, tag uint64, multiple, ack bool) {
-	if t := c.tracker(id); t != nil {
-		t.confirmed(tag, multiple, ack)
-	} else {
+// channel's tracker (on amqp091-go's reader goroutine), and says whether
+// amqp091-go may see it.
+func (c *session) sawConfirm(id uint16, tag uint64, multiple, ack bool) bool {
+	t := c.tracker(id)
+	if t == nil {
 		c.strayConfirms.Add(1)
+		return true // not a confirm channel: amqp091-go ignores it
 	}
+	if tag > t.highest.Load() {
+		// A confirm for a tag never published: a broken broker. Passed
+		// on, a multiple one would make amqp091-go count up to tag on its
+		// reader; dropped, it is only counted.
+		c.strayConfirms.Add(1)
+		return false
+	}
+	t.confirmed(tag, multiple, ack)
+	return true
 }
 
 // sawReturnDropped tells channel id's tracker that a returned message will
@@ -553,7 +567,12 @@ func (c *session) openChannel(ctx context.Context) (*channel, error) {
 	ch := newChannel(c, ach)
 	c.mu.Lock()
 	c.channels[ch.id] = ch
+	active, early := c.earlyFlow[ch.id]
+	delete(c.earlyFlow, ch.id)
 	c.mu.Unlock()
+	if early {
+		ch.flow.set(!active) // a channel.flow read before the channel was registered
+	}
 	c.opened.Add(1)
 	if h := c.opts.metrics.ChannelOpened; h != nil {
 		h(ch.id)

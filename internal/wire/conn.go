@@ -78,8 +78,11 @@ type CloseFunc func(id uint16, code uint16, text string)
 // ConfirmFunc receives a publisher confirm read on channel id: basic.ack
 // (ack true) or basic.nack for delivery tag tag, and with multiple every
 // earlier tag. It runs on amqp091-go's reader goroutine, before amqp091-go
-// has parsed the frames read with it, and must not block.
-type ConfirmFunc func(id uint16, tag uint64, multiple, ack bool)
+// has parsed the frames read with it, and must not block. Returning false
+// drops the frame: amqp091-go never sees it (a confirm for a tag never
+// published would make amqp091-go v1.16 count up to it, one tag at a time,
+// on its reader).
+type ConfirmFunc func(id uint16, tag uint64, multiple, ack bool) bool
 
 // ReturnFunc is told that a basic.return has been read on channel id,
 // before amqp091-go delivers the returned message. It runs on amqp091-go's
@@ -93,6 +96,11 @@ type FlowFunc func(id uint16, active bool)
 // confirmArgsLen is the arguments of basic.ack and basic.nack: delivery tag
 // and one octet of bits (multiple, and requeue for nack).
 const confirmArgsLen = 8 + 1
+
+// holdMax is the most of a frame start Read keeps back: a method frame's
+// header and id, and for a confirm its arguments (which decide whether the
+// frame is passed on).
+const holdMax = frameStartLen + confirmArgsLen
 
 type bits [65536 / 64]atomic.Uint64
 
@@ -132,7 +140,7 @@ type Conn struct {
 
 	// inbound state, touched only inside Read
 	inHeld  []byte // an incomplete frame start kept back from amqp091-go (in inBuf)
-	inBuf   [frameStartLen]byte
+	inBuf   [holdMax]byte
 	inReady []byte // walked bytes not yet handed on (tiny reads only)
 	inErr   error  // a read error to report after inReady
 	inRem   int    // bytes of the current inbound frame still to pass or drop
@@ -214,7 +222,6 @@ func New(c net.Conn, onClose CloseFunc) *Conn {
 
 const (
 	capClose = iota
-	capConfirm
 	capFlow
 	capHeader // the content header of a returned message (its body size)
 )
@@ -274,7 +281,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		c.inReady = c.inReady[n:]
 		return n, nil
 	}
-	if len(p) < 2*frameStartLen {
+	if len(p) < 2*holdMax {
 		// Too small to hold a kept-back frame start and progress:
 		// go through a buffer of our own (bufio never reads this small).
 		buf := make([]byte, 4096)
@@ -331,14 +338,36 @@ func (c *Conn) walkIn(b []byte) int {
 			continue
 		}
 		rest := b[i:]
-		if len(rest) < frameHeaderLen || (rest[0] == frameMethod && len(rest) < frameStartLen &&
-			binary.BigEndian.Uint32(rest[3:7]) >= methodIDLen) {
-			c.inHeld = c.inBuf[:copy(c.inBuf[:], rest)] // len(rest) < frameStartLen
+		if len(rest) < frameHeaderLen || c.needMore(rest) {
+			c.inHeld = c.inBuf[:copy(c.inBuf[:], rest)] // len(rest) < holdMax
 			return out
 		}
 		c.startIn(rest)
 	}
 	return out
+}
+
+// needMore reports whether the frame starting rest (at least a frame
+// header) must be kept back until more of it arrives: a method frame's id,
+// and a confirm's arguments, are needed before it can be passed on.
+func (c *Conn) needMore(rest []byte) bool {
+	if rest[0] != frameMethod {
+		return false
+	}
+	size := int(binary.BigEndian.Uint32(rest[3:7]))
+	if size < methodIDLen {
+		return false
+	}
+	if len(rest) < frameStartLen {
+		return true
+	}
+	if c.onConfirm == nil || binary.BigEndian.Uint16(rest[7:9]) != classBasic {
+		return false
+	}
+	if m := binary.BigEndian.Uint16(rest[9:11]); m != methodAck && m != methodNack {
+		return false
+	}
+	return len(rest) < min(frameHeaderLen+size, holdMax)
 }
 
 // startIn looks at the start of an inbound frame (header, and method id for
@@ -382,8 +411,14 @@ func (c *Conn) startIn(f []byte) {
 		c.capture = make([]byte, 0, frameStartLen+maxCloseArgs)
 		c.capKind = capClose
 	case ch != 0 && class == classBasic && (method == methodAck || method == methodNack) && c.onConfirm != nil:
-		c.capture = c.ackBuf[:0] // no allocation: this is per confirm
-		c.capKind, c.isAck = capConfirm, method == methodAck
+		// needMore kept the frame back until its arguments were here.
+		if len(f) >= holdMax && binary.BigEndian.Uint32(f[3:7]) >= methodIDLen+confirmArgsLen {
+			tag := binary.BigEndian.Uint64(f[frameStartLen : frameStartLen+8])
+			if !c.onConfirm(ch, tag, f[frameStartLen+8]&1 != 0, method == methodAck) {
+				c.inDrop = true
+				c.droppedIn.Add(1)
+			}
+		}
 	case ch != 0 && class == classBasic && method == methodReturn && c.onReturn != nil:
 		if c.retContent == nil {
 			c.retContent = make(map[uint16]int64)
@@ -412,8 +447,6 @@ func (c *Conn) frameDoneIn() {
 					delete(c.retContent, c.inCh) // complete: amqp091-go delivers it
 				}
 			}
-		case capConfirm:
-			c.confirmArgs(c.inCh, c.capture)
 		case capFlow:
 			if args := c.capture[min(len(c.capture), frameStartLen):]; len(args) >= 1 {
 				c.onFlow(c.inCh, args[0]&1 != 0)
@@ -428,15 +461,6 @@ func (c *Conn) frameDoneIn() {
 		c.closeSent.set(c.inCh, false)
 		c.open.set(c.inCh, false)
 	}
-}
-
-// confirmArgs decodes a basic.ack or basic.nack from the captured frame.
-func (c *Conn) confirmArgs(ch uint16, frame []byte) {
-	args := frame[min(len(frame), frameStartLen):]
-	if len(args) < confirmArgsLen {
-		return // malformed: amqp091-go fails the connection
-	}
-	c.onConfirm(ch, binary.BigEndian.Uint64(args[0:8]), args[8]&1 != 0, c.isAck)
 }
 
 // closeArgs decodes reply-code and reply-text of a close method from the

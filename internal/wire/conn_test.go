@@ -2668,7 +2668,7 @@ type confirmEvent struct {
 func TestConfirmsAndReturnsAreReportedAtEverySplit(t *testing.T) {
 	ret := cat(methodFrame(3, 60, 50, cat(u16(312), shortstr("NO_ROUTE"), shortstr(""), shortstr("k"))),
 		contentHeader(3, 60, 2), bodyFrame(3, []byte("hi")))
-	nack := methodFrame(3, 60, 120, cat(u64(8), []byte{2})) // requeue bit only
+	nack := methodFrame(3, 60, 120, cat(u64(8), []byte{2}))                                          // requeue bit only
 	bare := methodFrame(3, 60, 50, cat(u16(312), shortstr("NO_ROUTE"), shortstr(""), shortstr("k"))) // no content follows
 	stream := cat(ret, methodFrame(3, 60, 80, cat(u64(7), []byte{1})), nack,
 		delivery(4, 1, []byte("x")), basicAck(5, 1<<40), bare, basicAck(3, 9))
@@ -2677,8 +2677,9 @@ func TestConfirmsAndReturnsAreReportedAtEverySplit(t *testing.T) {
 	for size := 1; size <= len(stream); size += 1 + size/8 {
 		r := newRig(t)
 		var got []confirmEvent
-		r.c.SetConfirmHooks(func(id uint16, tag uint64, multiple, ack bool) {
+		r.c.SetConfirmHooks(func(id uint16, tag uint64, multiple, ack bool) bool {
 			got = append(got, confirmEvent{id, false, tag, multiple, ack, false})
+			return true
 		}, func(id uint16) { got = append(got, confirmEvent{id: id, ret: true}) },
 			func(id uint16) { got = append(got, confirmEvent{id: id, dropped: true}) })
 		var chunks [][]byte
@@ -2768,6 +2769,28 @@ func TestChannelFlowIsReportedAtEverySplit(t *testing.T) {
 		r.shutdown()
 		if !slices.Equal(got, want) {
 			t.Fatalf("reads of %d bytes: flow hook saw %v, want %v", size, got, want)
+		}
+	}
+}
+
+// A confirm the hook refuses never reaches amqp091-go, however the stream is
+// cut into reads; the frames around it pass untouched.
+func TestRefusedConfirmIsDroppedAtEverySplit(t *testing.T) {
+	bogus := methodFrame(3, 60, 80, cat(u64(1<<60), []byte{1}))
+	good := basicAck(3, 2)
+	stream := cat(delivery(4, 1, []byte("x")), bogus, good)
+	want := cat(delivery(4, 1, []byte("x")), good)
+	for size := 1; size <= len(stream); size++ {
+		r := newRig(t)
+		r.c.SetConfirmHooks(func(id uint16, tag uint64, multiple, ack bool) bool { return tag < 1000 }, func(uint16) {}, func(uint16) {})
+		var chunks [][]byte
+		for i := 0; i < len(stream); i += size {
+			chunks = append(chunks, stream[i:min(i+size, len(stream))])
+		}
+		r.recv(want, chunks...)
+		r.shutdown()
+		if n := r.c.DroppedInbound(); n != 1 {
+			t.Fatalf("reads of %d bytes: DroppedInbound %d, want 1", size, n)
 		}
 	}
 }
