@@ -56,6 +56,8 @@ type channel struct {
 	unsettled atomic.Int64
 	txSettled atomic.Int64
 	flow      gate          // shut while the broker has the channel's flow off
+	flowDue   atomic.Int32  // channel.flow frames read whose flow-ok is not yet written
+	flowWant  atomic.Bool   // the last channel.flow read said active
 	busy      atomic.Bool   // the serialisation point: true while an operation runs
 	writing   atomic.Uint64 // the sequence number of the send writing now, 0, or writeAborted: see send
 	wseq      atomic.Uint64 // numbers sends

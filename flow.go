@@ -144,7 +144,28 @@ func (c *session) sawFlow(id uint16, active bool) {
 	}
 	c.mu.Unlock()
 	if ch != nil {
-		ch.flow.set(!active)
+		ch.flowDue.Add(1)
+		ch.flowWant.Store(active)
+		if !active {
+			ch.flow.set(true) // stop now
+		}
+		// Resuming waits for amqp091-go's flow-ok to be written
+		// (wroteFlowOK): it is sent without the channel's lock, and a
+		// publish released earlier could split its frames.
 	}
 	c.opts.logger.Info("warren: broker set channel flow", "endpoint", c.endpoint, "channel", id, "active", active)
+}
+
+// wroteFlowOK opens the flow gate of channel id once the answers to every
+// channel.flow read so far are written, if the last one said active.
+func (c *session) wroteFlowOK(id uint16) {
+	c.mu.Lock()
+	ch := c.channels[id]
+	c.mu.Unlock()
+	if ch != nil && ch.flowDue.Add(-1) <= 0 {
+		ch.flowDue.Store(0)
+		if ch.flowWant.Load() {
+			ch.flow.set(false)
+		}
+	}
 }

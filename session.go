@@ -224,7 +224,7 @@ func (c *session) connect(ctx context.Context, uri amqp.URI, sasl []amqp.Authent
 	}
 	c.wire = wire.New(conn, c.sawClose)
 	c.wire.SetConfirmHooks(c.sawConfirm, c.sawReturn, c.sawReturnDropped)
-	c.wire.SetFlowHook(c.sawFlow)
+	c.wire.SetFlowHook(c.sawFlow, c.wroteFlowOK)
 
 	// Cancelling ctx during the handshake fails the pending read or write.
 	stop := context.AfterFunc(ctx, func() { _ = raw.SetDeadline(time.Unix(1, 0)) })
@@ -275,6 +275,14 @@ func (c *session) connect(ctx context.Context, uri amqp.URI, sasl []amqp.Authent
 		return err
 	}
 	c.conn = conn2
+	if hb := conn2.Config.Heartbeat; hb > 0 {
+		// amqp091-go v1.16 clears the read deadline when the handshake
+		// completes, after its heartbeater may already have set one: a
+		// broker silent from then on would never be noticed. Set the
+		// deadline the heartbeater keeps (three half-intervals); every
+		// frame read moves it on.
+		_ = c.wire.SetReadDeadline(time.Now().Add(3 * hb / 2))
+	}
 	return nil
 }
 

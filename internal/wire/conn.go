@@ -52,6 +52,7 @@ const (
 	methodClose     = 40 // channel.close
 	methodCloseO    = 41 // channel.close-ok
 	methodFlow      = 20 // channel.flow
+	methodFlowOK    = 21 // channel.flow-ok
 	methodConnClose = 50 // connection.close
 
 	classBasic   = 60
@@ -129,6 +130,7 @@ type Conn struct {
 	onReturn  ReturnFunc
 	onFlow    FlowFunc
 	onDropped ReturnFunc // a returned message whose content amqp091-go will drop
+	onFlowOK  func(id uint16)
 
 	// Trace, if set before the connection is used, sees every method
 	// frame: "in", "out", "drop" (outbound left out) or "drop-in" (a stray
@@ -141,15 +143,14 @@ type Conn struct {
 	// inbound state, touched only inside Read
 	inHeld  []byte // an incomplete frame start kept back from amqp091-go (in inBuf)
 	inBuf   [holdMax]byte
-	inReady []byte // walked bytes not yet handed on (tiny reads only)
-	inErr   error  // a read error to report after inReady
-	inRem   int    // bytes of the current inbound frame still to pass or drop
-	inDrop  bool   // the current inbound frame is dropped
-	inCh    uint16 // channel of the current inbound frame
-	capture []byte // a close or confirm method being collected, or nil
-	capKind int    // what the frame being captured is: capClose, capConfirm or capFlow
-	isAck   bool   // a captured confirm is a basic.ack
-	ackBuf  [frameStartLen + confirmArgsLen]byte
+	inReady []byte        // walked bytes not yet handed on (tiny reads only)
+	inErr   error         // a read error to report after inReady
+	inRem   int           // bytes of the current inbound frame still to pass or drop
+	inDrop  bool          // the current inbound frame is dropped
+	inCh    uint16        // channel of the current inbound frame
+	capture []byte        // a close, flow or returned-content header frame being collected, or nil
+	capKind int           // what the frame being captured is: capClose, capFlow or capHeader
+	ackBuf  [holdMax]byte // small captures without allocating
 	// retContent follows the content of returned messages by channel: -1
 	// while the content header is awaited, else the body bytes to come.
 	retContent map[uint16]int64
@@ -163,6 +164,7 @@ type Conn struct {
 	wrem     int           // bytes of the current outbound frame still to pass or drop
 	wdrop    bool          // the current outbound frame is dropped
 	written  atomic.Uint64 // bytes handed to the socket, for progress checks
+	flowOKs  []uint16      // channels whose flow-ok the current Write carries
 	corks    int           // Cork calls not yet matched by Uncork
 	corked   []byte        // bytes held back while corked
 }
@@ -226,9 +228,14 @@ const (
 	capHeader // the content header of a returned message (its body size)
 )
 
-// SetFlowHook asks for every channel.flow to be reported. It must be
-// called before the connection is used.
-func (c *Conn) SetFlowHook(flow FlowFunc) { c.onFlow = flow }
+// SetFlowHook asks for every channel.flow read to be reported (flow), and
+// every channel.flow-ok once it has been written (flowOK): publishing may
+// resume only then, or a publish could interleave with amqp091-go's
+// flow-ok, which it writes without the channel's lock. It must be called
+// before the connection is used.
+func (c *Conn) SetFlowHook(flow FlowFunc, flowOK func(id uint16)) {
+	c.onFlow, c.onFlowOK = flow, flowOK
+}
 
 // SetConfirmHooks asks for publisher confirms and returns to be reported:
 // ret when a basic.return is read, dropped when its content is then cut
@@ -527,6 +534,10 @@ func (c *Conn) Write(p []byte) (int, error) {
 		}
 		c.wrem = frameHeaderLen + int(binary.BigEndian.Uint32(rest[3:7])) + 1
 		c.wdrop = !c.passOut(rest)
+		if !c.wdrop && c.onFlowOK != nil && rest[0] == frameMethod && len(rest) >= frameStartLen &&
+			binary.BigEndian.Uint16(rest[7:9]) == classChannel && binary.BigEndian.Uint16(rest[9:11]) == methodFlowOK {
+			c.flowOKs = append(c.flowOKs, binary.BigEndian.Uint16(rest[1:3]))
+		}
 		if c.wdrop {
 			c.droppedOut.Add(1)
 		}
@@ -539,17 +550,20 @@ func (c *Conn) Write(p []byte) (int, error) {
 		}
 	}
 	if out == nil {
-		if err := c.emit(buf); err != nil {
-			return 0, err
-		}
-		return len(p), nil
+		out = buf
+	} else {
+		out = append(out, buf[from:]...)
 	}
-	out = append(out, buf[from:]...)
 	if len(out) > 0 {
 		if err := c.emit(out); err != nil {
+			c.flowOKs = c.flowOKs[:0]
 			return 0, err
 		}
 	}
+	for _, ch := range c.flowOKs {
+		c.onFlowOK(ch) // written (or held in a cork that goes out before any later write)
+	}
+	c.flowOKs = c.flowOKs[:0]
 	return len(p), nil
 }
 

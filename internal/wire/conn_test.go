@@ -2760,7 +2760,7 @@ func TestChannelFlowIsReportedAtEverySplit(t *testing.T) {
 	for size := 1; size <= len(stream); size += 1 + size/6 {
 		r := newRig(t)
 		var got []ev
-		r.c.SetFlowHook(func(id uint16, active bool) { got = append(got, ev{id, active}) })
+		r.c.SetFlowHook(func(id uint16, active bool) { got = append(got, ev{id, active}) }, func(uint16) {})
 		var chunks [][]byte
 		for i := 0; i < len(stream); i += size {
 			chunks = append(chunks, stream[i:min(i+size, len(stream))])
