@@ -232,7 +232,8 @@ func (p *Pool) sess() *session {
 // ends. The lease holds until Release.
 //
 // When the connection has ended, Acquire returns its *ConnectionError at
-// once. When ctx ends first, the context error is returned wrapped with the
+// once; for a pool of a Client made WithReconnect it waits for the new
+// connection instead, and opens the channel there. When ctx ends first, the context error is returned wrapped with the
 // pool's state; a channel handed over at that moment goes back to the pool.
 func (p *Pool) Acquire(ctx context.Context) (Channel, error) {
 	hook := p.c.opts.metrics.PoolAcquired
