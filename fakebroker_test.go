@@ -728,11 +728,15 @@ func TestMalformedInputFailsTheConnectionOrIsDocumentedAsTolerated(t *testing.T)
 	neverOpened := methodBytes(9, fb.BasicAck, new(fb.Args).LongLong(1).Bits(false))
 	header0 := fb.HeaderFrame(0, 60, 0, nil).Encode()
 	var (
-		parse    = lost{501, "frame could not be parsed"}
-		timeout  = lost{501, "i/o timeout"}
-		notOpen  = lost{504, "channel/connection is not open"}
-		eof      = lost{501, "EOF"}
-		unexpect = lost{505, "unexpected frame received"}
+		parse = lost{501, "frame could not be parsed"}
+		// warren's wire fails the connection itself at a frame whose end
+		// octet is wrong, before amqp091-go (which does not read method
+		// frame sizes) could misparse it.
+		malformed = lost{501, "malformed AMQP frame from the broker (frame-end octet missing)"}
+		timeout   = lost{501, "i/o timeout"}
+		notOpen   = lost{504, "channel/connection is not open"}
+		eof       = lost{501, "EOF"}
+		unexpect  = lost{505, "unexpected frame received"}
 	)
 	cases := []struct {
 		name string
@@ -754,7 +758,7 @@ func TestMalformedInputFailsTheConnectionOrIsDocumentedAsTolerated(t *testing.T)
 		// strayOK: stray close-oks dropped by warren's wire guard.
 		strayOK uint64
 	}{
-		{name: "bad frame-end octet", data: badEnd, want: []lost{parse}},
+		{name: "bad frame-end octet", data: badEnd, want: []lost{parse, malformed}},
 		{name: "unknown frame type", data: fb.Frame{Type: 5, Channel: 1, Payload: []byte{1, 2, 3}}.Encode(), want: []lost{parse}},
 		{name: "frame larger than frame_max", data: fb.Frame{Type: fb.FrameBody, Channel: 1, Payload: make([]byte, 4096)}.Encode(),
 			want: []lost{{501, "frame size exceeds negotiated frame_max"}}},

@@ -35,6 +35,7 @@ package wire
 
 import (
 	"encoding/binary"
+	"errors"
 	"net"
 	"sync"
 	"sync/atomic"
@@ -155,7 +156,7 @@ type Conn struct {
 	// while the content header is awaited, else the body bytes to come.
 	retContent map[uint16]int64
 	closeOK    bool // the current inbound frame is a close-ok that is passed on
-	broken     bool // the stream is not valid framing: pass bytes on untouched
+	broken     bool // the stream is not valid framing: Read fails with ErrMalformed
 
 	// outbound state, guarded by wmu
 	wmu      sync.Mutex
@@ -215,6 +216,10 @@ func (c *Conn) emit(b []byte) error {
 	c.written.Add(uint64(n))
 	return err
 }
+
+// ErrMalformed is returned by Read once the broker's bytes are not AMQP
+// framing (a frame whose end octet is not 0xCE).
+var ErrMalformed = errors.New("malformed AMQP frame from the broker (frame-end octet missing)")
 
 // New wraps c. onClose, if not nil, is told about every inbound
 // channel.close and connection.close.
@@ -309,8 +314,11 @@ func (c *Conn) Read(p []byte) (int, error) {
 		c.inHeld = nil
 		m, err := c.Conn.Read(p[n:])
 		n += m
-		if n > 0 && !c.broken {
+		if n > 0 {
 			n = c.walkIn(p[:n])
+		}
+		if n == 0 && c.inErr != nil {
+			return 0, c.inErr
 		}
 		if n > 0 || err != nil {
 			return n, err
@@ -327,8 +335,13 @@ func (c *Conn) walkIn(b []byte) int {
 		if c.inRem > 0 {
 			k := min(c.inRem, len(b)-i)
 			if c.inRem == k && b[i+k-1] != frameEnd {
-				c.broken = true // amqp091-go fails the connection
-				out += copy(b[out:], b[i:])
+				// Not AMQP framing. amqp091-go does not read a method
+				// frame's size, so it may parse these bytes as some
+				// other, valid-looking frame that Conn never judged (a
+				// confirm with a huge tag, say): the frame is withheld
+				// and the connection fails instead.
+				c.broken = true
+				c.inErr = ErrMalformed
 				return out
 			}
 			if c.capture != nil {
