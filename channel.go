@@ -56,6 +56,8 @@ type channel struct {
 	unsettled atomic.Int64
 	txSettled atomic.Int64
 	flow      gate          // shut while the broker has the channel's flow off
+	gone      chan struct{} // closed when the channel is closing or closed: flow waits end
+	goneOnce  sync.Once
 	flowDue   atomic.Int32  // channel.flow frames read whose flow-ok is not yet written
 	flowWant  atomic.Bool   // the last channel.flow read said active
 	busy      atomic.Bool   // the serialisation point: true while an operation runs
@@ -86,6 +88,7 @@ func newChannel(c *session, ach *amqp.Channel) *channel {
 		ch:        ach,
 		id:        channelID(ach),
 		closes:    make(chan *amqp.Error, 1),
+		gone:      make(chan struct{}),
 		closeDone: make(chan struct{}),
 	}
 	ach.NotifyClose(ch.closes)
@@ -186,6 +189,9 @@ type protocolError struct{ err error }
 
 func (e *protocolError) Error() string { return e.err.Error() }
 func (e *protocolError) Unwrap() error { return e.err }
+
+// markGone ends every wait for the channel's flow: the channel is closing.
+func (ch *channel) markGone() { ch.goneOnce.Do(func() { close(ch.gone) }) }
 
 // causeBox holds a recorded cause (atomic.Pointer needs a concrete type).
 type causeBox struct{ err error }
@@ -471,7 +477,7 @@ func (ch *channel) close(ctx context.Context, gen uint64) error {
 	}
 	ch.closed = true
 	ch.mu.Unlock()
-	ch.flow.set(false) // nothing waits for the flow of a closed channel
+	ch.markGone() // nothing waits for the flow of a closed channel
 
 	err := ch.unusable("close")
 	var pe *protocolError

@@ -978,6 +978,9 @@ func TestChannelFlowOffWithFlowFailRefusesPublishesAtOnce(t *testing.T) {
 	}
 	close(resume)
 	waitDone(t, "channel.flow active=true answered", resumed, testBound)
+	// warren reopens the gate once its flow-ok write has returned, which
+	// may be a moment after the broker has read it.
+	waitFor(t, "FlowActive after the flow-ok", testBound, ch.FlowActive)
 	if err := ch.Publish(ctx, "", "q", warren.Publishing{Body: []byte("y")}); err != nil {
 		t.Fatalf("Publish after the flow resumed: %v", err)
 	}

@@ -117,10 +117,21 @@ func (c *session) waitPublish(ctx context.Context, ch *channel, op string) error
 		if wait == nil {
 			continue // it opened meanwhile
 		}
+		var gone chan struct{}
+		if ch != nil {
+			gone = ch.gone
+		}
+		select {
+		case <-gone:
+			return nil // the channel is closing: the operation reports why
+		default:
+		}
 		if c.opts.flowPolicy == FlowFail {
 			return fmt.Errorf("%w: %s not sent: %s", ErrBlocked, op, why)
 		}
 		select {
+		case <-gone:
+			return nil
 		case <-wait:
 		case <-c.dead:
 			return c.connError(op)

@@ -84,7 +84,7 @@ func (c *session) sawClose(id uint16, code uint16, text string) {
 	c.mu.Unlock()
 	if ch != nil {
 		ch.brokerClose.CompareAndSwap(nil, e)
-		ch.flow.set(false) // publishes waiting for flow see the close instead
+		ch.markGone() // publishes waiting for flow see the close instead
 	}
 }
 
