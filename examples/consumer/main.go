@@ -58,11 +58,11 @@ func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	b, err := brokertest.Find(ctx, brokertest.Options{TryLocalDefault: true, Logf: log.Printf})
+	b, stopBroker, err := brokertest.ForProgram(ctx, "consumer")
 	if err != nil {
 		return err
 	}
-	defer stopBroker(b)
+	defer stopBroker()
 
 	client, err := warren.Dial(ctx, b.URL, warren.WithName("warren-example-consumer"))
 	if err != nil {
@@ -172,12 +172,4 @@ func prepublish(ctx context.Context, ch warren.Channel, queue string) error {
 	}
 	fmt.Printf("published %d messages to %s (all acked)\n", messages, queue)
 	return nil
-}
-
-func stopBroker(b *brokertest.Broker) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := b.Stop(ctx); err != nil {
-		log.Printf("consumer: stopping the broker: %v", err)
-	}
 }

@@ -52,11 +52,11 @@ func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	b, err := brokertest.Find(ctx, brokertest.Options{TryLocalDefault: true, Logf: log.Printf})
+	b, stopBroker, err := brokertest.ForProgram(ctx, "httppool")
 	if err != nil {
 		return err
 	}
-	defer stopBroker(b)
+	defer stopBroker()
 
 	client, err := warren.Dial(ctx, b.URL, warren.WithName("warren-example-httppool"))
 	if err != nil {
@@ -188,12 +188,4 @@ func post(ctx context.Context, hc *http.Client, url string, n int) (map[int]int,
 	}
 	wg.Wait()
 	return statuses, errors.Join(errs...)
-}
-
-func stopBroker(b *brokertest.Broker) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := b.Stop(ctx); err != nil {
-		log.Printf("httppool: stopping the broker: %v", err)
-	}
 }

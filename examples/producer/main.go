@@ -46,11 +46,11 @@ func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	b, err := brokertest.Find(ctx, brokertest.Options{TryLocalDefault: true, Logf: log.Printf})
+	b, stopBroker, err := brokertest.ForProgram(ctx, "producer")
 	if err != nil {
 		return err
 	}
-	defer stopBroker(b)
+	defer stopBroker()
 
 	client, err := warren.Dial(ctx, b.URL, warren.WithName("warren-example-producer"))
 	if err != nil {
@@ -191,13 +191,5 @@ func deleteQueue(ctx context.Context, ch warren.Channel, name string) {
 		log.Printf("producer: deleting queue %s: %v", name, err)
 	} else {
 		fmt.Printf("deleted queue %s (%d messages)\n", name, n)
-	}
-}
-
-func stopBroker(b *brokertest.Broker) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := b.Stop(ctx); err != nil {
-		log.Printf("producer: stopping the broker: %v", err)
 	}
 }

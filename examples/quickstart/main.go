@@ -30,17 +30,11 @@ func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
 
-	b, err := brokertest.Find(ctx, brokertest.Options{TryLocalDefault: true, Logf: log.Printf})
+	b, stopBroker, err := brokertest.ForProgram(ctx, "quickstart")
 	if err != nil {
 		return err
 	}
-	defer func() {
-		stopCtx, stop := context.WithTimeout(context.Background(), 30*time.Second)
-		defer stop()
-		if err := b.Stop(stopCtx); err != nil {
-			log.Printf("quickstart: stopping the broker: %v", err)
-		}
-	}()
+	defer stopBroker()
 
 	client, err := warren.Dial(ctx, b.URL, warren.WithName("warren-quickstart"))
 	if err != nil {

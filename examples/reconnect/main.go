@@ -37,15 +37,11 @@ func main() {
 func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
-	b, err := brokertest.Find(ctx, brokertest.Options{TryLocalDefault: true, Logf: log.Printf})
+	b, stopBroker, err := brokertest.ForProgram(ctx, "reconnect")
 	if err != nil {
 		return err
 	}
-	defer func() {
-		sctx, stop := context.WithTimeout(context.Background(), 30*time.Second)
-		defer stop()
-		_ = b.Stop(sctx)
-	}()
+	defer stopBroker()
 
 	proxy, err := faultproxy.New(b.Addr())
 	if err != nil {

@@ -51,11 +51,11 @@ func run() error {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 
-	b, err := brokertest.Find(ctx, brokertest.Options{TryLocalDefault: true, Logf: log.Printf})
+	b, stopBroker, err := brokertest.ForProgram(ctx, "txmove")
 	if err != nil {
 		return err
 	}
-	defer stopBroker(b)
+	defer stopBroker()
 
 	client, err := warren.Dial(ctx, b.URL, warren.WithName("warren-example-txmove"))
 	if err != nil {
@@ -214,12 +214,4 @@ func (d depths) print(ctx context.Context, when string) (in, out int, err error)
 		fmt.Printf("%-26s inbox %2d, outbox %2d\n", when+":", in, out)
 	}
 	return in, out, err
-}
-
-func stopBroker(b *brokertest.Broker) {
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	if err := b.Stop(ctx); err != nil {
-		log.Printf("txmove: stopping the broker: %v", err)
-	}
 }

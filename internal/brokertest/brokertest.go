@@ -28,6 +28,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"log"
 	"net"
 	"net/url"
 	"os"
@@ -370,4 +371,22 @@ func probeAMQP(ctx context.Context, addr string, timeout time.Duration) error {
 		return fmt.Errorf("brokertest: probing %s: answer starts with byte %#02x, not an AMQP method frame", addr, first[0])
 	}
 	return nil
+}
+
+// ForProgram finds a broker for a runnable program (the examples): the
+// environment's AMQP_URL, the local default broker, or a private node it
+// starts, logging which with log.Printf. stop stops a private node (bounded,
+// logging a failure as name's); call it when the program is done.
+func ForProgram(ctx context.Context, name string) (b *Broker, stop func(), err error) {
+	b, err = Find(ctx, Options{TryLocalDefault: true, Logf: log.Printf})
+	if err != nil {
+		return nil, nil, err
+	}
+	return b, func() {
+		sctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if err := b.Stop(sctx); err != nil {
+			log.Printf("%s: stopping the broker: %v", name, err)
+		}
+	}, nil
 }
