@@ -147,6 +147,8 @@ type Conn struct {
 	inReady []byte        // walked bytes not yet handed on (tiny reads only)
 	inErr   error         // a read error to report after inReady
 	inRem   int           // bytes of the current inbound frame still to pass or drop
+	inLen   int           // all bytes of the current inbound frame, header to frame end
+	args    argWalker     // the current inbound method frame's arguments
 	inDrop  bool          // the current inbound frame is dropped
 	inCh    uint16        // channel of the current inbound frame
 	capture []byte        // a close, flow or returned-content header frame being collected, or nil
@@ -218,8 +220,9 @@ func (c *Conn) emit(b []byte) error {
 }
 
 // ErrMalformed is returned by Read once the broker's bytes are not AMQP
-// framing (a frame whose end octet is not 0xCE).
-var ErrMalformed = errors.New("malformed AMQP frame from the broker (frame-end octet missing)")
+// framing: a frame whose end octet is not 0xCE, or a method frame whose
+// arguments do not end where its size field says.
+var ErrMalformed = errors.New("malformed AMQP frame from the broker")
 
 // New wraps c. onClose, if not nil, is told about every inbound
 // channel.close and connection.close.
@@ -334,15 +337,13 @@ func (c *Conn) walkIn(b []byte) int {
 	for i < len(b) {
 		if c.inRem > 0 {
 			k := min(c.inRem, len(b)-i)
-			if c.inRem == k && b[i+k-1] != frameEnd {
+			if !c.argsFit(b[i:i+k]) || c.inRem == k && b[i+k-1] != frameEnd {
 				// Not AMQP framing. amqp091-go does not read a method
 				// frame's size, so it may parse these bytes as some
 				// other, valid-looking frame that Conn never judged (a
 				// confirm with a huge tag, say): the frame is withheld
 				// and the connection fails instead.
-				c.broken = true
-				c.inErr = ErrMalformed
-				return out
+				return c.malformed(out)
 			}
 			if c.capture != nil {
 				c.capture = append(c.capture, b[i:i+min(k, cap(c.capture)-len(c.capture))]...)
@@ -362,9 +363,38 @@ func (c *Conn) walkIn(b []byte) int {
 			c.inHeld = c.inBuf[:copy(c.inBuf[:], rest)] // len(rest) < holdMax
 			return out
 		}
+		if rest[0] == frameMethod && binary.BigEndian.Uint32(rest[3:7]) < methodIDLen {
+			return c.malformed(out) // amqp091-go would read the id from the next frame
+		}
 		c.startIn(rest)
 	}
 	return out
+}
+
+// malformed fails the inbound stream: Read hands on out bytes, then fails
+// with ErrMalformed.
+func (c *Conn) malformed(out int) int {
+	c.broken = true
+	c.inErr = ErrMalformed
+	return out
+}
+
+// argsFit walks chunk, the next bytes of the current inbound frame, through
+// the method's arguments and reports whether they still agree with the
+// frame's size: no byte after the arguments and before the frame end, and
+// no frame end before the arguments are complete. Only method frames of
+// methods amqp091-go knows are walked.
+func (c *Conn) argsFit(chunk []byte) bool {
+	if !c.args.on {
+		return true
+	}
+	off := c.inLen - c.inRem // frame offset of chunk[0]
+	lo := max(off, frameStartLen) - off
+	hi := min(off+len(chunk), c.inLen-1) - off // the frame-end octet is no argument
+	if lo < hi && (c.args.done() || c.args.feed(chunk[lo:hi]) < hi-lo) {
+		return false // bytes the arguments do not account for
+	}
+	return off+len(chunk) < c.inLen || c.args.done()
 }
 
 // needMore reports whether the frame starting rest (at least a frame
@@ -395,7 +425,9 @@ func (c *Conn) needMore(rest []byte) bool {
 func (c *Conn) startIn(f []byte) {
 	c.inCh = binary.BigEndian.Uint16(f[1:3])
 	c.inRem = frameHeaderLen + int(binary.BigEndian.Uint32(f[3:7])) + 1
+	c.inLen = c.inRem
 	c.inDrop = false
+	c.args.on = false
 	c.closeOK = false
 	if c.retContent != nil && c.inCh != 0 {
 		c.followReturn(f)
@@ -406,6 +438,7 @@ func (c *Conn) startIn(f []byte) {
 	ch := c.inCh
 	class := binary.BigEndian.Uint16(f[7:9])
 	method := binary.BigEndian.Uint16(f[9:11])
+	c.args.start(uint32(class)<<16 | uint32(method))
 	switch {
 	case ch != 0 && class == classChannel && method == methodClose:
 		c.awaiting.set(ch, true) // amqp091-go will answer it

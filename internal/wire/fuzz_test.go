@@ -36,6 +36,49 @@ func methodOf(f []byte) (class, method uint16, ok bool) {
 	return binary.BigEndian.Uint16(f[7:9]), binary.BigEndian.Uint16(f[9:11]), true
 }
 
+// refArgsEnd parses the arguments of the method frame starting f, whose
+// end octet is at index end (perhaps beyond f), the way amqp091-go reads
+// them. It reports false when they and the frame disagree within f: bytes
+// left between the arguments and the end octet, or an end octet before the
+// arguments are complete; then n is the index where they part. Frames that
+// are not method frames of a method amqp091-go knows always agree.
+func refArgsEnd(f []byte, end uint64) (n int, ok bool) {
+	class, method, hasID := methodOf(f)
+	sig, known := methodArgs[uint32(class)<<16|uint32(method)]
+	if !hasID || !known {
+		return 0, true
+	}
+	limit := min(end, uint64(len(f))) // the argument bytes that are here
+	p := uint64(frameStartLen)
+	for _, field := range []byte(sig) {
+		var size uint64
+		switch field {
+		case 's', 'S':
+			prefix := uint64(1)
+			if field == 'S' {
+				prefix = 4
+			}
+			if p+prefix > limit {
+				return int(limit), end >= uint64(len(f)) // runs past what is here
+			}
+			for _, b := range f[p : p+prefix] {
+				size = size<<8 | uint64(b)
+			}
+			size += prefix
+		default:
+			size = uint64(field - '0')
+		}
+		if p+size > limit {
+			return int(limit), end >= uint64(len(f))
+		}
+		p += size
+	}
+	if p < limit {
+		return int(p), false // bytes after the arguments
+	}
+	return int(p), true
+}
+
 // closeEventOf decodes a complete channel.close or connection.close frame
 // the way Conn reports it: from at most maxCloseArgs bytes of the arguments
 // (the end octet included when they are shorter).
@@ -71,7 +114,15 @@ func refInbound(data []byte) (r refIn) {
 		}
 		ch := binary.BigEndian.Uint16(rest[1:3])
 		size := uint64(binary.BigEndian.Uint32(rest[3:7]))
+		if rest[0] == frameMethod && size < methodIDLen {
+			r.broken = true // amqp091-go would take the id from the next frame
+			return
+		}
 		class, method, hasID := methodOf(rest)
+		if rest[0] == frameMethod && size < methodIDLen {
+			r.broken = true // amqp091-go would take the id from the next frame
+			return
+		}
 		isChClose := hasID && ch != 0 && class == classChannel && method == methodClose
 		isConnClose := hasID && ch == 0 && class == classConnection && method == methodConnClose
 		stray := hasID && ch != 0 && class == classChannel && method == methodCloseO
@@ -82,6 +133,16 @@ func refInbound(data []byte) (r refIn) {
 			r.dropped++
 		}
 		end := uint64(frameHeaderLen) + size // index of the end octet
+		if argsEnd, ok := refArgsEnd(rest, end); !ok {
+			// The arguments end before the frame does, or the frame
+			// before them: Read fails with ErrMalformed, and amqp091-go
+			// was handed at most the frame up to where they part.
+			r.broken, r.tail, r.tailMin = true, rest[:argsEnd], 0
+			if stray {
+				r.tail = nil
+			}
+			return
+		}
 		if end >= uint64(len(rest)) {
 			if !stray {
 				r.want = append(r.want, rest...)
