@@ -17,10 +17,11 @@ import (
 // one goroutine at a time (see Channel). Close closes the connection and
 // with it every channel, and returns once warren's goroutines have exited.
 type Client struct {
-	cur    atomic.Pointer[session] // the connection now (or the lost one, while reconnecting)
-	url    string
-	opts   options
-	events *dispatcher // state callbacks, in order, on one goroutine; nil without a callback
+	cur       atomic.Pointer[session] // the connection now (or the lost one, while reconnecting)
+	endpoints []string                // URLs, in the order they are tried (see DialCluster)
+	next      int                     // index into endpoints of the next to dial; Dial, then the supervisor only
+	opts      options
+	events    *dispatcher // state callbacks, in order, on one goroutine; nil without a callback
 
 	closing   chan struct{} // closed when Close begins: stops reconnecting
 	closeOnce sync.Once
@@ -47,12 +48,24 @@ func Dial(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
-	s, err := dial(ctx, rawURL, o)
+	return dialClient(ctx, []string{rawURL}, o)
+}
+
+// dialClient makes a Client for endpoints, tried in the order given.
+func dialClient(ctx context.Context, endpoints []string, o options) (*Client, error) {
+	c := &Client{endpoints: endpoints, opts: o, closing: make(chan struct{}), done: make(chan struct{}),
+		loopDone: make(chan struct{}), swapped: make(chan struct{})}
+	var per time.Duration // one endpoint: ctx alone bounds the dial
+	if len(endpoints) > 1 {
+		per = defaultDialTimeout
+		if o.reconnect != nil {
+			per = o.reconnect.DialTimeout
+		}
+	}
+	s, err := c.dialRound(ctx, per)
 	if err != nil {
 		return nil, err
 	}
-	c := &Client{url: rawURL, opts: o, closing: make(chan struct{}), done: make(chan struct{}),
-		loopDone: make(chan struct{}), swapped: make(chan struct{})}
 	c.cur.Store(s)
 	if err := c.declareTopology(s); err != nil {
 		_ = s.Close(ctx)

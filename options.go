@@ -26,6 +26,7 @@ type options struct {
 	reconnect    *ReconnectPolicy
 	onState      func(StateEvent)
 	topology     func(context.Context, Channel) error
+	order        EndpointOrder // DialCluster: the order endpoints are tried in
 }
 
 const (

@@ -10,14 +10,21 @@ import (
 
 // ReconnectPolicy makes a Client dial a new connection when its connection
 // is lost (see WithReconnect). Attempts are spaced by exponential backoff
-// with full jitter: attempt n waits a random time up to
-// min(MaxBackoff, MinBackoff·2ⁿ⁻¹).
+// with full jitter: after n failed attempts it waits a random time up to
+// min(MaxBackoff, MinBackoff·2ⁿ⁻¹). With several endpoints (DialCluster)
+// each attempt dials the next endpoint, the first one the endpoint after
+// the lost connection's; the wait comes only after a whole round of them
+// has failed, n counting rounds. MaxAttempts counts dials.
 type ReconnectPolicy struct {
 	MinBackoff  time.Duration // default 100 ms
 	MaxBackoff  time.Duration // default 30 s
 	MaxAttempts int           // consecutive failed dials before the Client gives up (0: never)
 	DialTimeout time.Duration // bound on one dial (default 30 s)
 }
+
+// defaultDialTimeout bounds one dial of several endpoints when there is no
+// ReconnectPolicy to say otherwise.
+const defaultDialTimeout = 30 * time.Second
 
 // WithReconnect makes the Client reconnect when its connection is lost,
 // per p. warren owns reconnection: amqp091-go's own recovery stays off (see
@@ -56,7 +63,7 @@ func WithReconnect(p ReconnectPolicy) Option {
 			return fmt.Errorf("%w: WithReconnect: MaxBackoff %v below MinBackoff %v", ErrInvalidArgument, p.MaxBackoff, p.MinBackoff)
 		}
 		if p.DialTimeout == 0 {
-			p.DialTimeout = 30 * time.Second
+			p.DialTimeout = defaultDialTimeout
 		}
 		o.reconnect = &p
 		return nil
@@ -329,10 +336,9 @@ func (c *Client) redial() (*session, int, error) {
 		case <-stop:
 		}
 	}()
+	n := len(c.endpoints)
 	for attempt := 1; ; attempt++ {
-		dctx, dcancel := context.WithTimeout(ctx, p.DialTimeout)
-		s, err := dial(dctx, c.url, c.opts)
-		dcancel()
+		s, err := c.dialNext(ctx, p.DialTimeout)
 		if err == nil {
 			return s, attempt, nil
 		}
@@ -343,7 +349,10 @@ func (c *Client) redial() (*session, int, error) {
 		if p.MaxAttempts > 0 && attempt >= p.MaxAttempts {
 			return nil, attempt, fmt.Errorf("warren: reconnect: gave up after %d attempts: %w", attempt, err)
 		}
-		t := time.NewTimer(p.backoff(attempt))
+		if attempt%n != 0 {
+			continue // the next endpoint at once; the backoff waits after a whole round
+		}
+		t := time.NewTimer(p.backoff(attempt / n))
 		select {
 		case <-t.C:
 		case <-ctx.Done():

@@ -2,6 +2,8 @@ package warren
 
 // ClientStats is a snapshot of a Client's gauges and counters.
 type ClientStats struct {
+	Endpoint string // the endpoint of the connection (see Client.Endpoint)
+
 	OpenChannels int  // channels warren has open on the connection
 	Blocked      bool // the broker has blocked publishing (connection.blocked)
 
@@ -31,6 +33,7 @@ type ClientStats struct {
 // Stats: see Client.Stats.
 func (c *session) Stats() ClientStats {
 	return ClientStats{
+		Endpoint:             c.endpoint,
 		OpenChannels:         c.OpenChannels(),
 		Blocked:              c.Blocked(),
 		ChannelsOpened:       c.opened.Load(),

@@ -3,6 +3,7 @@ package warren
 import (
 	"context"
 	"fmt"
+	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -32,14 +33,67 @@ type ExchangeOptions struct {
 	Args       Table // optional arguments, e.g. "alternate-exchange"
 }
 
-// QueueOptions are the flags of queue.declare. The zero value declares a
-// transient, non-exclusive, non-auto-deleted queue.
+// QueueOptions are the flags and arguments of queue.declare. The zero value
+// declares a transient, non-exclusive, non-auto-deleted classic queue.
+//
+// The common x- arguments have fields of their own (zero: not set); warren
+// turns them into the arguments table and refuses, before anything is sent,
+// combinations RabbitMQ would refuse by closing the channel (a quorum queue
+// that is not durable, a delivery limit on a classic queue...). A quorum
+// queue that dead-letters poison messages:
+//
+//	warren.QueueOptions{
+//		Durable:            true,
+//		Type:               warren.QueueQuorum,
+//		DeliveryLimit:      5,
+//		DeadLetterExchange: "dlx",
+//	}
 type QueueOptions struct {
 	Durable    bool  // survives a broker restart
 	AutoDelete bool  // deleted when its last consumer goes away
 	Exclusive  bool  // used only by this connection, deleted when it closes
 	Passive    bool  // only check that it exists (404 NOT_FOUND if not)
-	Args       Table // optional arguments, e.g. "x-queue-type", "x-max-length"
+	Args       Table // other arguments; one also set by a field below is refused
+
+	// Type is x-queue-type. Quorum and stream queues are replicated across
+	// a cluster's nodes and must be Durable, neither Exclusive nor
+	// AutoDelete.
+	Type QueueType
+
+	// DeliveryLimit (quorum) is x-delivery-limit: how often a message may
+	// be returned to the queue (nack or reject with requeue, a consumer
+	// lost before acking) before it is dead-lettered, or dropped without
+	// a DeadLetterExchange.
+	DeliveryLimit int
+	// DeadLetterExchange (x-dead-letter-exchange) receives messages that
+	// are rejected without requeue, expire, overflow or reach the delivery
+	// limit; DeadLetterRoutingKey (x-dead-letter-routing-key) replaces
+	// their routing key.
+	DeadLetterExchange   string
+	DeadLetterRoutingKey string
+	// DeadLetterStrategy (quorum) is x-dead-letter-strategy: DeadLetterAtMostOnce
+	// (RabbitMQ's default) or DeadLetterAtLeastOnce, which RabbitMQ honours
+	// only with Overflow OverflowRejectPublish (warren requires it).
+	DeadLetterStrategy string
+	// MaxLength (x-max-length, messages) and MaxLengthBytes
+	// (x-max-length-bytes) bound the queue; Overflow (x-overflow) says what
+	// happens beyond: OverflowDropHead (default), OverflowRejectPublish
+	// (publishes are nacked), OverflowRejectPublishDLX (classic only).
+	MaxLength      int64
+	MaxLengthBytes int64
+	Overflow       string
+	// MessageTTL (x-message-ttl) expires messages older than this;
+	// Expires (x-expires) deletes the queue after it has been unused this
+	// long. Both have millisecond precision.
+	MessageTTL time.Duration
+	Expires    time.Duration
+	// SingleActiveConsumer (x-single-active-consumer): one consumer at a
+	// time gets messages, the others wait as standbys.
+	SingleActiveConsumer bool
+	// InitialGroupSize (quorum, stream) is x-quorum-initial-group-size
+	// (x-initial-cluster-size for streams): on how many of the cluster's
+	// nodes the queue is replicated (default: the broker's).
+	InitialGroupSize int
 }
 
 // ExchangeDeleteOptions are the flags of exchange.delete.
@@ -124,15 +178,19 @@ func (ch Channel) QueueDeclare(ctx context.Context, name string, opts QueueOptio
 	if err := checkNames(op, "queue", name); err != nil {
 		return Queue{}, err
 	}
-	if err := checkTable(op, opts.Args); err != nil {
+	args, err := opts.arguments()
+	if err != nil {
+		return Queue{}, fmt.Errorf("warren: %s %q: %w", op, name, err)
+	}
+	if err := checkTable(op, args); err != nil {
 		return Queue{}, err
 	}
 	var q Queue
-	err := ch.call(ctx, op, func() (err error) {
+	err = ch.call(ctx, op, func() (err error) {
 		if opts.Passive {
-			q, err = ch.s.ch.QueueDeclarePassive(name, opts.Durable, opts.AutoDelete, opts.Exclusive, false, opts.Args)
+			q, err = ch.s.ch.QueueDeclarePassive(name, opts.Durable, opts.AutoDelete, opts.Exclusive, false, args)
 		} else {
-			q, err = ch.s.ch.QueueDeclare(name, opts.Durable, opts.AutoDelete, opts.Exclusive, false, opts.Args)
+			q, err = ch.s.ch.QueueDeclare(name, opts.Durable, opts.AutoDelete, opts.Exclusive, false, args)
 		}
 		return err
 	})

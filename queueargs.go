@@ -1,0 +1,152 @@
+package warren
+
+import (
+	"fmt"
+	"time"
+)
+
+// QueueType is a RabbitMQ queue type, the x-queue-type argument.
+type QueueType string
+
+const (
+	QueueDefault QueueType = ""        // the broker's default (classic, unless configured otherwise)
+	QueueClassic QueueType = "classic" // a single node's queue
+	QueueQuorum  QueueType = "quorum"  // replicated with Raft: the queue type for data safety on a cluster
+	QueueStream  QueueType = "stream"  // an append-only replicated log
+)
+
+// Values of QueueOptions.Overflow and QueueOptions.DeadLetterStrategy.
+const (
+	OverflowDropHead         = "drop-head"
+	OverflowRejectPublish    = "reject-publish"
+	OverflowRejectPublishDLX = "reject-publish-dlx"
+
+	DeadLetterAtMostOnce  = "at-most-once"
+	DeadLetterAtLeastOnce = "at-least-once"
+)
+
+// arguments returns the queue.declare arguments: Args with the fields that
+// have their own names added, or why they cannot be declared.
+func (o QueueOptions) arguments() (Table, error) {
+	replicated := o.Type == QueueQuorum || o.Type == QueueStream
+	switch o.Type {
+	case QueueDefault, QueueClassic, QueueQuorum, QueueStream:
+	default:
+		return nil, fmt.Errorf("%w: unknown queue type %q", ErrInvalidArgument, o.Type)
+	}
+	if replicated && (!o.Durable || o.Exclusive || o.AutoDelete) {
+		return nil, fmt.Errorf("%w: a %s queue must be Durable, and neither Exclusive nor AutoDelete", ErrInvalidArgument, o.Type)
+	}
+	set := make(Table, len(o.Args)+4)
+	for k, v := range o.Args {
+		set[k] = v
+	}
+	put := func(key string, v any) error {
+		if _, dup := o.Args[key]; dup {
+			return fmt.Errorf("%w: argument %q is set both in Args and by its QueueOptions field", ErrInvalidArgument, key)
+		}
+		set[key] = v
+		return nil
+	}
+	onlyFor := func(field string, ok bool, types string) error {
+		if !ok {
+			return fmt.Errorf("%w: %s applies to %s queues, not %q", ErrInvalidArgument, field, types, o.Type)
+		}
+		return nil
+	}
+	var errs []error
+	add := func(err error) {
+		if err != nil {
+			errs = append(errs, err)
+		}
+	}
+	if o.Type != QueueDefault {
+		add(put("x-queue-type", string(o.Type)))
+	}
+	if o.DeliveryLimit != 0 {
+		add(onlyFor("DeliveryLimit", o.Type == QueueQuorum, "quorum"))
+		add(nonNegative("DeliveryLimit", int64(o.DeliveryLimit)))
+		add(put("x-delivery-limit", int64(o.DeliveryLimit)))
+	}
+	if o.DeadLetterExchange != "" {
+		add(put("x-dead-letter-exchange", o.DeadLetterExchange))
+	}
+	if o.DeadLetterRoutingKey != "" {
+		if o.DeadLetterExchange == "" && o.Args["x-dead-letter-exchange"] == nil {
+			add(fmt.Errorf("%w: DeadLetterRoutingKey without a dead-letter exchange", ErrInvalidArgument))
+		}
+		add(put("x-dead-letter-routing-key", o.DeadLetterRoutingKey))
+	}
+	switch o.DeadLetterStrategy {
+	case "":
+	case DeadLetterAtMostOnce, DeadLetterAtLeastOnce:
+		add(onlyFor("DeadLetterStrategy", o.Type == QueueQuorum, "quorum"))
+		if o.DeadLetterStrategy == DeadLetterAtLeastOnce && o.Overflow != OverflowRejectPublish {
+			// RabbitMQ silently falls back to at-most-once otherwise.
+			add(fmt.Errorf("%w: DeadLetterStrategy %q needs Overflow %q", ErrInvalidArgument, DeadLetterAtLeastOnce, OverflowRejectPublish))
+		}
+		add(put("x-dead-letter-strategy", o.DeadLetterStrategy))
+	default:
+		add(fmt.Errorf("%w: unknown DeadLetterStrategy %q", ErrInvalidArgument, o.DeadLetterStrategy))
+	}
+	if o.MaxLength != 0 {
+		add(nonNegative("MaxLength", o.MaxLength))
+		add(put("x-max-length", o.MaxLength))
+	}
+	if o.MaxLengthBytes != 0 {
+		add(nonNegative("MaxLengthBytes", o.MaxLengthBytes))
+		add(put("x-max-length-bytes", o.MaxLengthBytes))
+	}
+	switch o.Overflow {
+	case "":
+	case OverflowDropHead, OverflowRejectPublish:
+		add(put("x-overflow", o.Overflow))
+	case OverflowRejectPublishDLX:
+		add(onlyFor("Overflow "+OverflowRejectPublishDLX, !replicated, "classic"))
+		add(put("x-overflow", o.Overflow))
+	default:
+		add(fmt.Errorf("%w: unknown Overflow %q", ErrInvalidArgument, o.Overflow))
+	}
+	if o.MessageTTL != 0 {
+		add(millis("MessageTTL", o.MessageTTL, 0))
+		add(put("x-message-ttl", o.MessageTTL.Milliseconds()))
+	}
+	if o.Expires != 0 {
+		add(millis("Expires", o.Expires, time.Millisecond))
+		add(put("x-expires", o.Expires.Milliseconds()))
+	}
+	if o.SingleActiveConsumer {
+		add(put("x-single-active-consumer", true))
+	}
+	if o.InitialGroupSize != 0 {
+		add(onlyFor("InitialGroupSize", replicated, "quorum and stream"))
+		add(nonNegative("InitialGroupSize", int64(o.InitialGroupSize)))
+		key := "x-quorum-initial-group-size"
+		if o.Type == QueueStream {
+			key = "x-initial-cluster-size"
+		}
+		add(put(key, int64(o.InitialGroupSize)))
+	}
+	if len(errs) > 0 {
+		return nil, errs[0]
+	}
+	if len(set) == 0 {
+		return nil, nil
+	}
+	return set, nil
+}
+
+func nonNegative(field string, v int64) error {
+	if v < 0 {
+		return fmt.Errorf("%w: %s %d is negative", ErrInvalidArgument, field, v)
+	}
+	return nil
+}
+
+// millis checks that d is a whole number of milliseconds, at least least.
+func millis(field string, d, least time.Duration) error {
+	if d < least || d%time.Millisecond != 0 {
+		return fmt.Errorf("%w: %s %v: must be a whole number of milliseconds, at least %v", ErrInvalidArgument, field, d, least)
+	}
+	return nil
+}

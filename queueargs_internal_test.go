@@ -1,0 +1,93 @@
+package warren
+
+import (
+	"errors"
+	"maps"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestQueueOptionsArguments(t *testing.T) {
+	quorum := QueueOptions{Durable: true, Type: QueueQuorum}
+	with := func(o QueueOptions, f func(*QueueOptions)) QueueOptions { f(&o); return o }
+	for _, tc := range []struct {
+		name string
+		opts QueueOptions
+		want Table
+	}{
+		{"zero", QueueOptions{}, nil},
+		{"args kept", QueueOptions{Args: Table{"x-custom": "v"}}, Table{"x-custom": "v"}},
+		{"classic", QueueOptions{Type: QueueClassic}, Table{"x-queue-type": "classic"}},
+		{"quorum with everything", with(quorum, func(o *QueueOptions) {
+			o.DeliveryLimit = 5
+			o.DeadLetterExchange = "dlx"
+			o.DeadLetterRoutingKey = "poison"
+			o.DeadLetterStrategy = DeadLetterAtLeastOnce
+			o.Overflow = OverflowRejectPublish
+			o.MaxLength = 1000
+			o.MaxLengthBytes = 1 << 20
+			o.MessageTTL = time.Minute
+			o.Expires = time.Hour
+			o.SingleActiveConsumer = true
+			o.InitialGroupSize = 3
+			o.Args = Table{"x-other": int32(1)}
+		}), Table{
+			"x-queue-type": "quorum", "x-delivery-limit": int64(5), "x-dead-letter-exchange": "dlx",
+			"x-dead-letter-routing-key": "poison", "x-dead-letter-strategy": "at-least-once",
+			"x-overflow": "reject-publish", "x-max-length": int64(1000), "x-max-length-bytes": int64(1 << 20),
+			"x-message-ttl": int64(60000), "x-expires": int64(3600000), "x-single-active-consumer": true,
+			"x-quorum-initial-group-size": int64(3), "x-other": int32(1),
+		}},
+		{"stream group size", QueueOptions{Durable: true, Type: QueueStream, InitialGroupSize: 2},
+			Table{"x-queue-type": "stream", "x-initial-cluster-size": int64(2)}},
+		{"classic reject-publish-dlx", QueueOptions{Overflow: OverflowRejectPublishDLX, DeadLetterExchange: "d"},
+			Table{"x-overflow": "reject-publish-dlx", "x-dead-letter-exchange": "d"}},
+		{"routing key with exchange in Args", QueueOptions{DeadLetterRoutingKey: "k", Args: Table{"x-dead-letter-exchange": ""}},
+			Table{"x-dead-letter-routing-key": "k", "x-dead-letter-exchange": ""}},
+	} {
+		got, err := tc.opts.arguments()
+		if err != nil {
+			t.Errorf("%s: %v", tc.name, err)
+			continue
+		}
+		if !maps.Equal(got, tc.want) {
+			t.Errorf("%s:\n got %v\nwant %v", tc.name, got, tc.want)
+		}
+	}
+	args := Table{"x-custom": "v"}
+	if _, err := (QueueOptions{Args: args, MaxLength: 1}).arguments(); err != nil || len(args) != 1 {
+		t.Errorf("the caller's Args were modified: %v (%v)", args, err)
+	}
+
+	for _, tc := range []struct {
+		name string
+		opts QueueOptions
+		why  string
+	}{
+		{"unknown type", QueueOptions{Type: "lazy"}, "unknown queue type"},
+		{"quorum not durable", QueueOptions{Type: QueueQuorum}, "must be Durable"},
+		{"quorum exclusive", with(quorum, func(o *QueueOptions) { o.Exclusive = true }), "must be Durable"},
+		{"stream auto-delete", QueueOptions{Type: QueueStream, Durable: true, AutoDelete: true}, "must be Durable"},
+		{"delivery limit on classic", QueueOptions{DeliveryLimit: 3}, "DeliveryLimit applies to quorum"},
+		{"negative delivery limit", with(quorum, func(o *QueueOptions) { o.DeliveryLimit = -1 }), "negative"},
+		{"field also in Args", with(quorum, func(o *QueueOptions) { o.DeliveryLimit = 2; o.Args = Table{"x-delivery-limit": 3} }), "both in Args"},
+		{"type also in Args", with(quorum, func(o *QueueOptions) { o.Args = Table{"x-queue-type": "quorum"} }), "both in Args"},
+		{"routing key without exchange", QueueOptions{DeadLetterRoutingKey: "k"}, "without a dead-letter exchange"},
+		{"at-least-once without reject-publish", with(quorum, func(o *QueueOptions) { o.DeadLetterStrategy = DeadLetterAtLeastOnce }), "needs Overflow"},
+		{"strategy on classic", QueueOptions{DeadLetterStrategy: DeadLetterAtMostOnce}, "applies to quorum"},
+		{"unknown strategy", with(quorum, func(o *QueueOptions) { o.DeadLetterStrategy = "twice" }), "unknown DeadLetterStrategy"},
+		{"unknown overflow", QueueOptions{Overflow: "spill"}, "unknown Overflow"},
+		{"reject-publish-dlx on quorum", with(quorum, func(o *QueueOptions) { o.Overflow = OverflowRejectPublishDLX }), "applies to classic"},
+		{"negative max length", QueueOptions{MaxLength: -1}, "negative"},
+		{"ttl below a millisecond", QueueOptions{MessageTTL: time.Microsecond}, "milliseconds"},
+		{"negative ttl", QueueOptions{MessageTTL: -time.Second}, "milliseconds"},
+		{"expires fractional", QueueOptions{Expires: 1500 * time.Microsecond}, "milliseconds"},
+		{"group size on classic", QueueOptions{InitialGroupSize: 3}, "applies to quorum and stream"},
+	} {
+		_, err := tc.opts.arguments()
+		if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), tc.why) {
+			t.Errorf("%s: err = %v, want ErrInvalidArgument saying %q", tc.name, err, tc.why)
+		}
+	}
+}
