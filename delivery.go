@@ -30,6 +30,32 @@ type Delivery struct {
 	settled atomic.Bool
 }
 
+// DeliveryCount returns how often a quorum queue has delivered the message
+// before and had it returned (its x-delivery-count header; 0 on the first
+// delivery, and always 0 for other queue types). With QueueOptions'
+// DeliveryLimit, the message is dead-lettered or dropped once it exceeds
+// the limit; a handler can use the count to give up on a poison message
+// earlier.
+func (d *Delivery) DeliveryCount() int {
+	switch n := d.Headers["x-delivery-count"].(type) {
+	case int64:
+		return int(n)
+	case int32:
+		return int(n)
+	case int16:
+		return int(n)
+	case int8:
+		return int(n)
+	case uint8:
+		return int(n)
+	case uint16:
+		return int(n)
+	case uint32:
+		return int(n)
+	}
+	return 0
+}
+
 // GetOptions are the settings of basic.get.
 type GetOptions struct {
 	AutoAck bool // the broker considers the message acknowledged once sent

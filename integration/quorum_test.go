@@ -49,8 +49,8 @@ func TestQuorumQueueDeliveryLimitDeadLetters(t *testing.T) {
 	// Delivered limit+1 times: the first delivery and `limit` redeliveries.
 	for i := 0; i <= limit; i++ {
 		d := getOne(t, ctx, ch, q)
-		if string(d.Body) != "poison" || d.Redelivered != (i > 0) {
-			t.Fatalf("delivery %d: %q redelivered=%v", i, d.Body, d.Redelivered)
+		if string(d.Body) != "poison" || d.Redelivered != (i > 0) || d.DeliveryCount() != i {
+			t.Fatalf("delivery %d: %q redelivered=%v DeliveryCount()=%d", i, d.Body, d.Redelivered, d.DeliveryCount())
 		}
 		if err := d.Nack(ctx, true); err != nil {
 			t.Fatalf("Nack %d: %v", i, err)
