@@ -10,7 +10,9 @@ run:
 
 test:
 	$(GO) test -race -count=1 -timeout 20m ./...
-	cd integration && $(GO) test -race -count=1 -timeout 30m ./...
+	cd integration && $(GO) test -race -count=1 -timeout 30m -skip '^TestCluster' ./...
+	@# The three-node cluster test prints its failover times and counts (-v).
+	cd integration && $(GO) test -race -count=1 -timeout 15m -run '^TestCluster' -v .
 	cd otelwarren && $(GO) test -race -count=1 -timeout 10m ./...
 
 vet:
@@ -39,8 +41,10 @@ lint:
 		echo "lint: govulncheck NOT run: the vulnerability database https://vuln.go.dev is unreachable from this machine" >&2 ; \
 	fi
 
-# make bench   runs every benchmark scenario (benchmarks/, its own module) and
-#              prints the Markdown report of BENCHMARKS.md; about 2 minutes
+# make bench   runs every benchmark scenario (benchmarks/, its own module:
+#              pool, publish, confirms, consume; warren against raw
+#              amqp091-go, go-rabbitmq and puddle) against the local broker
+#              and prints the Markdown report of BENCHMARKS.md; about 8 minutes
 .PHONY: bench
 bench:
 	cd benchmarks && $(GO) run ./cmd/warrenbench

@@ -50,6 +50,9 @@ type Confirmation struct {
 	err  error         // valid once done is closed
 	ret  *amqp.Return  // set by the drainer, under the tracker's lock
 	slot chan struct{} // a Publisher's window: one token released on resolve
+	// nacks is a Publisher worker's run of nacks: counted up by a nack,
+	// reset by an ack.
+	nacks *atomic.Int32
 	// signal: done is a reusable channel with a buffer of one, sent to
 	// rather than closed (a Publisher's internal requests, which have one
 	// waiter each).
@@ -111,6 +114,15 @@ func (c *Confirmation) resolve(err error) {
 	c.err = err
 	if c.hook != nil {
 		c.hook(outcomeOf(err), time.Since(c.sent))
+	}
+	if c.nacks != nil {
+		var nack *NackedError
+		switch {
+		case err == nil:
+			c.nacks.Store(0)
+		case errors.As(err, &nack):
+			c.nacks.Add(1)
+		}
 	}
 	if c.slot != nil {
 		<-c.slot

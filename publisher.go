@@ -52,6 +52,7 @@ type PublisherStats struct {
 	Unknown      int64 // outcome unknown (ErrOutcomeUnknown)
 	NotPublished int64 // failed before anything was sent (bad argument, closed, ctx)
 	Republished  int64 // sent again after an unknown outcome (RepublishUnknown)
+	Renewed      int64 // channels replaced after a run of nacks (see Publisher)
 	Pending      int   // Publish calls waiting now
 }
 
@@ -65,7 +66,13 @@ type PublisherStats struct {
 // *UnroutableError for a mandatory message that came back, and
 // *OutcomeUnknownError when the channel or connection died (or the caller's
 // ctx ended) after the message was sent. Any other error means the message
-// was not published. A message is never published twice: a publish that
+// was not published.
+//
+// A channel on which the broker has nacked 32 publishes in a row is
+// replaced by a new one (at most once a second, PublisherStats.Renewed):
+// RabbitMQ 3.10 can leave a channel that began publishing to a quorum queue
+// during a leader election nacking every later publish to that queue, while
+// a new channel's are acked. A message is never published twice: a publish that
 // could not be sent because its channel had died is retried once on a fresh
 // channel, one that was sent never is.
 type Publisher struct {
@@ -83,8 +90,8 @@ type Publisher struct {
 	closed  bool
 	running sync.WaitGroup
 
-	pending                                                       atomic.Int64
-	acked, nacked, unroutable, unknown, notPublished, republished atomic.Int64
+	pending                                                                atomic.Int64
+	acked, nacked, unroutable, unknown, notPublished, republished, renewed atomic.Int64
 }
 
 // pubReq is one Publish call on its way through a worker.
@@ -327,7 +334,24 @@ type pubWorker struct {
 	ch     Channel
 	slots  chan struct{} // one token per unanswered message; the tracker takes them back
 	corked *wire.Conn    // the wire holding back this worker's burst, if any
+	nacks  atomic.Int32  // nacks in a row on ch (reset by an ack)
+	since  time.Time     // when ch was leased
 }
+
+// A channel whose last nackRun confirms were all nacks is replaced by a new
+// one, at most once per renewEvery. RabbitMQ 3.10 can leave a channel that
+// began publishing to a quorum queue during a leader election nacking
+// every later publish to it, while a new channel's are acked
+// (integration/cluster_test.go found it: a killed node); under legitimate
+// nacks (a full queue with reject-publish) the new channel is nacked too
+// and costs one channel.open a second.
+const (
+	nackRun    = 32
+	renewEvery = time.Second
+	// renewWait bounds the wait for a renewed channel's last answers;
+	// those still missing then resolve outcome unknown.
+	renewWait = 5 * time.Second
+)
 
 // work drives one channel: it takes requests in arrival order, publishes
 // them while the window has room, and leaves the answers to the channel's
@@ -456,6 +480,9 @@ func (w *pubWorker) publish(r *pubReq) {
 	const op = "basic.publish"
 	p := w.p
 	for attempt := 0; ; attempt++ {
+		if w.ch.s != nil && w.nacks.Load() >= nackRun && time.Since(w.since) >= renewEvery {
+			w.renew(r.ctx)
+		}
 		if w.ch.s == nil {
 			w.uncork() // channel.open is an RPC
 			actx, done := p.abortable(r.ctx)
@@ -466,6 +493,8 @@ func (w *pubWorker) publish(r *pubReq) {
 				return
 			}
 			w.ch = c
+			w.nacks.Store(0)
+			w.since = time.Now()
 		}
 		select {
 		case w.slots <- struct{}{}:
@@ -482,12 +511,14 @@ func (w *pubWorker) publish(r *pubReq) {
 			}
 		}
 		r.conf.slot = w.slots
+		r.conf.nacks = &w.nacks
 		ch := w.ch
 		err := ch.send(context.Background(), op, func() error { return ch.s.confirm.publish(&r.m, &r.conf) })
 		if err == nil {
 			return // the tracker resolves r
 		}
 		r.conf.slot = nil
+		r.conf.nacks = nil
 		<-w.slots
 		w.uncork()
 		if ch.Err() != nil {
@@ -504,6 +535,35 @@ func (w *pubWorker) publish(r *pubReq) {
 		}
 		r.fail(err)
 		return
+	}
+}
+
+// renew gives up the worker's channel after a run of nacks: it waits
+// (bounded by renewWait, ctx and Close) for the answers still due on it,
+// closes it, and leaves the worker to lease a new one.
+func (w *pubWorker) renew(ctx context.Context) {
+	w.uncork()
+	t := time.NewTimer(renewWait)
+	defer t.Stop()
+	held := 0 // window tokens taken: all of them once every answer is in
+wait:
+	for ; held < cap(w.slots); held++ {
+		select {
+		case w.slots <- struct{}{}:
+		case <-t.C:
+			break wait
+		case <-ctx.Done():
+			break wait
+		case <-w.p.abort:
+			break wait
+		}
+	}
+	_ = w.ch.Close(context.Background()) // answers still missing: outcome unknown
+	w.p.pool.Release(w.ch)
+	w.ch = Channel{}
+	w.p.renewed.Add(1)
+	for ; held > 0; held-- {
+		<-w.slots
 	}
 }
 
@@ -577,6 +637,7 @@ func (p *Publisher) Stats() PublisherStats {
 		Unknown:      p.unknown.Load(),
 		NotPublished: p.notPublished.Load(),
 		Republished:  p.republished.Load(),
+		Renewed:      p.renewed.Load(),
 		Pending:      int(p.pending.Load()),
 	}
 }

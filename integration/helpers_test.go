@@ -363,3 +363,13 @@ func wantChannelError(t *testing.T, what string, err error, sentinel error, code
 	}
 	return ce
 }
+
+// extraCopies counts the deliveries beyond the first of each message, given
+// how often each was delivered.
+func extraCopies[K comparable](counts map[K]int) int {
+	n := 0
+	for _, c := range counts {
+		n += max(c-1, 0)
+	}
+	return n
+}

@@ -269,12 +269,7 @@ func TestReconnectPublisherPoolAndConsumerCarryOnAcrossCuts(t *testing.T) {
 		t.Errorf("Consume: %v, want context.Canceled after its ctx ended", err)
 	}
 	mu.Lock()
-	dups := 0
-	for _, n := range consumed {
-		if n > 1 {
-			dups += n - 1
-		}
-	}
+	dups := extraCopies(consumed)
 	t.Logf("%d published: %d acked, %d unknown, %d failed; %d distinct consumed, %d duplicates (redelivered after a lost ack)",
 		goroutines*each, nAcked, unknown.Load(), failures.Load(), len(consumed), dups)
 	mu.Unlock()

@@ -68,6 +68,8 @@ type node struct {
 	dir      string // everything the node owns lives under dir
 	ctlPath  string
 	ctlEnv   []string
+	server   string        // path of the rabbitmq-server script
+	env      []string      // the node's environment; launch reuses it on restarts
 	pgid     int           // process group of the node (= pid of its beam process)
 	lifeline *os.File      // write end of the node's stdin; see startProcess
 	done     chan struct{} // closed when the node process has exited
@@ -100,16 +102,30 @@ func startNode(ctx context.Context, opts Options) (*Broker, error) {
 		return nil, err
 	}
 	reapStale(opts.logf)
+	return bootRetry(ctx, sbin, nodeConfig{})
+}
+
+// nodeConfig is what a caller chooses about a private node before it boots.
+// The zero value gives a standalone node.
+type nodeConfig struct {
+	cookie string // Erlang cookie; "" picks a random one
+	ports  []int  // AMQP and Erlang distribution port; nil picks free ones
+}
+
+// bootRetry boots a node, retrying once with fresh ports if a port was
+// taken between picking it and the node binding it.
+func bootRetry(ctx context.Context, sbin string, cfg nodeConfig) (*Broker, error) {
 	for attempt := 1; ; attempt++ {
-		b, err := bootNode(ctx, sbin)
+		b, err := bootNode(ctx, sbin, cfg)
 		if err != nil && attempt < 2 && errors.Is(err, errPortInUse) && ctx.Err() == nil {
+			cfg.ports = nil
 			continue
 		}
 		return b, err
 	}
 }
 
-func bootNode(ctx context.Context, sbin string) (*Broker, error) {
+func bootNode(ctx context.Context, sbin string, cfg nodeConfig) (*Broker, error) {
 	start := time.Now()
 	short := fmt.Sprintf("warren-%d-%d", os.Getpid(), nodeSeq.Add(1))
 	parent := parentDir()
@@ -119,6 +135,7 @@ func bootNode(ctx context.Context, sbin string) (*Broker, error) {
 		name:    short + "@localhost",
 		dir:     dir,
 		ctlPath: filepath.Join(sbin, "rabbitmqctl"),
+		server:  filepath.Join(sbin, "rabbitmq-server"),
 	}
 	ok := false
 	defer func() {
@@ -141,18 +158,21 @@ func bootNode(ctx context.Context, sbin string) (*Broker, error) {
 			return nil, fmt.Errorf("brokertest: %w", err)
 		}
 	}
-	ports, err := freePorts(2)
-	if err != nil {
-		return nil, err
+	ports := cfg.ports
+	if ports == nil {
+		var err error
+		if ports, err = freePorts(2); err != nil {
+			return nil, err
+		}
 	}
 	port, distPort := ports[0], ports[1]
 	n.addr = net.JoinHostPort("127.0.0.1", strconv.Itoa(port))
 
 	// Server and rabbitmqctl find the Erlang cookie in $HOME/.erlang.cookie;
 	// Erlang insists that only the owner can read it.
-	cookie := make([]byte, 20)
-	for i := range cookie {
-		cookie[i] = 'A' + randByte()%26
+	cookie := cfg.cookie
+	if cookie == "" {
+		cookie = randomCookie()
 	}
 	config := fmt.Sprintf("listeners.tcp.default = %s\n"+
 		"loopback_users = none\n"+
@@ -164,7 +184,7 @@ func bootNode(ctx context.Context, sbin string) (*Broker, error) {
 		perm os.FileMode
 	}{
 		{ownerPidFile, strconv.Itoa(os.Getpid()), 0o600},
-		{filepath.Join("home", ".erlang.cookie"), string(cookie), 0o400},
+		{filepath.Join("home", ".erlang.cookie"), cookie, 0o400},
 		{"rabbitmq.conf", config, 0o600},
 		{"enabled_plugins", "[].\n", 0o600},
 	}
@@ -175,8 +195,14 @@ func bootNode(ctx context.Context, sbin string) (*Broker, error) {
 	}
 
 	base := cleanEnv()
-	n.ctlEnv = append(slices.Clip(base), "HOME="+home, "RABBITMQ_CONF_ENV_FILE=/dev/null")
-	env := append(slices.Clip(base),
+	n.ctlEnv = append(slices.Clip(base), "HOME="+home, "RABBITMQ_CONF_ENV_FILE=/dev/null",
+		// rabbitmqctl is an Erlang node too, by default listening on one of
+		// the 11 ports from 35672, which every rabbitmqctl on the machine
+		// shares: a 12th concurrent one fails with "Distribution failed".
+		// Take any free loopback port instead.
+		"RABBITMQ_CTL_DIST_PORT_MIN=0", "RABBITMQ_CTL_DIST_PORT_MAX=0",
+		"RABBITMQ_CTL_ERL_ARGS=-kernel inet_dist_use_interface {127,0,0,1}")
+	n.env = append(slices.Clip(base),
 		"HOME="+home,
 		dirMarkerEnv+"="+dir,
 		"RABBITMQ_NODENAME="+n.name,
@@ -201,26 +227,7 @@ func bootNode(ctx context.Context, sbin string) (*Broker, error) {
 		"RABBITMQ_ALLOW_INPUT=1",
 	)
 
-	out, err := os.OpenFile(filepath.Join(dir, outputFile), os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return nil, fmt.Errorf("brokertest: %w", err)
-	}
-	cmd := exec.Command(filepath.Join(sbin, "rabbitmq-server"))
-	cmd.Dir = dir
-	cmd.Env = env
-	cmd.Stdout = out
-	cmd.Stderr = out
-	cmd.SysProcAttr = groupProcAttr()
-	err = n.startProcess(cmd)
-	out.Close()
-	if err != nil {
-		return nil, fmt.Errorf("brokertest: starting %s: %w", cmd.Path, err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, leaderPidFile), []byte(strconv.Itoa(n.pgid)), 0o600); err != nil {
-		return nil, fmt.Errorf("brokertest: %w", err)
-	}
-
-	if err := n.waitBoot(ctx); err != nil {
+	if err := n.launch(ctx); err != nil {
 		return nil, err
 	}
 	n.booted = time.Since(start)
@@ -231,6 +238,35 @@ func bootNode(ctx context.Context, sbin string) (*Broker, error) {
 		Node:   n.name,
 		node:   n,
 	}, nil
+}
+
+// launch starts the node's Erlang VM from n.server with n.env and waits
+// until it has booted. It also restarts a node that has been halted, with
+// the same name, directory and ports.
+func (n *node) launch(ctx context.Context) error {
+	// A pid file left by a killed VM would make rabbitmqctl wait for it.
+	if err := os.Remove(filepath.Join(n.dir, rabbitPidFile)); err != nil && !errors.Is(err, os.ErrNotExist) {
+		return fmt.Errorf("brokertest: %w", err)
+	}
+	out, err := os.OpenFile(filepath.Join(n.dir, outputFile), os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o600)
+	if err != nil {
+		return fmt.Errorf("brokertest: %w", err)
+	}
+	cmd := exec.Command(n.server)
+	cmd.Dir = n.dir
+	cmd.Env = n.env
+	cmd.Stdout = out
+	cmd.Stderr = out
+	cmd.SysProcAttr = groupProcAttr()
+	err = n.startProcess(cmd)
+	out.Close()
+	if err != nil {
+		return fmt.Errorf("brokertest: starting %s: %w", cmd.Path, err)
+	}
+	if err := os.WriteFile(filepath.Join(n.dir, leaderPidFile), []byte(strconv.Itoa(n.pgid)), 0o600); err != nil {
+		return fmt.Errorf("brokertest: %w", err)
+	}
+	return n.waitBoot(ctx)
 }
 
 // startProcess starts cmd and arranges for n.done to be closed when it
@@ -255,10 +291,11 @@ func (n *node) startProcess(cmd *exec.Cmd) error {
 	}
 	n.lifeline = w
 	n.pgid = cmd.Process.Pid
-	n.done = make(chan struct{})
+	done := make(chan struct{}) // not n.done, which a restart replaces
+	n.done = done
 	go func() {
 		n.exitErr = cmd.Wait()
-		close(n.done)
+		close(done)
 	}()
 	return nil
 }
@@ -279,9 +316,10 @@ func (n *node) waitBoot(ctx context.Context) error {
 	// pid file, so stop waiting when the node process exits.
 	wctx, cancel := context.WithCancel(ctx)
 	defer cancel()
+	done := n.done // read now: a later restart replaces n.done
 	go func() {
 		select {
-		case <-n.done:
+		case <-done:
 			cancel()
 		case <-wctx.Done():
 		}
@@ -378,6 +416,20 @@ func (n *node) kill() error {
 // and removes its directory.
 func (n *node) stop(ctx context.Context) error {
 	n.stopped.Store(true)
+	var errs []error
+	if err := n.halt(ctx); err != nil {
+		errs = append(errs, err)
+	} else if err := os.RemoveAll(n.dir); err != nil {
+		errs = append(errs, fmt.Errorf("brokertest: %w", err))
+	}
+	live.Delete(n.dir)
+	return errors.Join(errs...)
+}
+
+// halt stops the node's Erlang VM gracefully ("rabbitmqctl stop") if it can
+// within ctx, kills it otherwise, and waits for it to exit. The node's
+// directory stays, so that launch can start the node again.
+func (n *node) halt(ctx context.Context) error {
 	if !n.exited() {
 		gctx, cancel := context.WithTimeout(ctx, gracefulStop)
 		_, err := n.run(gctx, "stop")
@@ -392,14 +444,7 @@ func (n *node) stop(ctx context.Context) error {
 			t.Stop()
 		}
 	}
-	var errs []error
-	if err := n.kill(); err != nil {
-		errs = append(errs, err)
-	} else if err := os.RemoveAll(n.dir); err != nil {
-		errs = append(errs, fmt.Errorf("brokertest: %w", err))
-	}
-	live.Delete(n.dir)
-	return errors.Join(errs...)
+	return n.kill()
 }
 
 // Ctl runs the installation's inner rabbitmqctl with "-n NODE args..." as
@@ -548,6 +593,15 @@ func freePorts(n int) ([]int, error) {
 		ports = append(ports, l.Addr().(*net.TCPAddr).Port)
 	}
 	return ports, nil
+}
+
+// randomCookie returns a new random Erlang cookie.
+func randomCookie() string {
+	cookie := make([]byte, 20)
+	for i := range cookie {
+		cookie[i] = 'A' + randByte()%26
+	}
+	return string(cookie)
 }
 
 func randByte() byte {
