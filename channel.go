@@ -63,6 +63,10 @@ type channel struct {
 	busy      atomic.Bool   // the serialisation point: true while an operation runs
 	writing   atomic.Uint64 // the sequence number of the send writing now, 0, or writeAborted: see send
 	wseq      atomic.Uint64 // numbers sends
+	wdone     atomic.Value  // <-chan struct{}: Done of the ctx of the latest send with one (see stall.go)
+	wop       atomic.Value  // string: that send's operation
+	stallSeq  uint64        // the stall watch's: the send it saw writing with its ctx ended...
+	stallMark uint64        // ...and the connection's bytes written then
 
 	closes      chan *amqp.Error           // buffered NotifyClose listener registered at open
 	brokerClose atomic.Pointer[amqp.Error] // the broker's channel.close, as read off the wire
@@ -382,26 +386,28 @@ func (ch *channel) poison(op string, cause error, pending <-chan error) {
 
 // send runs fn, an operation that writes frames without waiting for a reply
 // (publish, ack). amqp091-go's writes cannot be interrupted. If ctx ends
-// while the write is in progress, warren watches it: a write that completes
-// is left alone, whatever ctx says, but one that makes no progress for
-// stallGrace (a blocked broker, a dead network) is stalled, and warren fails
-// the connection's pending writes: a partly written frame cannot be taken
-// back, so the connection ends with a *ConnectionError.
+// while the write is in progress, the session's stall watch (stall.go)
+// looks at it: a write that completes is left alone, whatever ctx says, but
+// one that makes no progress for a whole stallGrace (a blocked broker, a
+// dead network) is stalled, and warren fails the connection's pending
+// writes: a partly written frame cannot be taken back, so the connection
+// ends with a *ConnectionError.
 func (ch *channel) send(ctx context.Context, op string, gen uint64, fn func() error) error {
 	if err := ch.enter(ctx, op, gen); err != nil {
 		return err
 	}
 	defer ch.exit()
-	if ctx.Done() == nil {
+	done := ctx.Done()
+	if done == nil {
 		return ch.result(op, fn())
 	}
 	seq := ch.wseq.Add(1)
+	ch.wdone.Store(done)
+	ch.wop.Store(op)
 	ch.writing.Store(seq)
-	stop := context.AfterFunc(ctx, func() { ch.watchStall(op, seq) })
+	ch.c.watchStalls()
 	err := fn()
-	finished := ch.writing.CompareAndSwap(seq, 0)
-	stop()
-	if !finished {
+	if !ch.writing.CompareAndSwap(seq, 0) {
 		ch.writing.Store(0)
 		<-ch.c.dead
 		ch.setCause(ch.c.connError(""))
@@ -414,32 +420,6 @@ func (ch *channel) send(ctx context.Context, op string, gen uint64, fn func() er
 		return fmt.Errorf("warren: %s on channel %d abandoned during a stalled write: %w (connection closed)", op, ch.id, ctx.Err())
 	}
 	return ch.result(op, err)
-}
-
-// watchStall runs once send number seq's ctx has ended while it writes: it
-// cuts the connection if the write makes no progress for stallGrace.
-func (ch *channel) watchStall(op string, seq uint64) {
-	last := ch.c.wire.Written()
-	t := time.NewTicker(stallGrace)
-	defer t.Stop()
-	for {
-		select {
-		case <-t.C:
-		case <-ch.c.dead:
-			return
-		}
-		if ch.writing.Load() != seq {
-			return // the write finished
-		}
-		if now := ch.c.wire.Written(); now != last {
-			last = now // slow, not stalled
-			continue
-		}
-		if ch.writing.CompareAndSwap(seq, writeAborted) {
-			ch.c.abortWrites(op, ch.id)
-		}
-		return
-	}
 }
 
 // Close closes the channel. It is idempotent and safe while the broker is

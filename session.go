@@ -68,6 +68,9 @@ type session struct {
 
 	abortReason atomic.Pointer[string]     // why warren cut the socket, if it did
 	wireClose   atomic.Pointer[amqp.Error] // connection.close as read off the wire
+
+	stallOnce  sync.Once   // starts the stall watch (stall.go)
+	stallWatch atomic.Bool // it has been started
 }
 
 // sawClose records a channel.close or connection.close as it is read off

@@ -79,9 +79,20 @@ func TestSoakPublishAndConsumeAcrossCutsAndABrokerRestart(t *testing.T) {
 	// Faults: cuts every 2–5 s, one broker restart.
 	faultsDone := make(chan struct{})
 	stopFaults := make(chan struct{})
+	// The publishers go on until the schedule has run a cut, the restart
+	// and another cut, however fast they are.
+	const minEvents = 3
+	scheduled := make(chan struct{})
 	var cuts, restarts atomic.Int64
 	go func() {
 		defer close(faultsDone)
+		defer func() {
+			select {
+			case <-scheduled:
+			default:
+				close(scheduled) // stopped early (ctx): let the publishers end
+			}
+		}()
 		restarted := false
 		for event := 1; ; event++ {
 			select {
@@ -105,6 +116,9 @@ func TestSoakPublishAndConsumeAcrossCutsAndABrokerRestart(t *testing.T) {
 			}
 			r.proxy.CutAll()
 			cuts.Add(1)
+			if event == minEvents {
+				close(scheduled)
+			}
 		}
 	}()
 
@@ -112,14 +126,23 @@ func TestSoakPublishAndConsumeAcrossCutsAndABrokerRestart(t *testing.T) {
 	const goroutines = 32
 	each := (*soakMessages + goroutines - 1) / goroutines // at least -soak.messages in all
 	var acked sync.Map
-	var nAcked, nFailed atomic.Int64
+	var nAcked, nFailed, nPublished atomic.Int64
+	faultsRan := func() bool {
+		select {
+		case <-scheduled:
+			return true
+		default:
+			return false
+		}
+	}
 	start := time.Now()
 	var pwg sync.WaitGroup
 	for g := 0; g < goroutines; g++ {
 		pwg.Add(1)
 		go func() {
 			defer pwg.Done()
-			for i := 0; i < each; i++ {
+			for i := 0; i < each || !faultsRan(); i++ {
+				nPublished.Add(1)
 				id := fmt.Sprintf("%d-%d", g, i)
 				err := pub.Publish(ctx, "", q, warren.Publishing{DeliveryMode: warren.Persistent, Body: []byte(id)})
 				if err == nil {
@@ -178,7 +201,7 @@ func TestSoakPublishAndConsumeAcrossCutsAndABrokerRestart(t *testing.T) {
 	distinct := len(seen)
 	mu.Unlock()
 	t.Logf("published %d messages from %d goroutines in %v (%.0f msg/s) across %d cuts and %d broker restart",
-		goroutines*each, goroutines, published.Round(time.Millisecond), float64(goroutines*each)/published.Seconds(), cuts.Load(), restarts.Load())
+		nPublished.Load(), goroutines, published.Round(time.Millisecond), float64(nPublished.Load())/published.Seconds(), cuts.Load(), restarts.Load())
 	t.Logf("Publish returned nil %d times, an error %d times; publisher stats %+v", nAcked.Load(), nFailed.Load(), st)
 	t.Logf("consumed %d distinct messages: 0 acked messages lost; %d deliveries again after a lost ack (Redelivered), %d extra copies (republished after an unknown outcome; %d republishes)",
 		distinct, redelivered, copies, st.Republished)

@@ -1,0 +1,71 @@
+package warren
+
+import "time"
+
+// The stall watch: one goroutine per connection, started by the first send
+// (publish, ack) made with a ctx that can end, looks every stallGrace at
+// the channels writing now. A write whose ctx has ended and during which
+// the connection wrote nothing for a whole stallGrace is stalled (a blocked
+// broker, a dead network): warren cuts the connection (abortWrites) and the
+// send reports it. So a stalled write ends between one and two stallGrace
+// after its ctx, and a send costs two atomic stores instead of a timer.
+
+// watchStalls starts the stall watch once.
+func (c *session) watchStalls() {
+	if c.stallWatch.Load() {
+		return
+	}
+	c.stallOnce.Do(func() {
+		c.stallWatch.Store(true)
+		c.goTracked(c.stallLoop)
+	})
+}
+
+func (c *session) stallLoop() {
+	t := time.NewTicker(stallGrace)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-c.dead:
+			return
+		}
+		if ch, op, seq := c.stalledWrite(); ch != nil && ch.writing.CompareAndSwap(seq, writeAborted) {
+			c.abortWrites(op, ch.id)
+		}
+	}
+}
+
+// stalledWrite returns a channel whose write has been stalled since the
+// previous look, with its operation and send number.
+func (c *session) stalledWrite() (*channel, string, uint64) {
+	written := c.wire.Written()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	for _, ch := range c.channels {
+		seq := ch.writing.Load()
+		done, _ := ch.wdone.Load().(<-chan struct{})
+		if seq == 0 || seq == writeAborted || done == nil || !isDone(done) {
+			ch.stallSeq = 0
+			continue
+		}
+		if ch.stallSeq != seq || ch.stallMark != written {
+			// First seen with its ctx ended, or the connection wrote
+			// since: slow, not (yet) stalled.
+			ch.stallSeq, ch.stallMark = seq, written
+			continue
+		}
+		op, _ := ch.wop.Load().(string)
+		return ch, op, seq
+	}
+	return nil, "", 0
+}
+
+func isDone(done <-chan struct{}) bool {
+	select {
+	case <-done:
+		return true
+	default:
+		return false
+	}
+}
