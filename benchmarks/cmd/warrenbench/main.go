@@ -6,7 +6,7 @@
 //	go run ./cmd/warrenbench -list                 # scenario names
 //	go run ./cmd/warrenbench -scenario pool/uncontended -contenders warren -cpuprofile cpu.out
 //	go run ./cmd/warrenbench -scenario confirms            # one family
-//	go run ./cmd/warrenbench -scenario consume             # another
+//	go run ./cmd/warrenbench -scenario publish,consume     # two others
 //
 // Scenarios needing a broker find one with internal/brokertest: AMQP_URL,
 // else the local default broker (guest/guest on 127.0.0.1:5672), else a
@@ -37,11 +37,11 @@ import (
 	"github.com/warrenmq/warren/benchmarks/internal/confirmbench"
 	"github.com/warrenmq/warren/benchmarks/internal/consumebench"
 	"github.com/warrenmq/warren/benchmarks/internal/poolbench"
+	"github.com/warrenmq/warren/benchmarks/internal/publishbench"
 	"github.com/warrenmq/warren/internal/brokertest"
 )
 
-// suiteDef is one scenario family. New families (publish) are
-// added here.
+// suiteDef is one scenario family. New families are added here.
 type suiteDef struct {
 	name  string
 	cases []string // case names, for -list and -scenario
@@ -72,6 +72,21 @@ var suites = []suiteDef{
 			}
 			s.Cases = slices.DeleteFunc(s.Cases, func(c *bench.Case) bool { return !slices.Contains(cases, c.Name) })
 			return s, nil
+		},
+	},
+	{
+		name:  "publish",
+		cases: []string{"publish/no-confirm-1"},
+		build: func(ctx context.Context, e *env, _ []string) (*bench.Suite, error) {
+			url, err := e.brokerURL(ctx)
+			if err != nil {
+				return nil, err
+			}
+			return publishbench.NewSuite(ctx, publishbench.Options{
+				BrokerURL:  url,
+				Contenders: e.contenders,
+				Duration:   e.duration,
+			})
 		},
 	},
 	{
@@ -174,8 +189,8 @@ func run() error {
 		list       = flag.Bool("list", false, "list scenarios and exit")
 		rounds     = flag.Int("rounds", 7, "measured rounds; contenders are interleaved within each")
 		procs      = flag.Int("procs", 2, "GOMAXPROCS for the run")
-		duration   = flag.Duration("duration", 0, "length of each measured pass (default 500ms for pool, 1s for confirms; consume passes a fixed message count instead)")
-		contenders = flag.String("contenders", "", "comma-separated contenders (default: all of each family, e.g. warren,chanpool,puddle)")
+		duration   = flag.Duration("duration", 0, "length of each measured pass (default 500ms for pool, 1s for publish and confirms; consume passes a fixed message count instead)")
+		contenders = flag.String("contenders", "", "comma-separated contenders (default: all of each family, e.g. warren,chanpool,puddle or raw,warren,go-rabbitmq)")
 		hold       = flag.Duration("hold", 0, "pool/handoff: lease held off-CPU (default 4ms)")
 		work       = flag.Duration("work", 0, "pool/handoff: CPU work after Release (default 1ms)")
 		warmup     = flag.Bool("warmup", true, "run one unrecorded round first")
@@ -306,9 +321,10 @@ func run() error {
 	if tree := warrenTree(); tree != "" {
 		fmt.Fprintf(w, "- warren: %s\n", tree)
 	}
-	fmt.Fprintf(w, "- Modules: amqp091-go %s, puddle/v2 %s, x/sync %s\n\n",
-		bench.ModuleVersion("github.com/rabbitmq/amqp091-go"), bench.ModuleVersion("github.com/jackc/puddle/v2"),
-		bench.ModuleVersion("golang.org/x/sync"))
+	fmt.Fprintf(w, "- Modules: amqp091-go %s, go-rabbitmq %s, puddle/v2 %s, x/sync %s\n\n",
+		bench.ModuleVersion("github.com/rabbitmq/amqp091-go"), bench.ModuleVersion("github.com/wagslane/go-rabbitmq"),
+		bench.ModuleVersion("github.com/jackc/puddle/v2"), bench.ModuleVersion("golang.org/x/sync"))
+	rep.TargetsMarkdown(w)
 	rep.Markdown(w)
 	if *verbose {
 		fmt.Fprintf(w, "## every round\n\n```\n")

@@ -12,6 +12,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"maps"
 	"math"
 	"slices"
 	"strings"
@@ -50,6 +51,9 @@ type Case struct {
 	// instead of all of the suite's; they must include the suite's
 	// Baseline for the ratio rows.
 	Contenders []string
+	// NotRun lists contenders that cannot run this case, each with the
+	// reason; the table shows them as rows without values.
+	NotRun map[string]string
 	// Run measures contender once. It runs on the calling goroutine; it may
 	// start others but must stop them before it returns.
 	Run func(ctx context.Context, contender string) (Result, error)
@@ -70,7 +74,12 @@ type Suite struct {
 	Doc        string   // a paragraph describing the suite, for the report
 	Contenders []string // in the order they are run within a round
 	Baseline   string   // the contender ratios are taken against
-	Cases      []*Case
+	// Subject and Peers, if set, add ratio rows Subject/peer for every
+	// peer a case runs: warren against each other library, besides every
+	// contender against the baseline.
+	Subject string
+	Peers   []string
+	Cases   []*Case
 	// Targets, if set, checks the aggregated results against goals.
 	Targets func(r *Report) []Target
 	// Close releases what the suite set up (pools, connections).
@@ -325,15 +334,30 @@ func (r *Report) Markdown(w io.Writer) {
 				}
 				fmt.Fprintf(w, "| %s |\n", strings.Join(row, " | "))
 			}
-			for _, who := range contenders {
-				if who == s.Baseline || !slices.Contains(contenders, s.Baseline) {
-					continue
-				}
-				row := []string{who + "/" + s.Baseline}
-				for _, m := range c.Metrics {
-					row = append(row, formatRatio(r.ratio(c.Name, who, s.Baseline, m)))
+			for _, who := range slices.Sorted(maps.Keys(c.NotRun)) {
+				row := []string{who, "not run: " + c.NotRun[who]}
+				for range c.Metrics[1:] {
+					row = append(row, "–")
 				}
 				fmt.Fprintf(w, "| %s |\n", strings.Join(row, " | "))
+			}
+			ratioRow := func(who, base string) {
+				if who == base || !slices.Contains(contenders, who) || !slices.Contains(contenders, base) {
+					return
+				}
+				row := []string{who + "/" + base}
+				for _, m := range c.Metrics {
+					row = append(row, formatRatio(r.ratio(c.Name, who, base, m)))
+				}
+				fmt.Fprintf(w, "| %s |\n", strings.Join(row, " | "))
+			}
+			for _, who := range contenders {
+				ratioRow(who, s.Baseline)
+			}
+			for _, peer := range s.Peers {
+				if peer != s.Baseline {
+					ratioRow(s.Subject, peer)
+				}
 			}
 			if len(c.Metrics) > 0 && r.Rounds > 1 {
 				m := c.Metrics[0]
@@ -346,18 +370,30 @@ func (r *Report) Markdown(w io.Writer) {
 			}
 			fmt.Fprintln(w)
 		}
-		if s.Targets != nil {
-			fmt.Fprintf(w, "### %s: targets\n\n| goal | measured (median) | met |\n|---|---|---|\n", s.Name)
-			for _, t := range s.Targets(r) {
-				met := "no"
-				if t.Met {
-					met = "yes"
-				}
-				fmt.Fprintf(w, "| %s | %s | %s |\n", t.Goal, t.Got, met)
+	}
+}
+
+// TargetsMarkdown writes every suite's targets as one table, "" when no
+// suite has any.
+func (r *Report) TargetsMarkdown(w io.Writer) {
+	var rows []string
+	for _, s := range r.Suites {
+		if s.Targets == nil {
+			continue
+		}
+		for _, t := range s.Targets(r) {
+			met := "no"
+			if t.Met {
+				met = "yes"
 			}
-			fmt.Fprintln(w)
+			rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s |", s.Name, t.Goal, t.Got, met))
 		}
 	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "## Targets\n\n| family | goal | measured (medians; ratios are medians of per-round ratios) | met |\n|---|---|---|---|\n")
+	fmt.Fprintf(w, "%s\n\n", strings.Join(rows, "\n"))
 }
 
 // RoundsText writes every recorded value of every case, one line per case,

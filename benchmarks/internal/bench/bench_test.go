@@ -91,3 +91,52 @@ func TestCaseContendersOverrideTheSuites(t *testing.T) {
 		t.Errorf("s/some table shows b or lacks c/a:\n%s", some)
 	}
 }
+
+func TestNotRunRowsPeerRatiosAndTargets(t *testing.T) {
+	vals := map[string]float64{"raw": 100, "warren": 98, "peer": 80}
+	m := Metric{Key: "v", Title: "v", Unit: Rate, Higher: true}
+	s := &Suite{
+		Name:       "s",
+		Contenders: []string{"raw", "warren", "peer"},
+		Baseline:   "raw",
+		Subject:    "warren",
+		Peers:      []string{"peer", "absent"},
+		Cases: []*Case{{
+			Name:    "s/c",
+			Metrics: []Metric{m, {Key: "w", Title: "w", Unit: Count}},
+			NotRun:  map[string]string{"absent": "cannot"},
+			Run: func(_ context.Context, who string) (Result, error) {
+				return Result{"v": vals[who], "w": 1}, nil
+			},
+		}},
+	}
+	s.Targets = func(r *Report) []Target {
+		return []Target{
+			RatioTarget(r, "warren ≥ 0.95× raw", "s/c", "warren", "raw", m, 0.95),
+			RatioTarget(r, "warren ≥ 1× raw", "s/c", "warren", "raw", m, 1),
+			RatioTarget(r, "never measured", "s/c", "warren", "absent", m, 1),
+		}
+	}
+	rep, err := Run(context.Background(), []*Suite{s}, Options{Rounds: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	rep.TargetsMarkdown(&out)
+	rep.Markdown(&out)
+	for _, want := range []string{
+		"| s | warren ≥ 0.95× raw | warren/raw 0.98× (98 /s vs 100 /s) | yes |",
+		"| s | warren ≥ 1× raw | warren/raw 0.98× (98 /s vs 100 /s) | no |",
+		"| s | never measured | warren/absent – (98 /s vs –) | no |",
+		"| absent | not run: cannot | – |",
+		"| peer/raw | 0.80× | 1.00× |",
+		"| warren/peer | 1.23× | 1.00× |",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "warren/absent |") {
+		t.Errorf("report has a ratio row for a contender that did not run:\n%s", out.String())
+	}
+}

@@ -4,22 +4,17 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"runtime"
 	"slices"
-	"sync"
 	"sync/atomic"
-	"syscall"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	rabbitmq "github.com/wagslane/go-rabbitmq"
 
 	"github.com/warrenmq/warren"
 	"github.com/warrenmq/warren/benchmarks/internal/bench"
+	"github.com/warrenmq/warren/benchmarks/internal/peers"
 )
-
-// loop publishes until stop is set and returns how many messages the broker
-// acked. One pass runs it on one or more goroutines.
-type loop func(ctx context.Context, stop *atomic.Bool) (int64, error)
 
 // errNacked reports a broker nack, which no pass expects.
 var errNacked = errors.New("the broker nacked a message")
@@ -31,8 +26,9 @@ type fixture struct {
 	adminCh *amqp.Channel // purges the queue between passes; never publishes
 	queue   string
 
-	raw    *rawContender
-	warren *warrenContender
+	raw      *rawContender
+	warren   *warrenContender
+	goRabbit *goRabbitContender
 }
 
 func newFixture(ctx context.Context, opts Options, selected []string) (f *fixture, err error) {
@@ -64,8 +60,13 @@ func newFixture(ctx context.Context, opts Options, selected []string) (f *fixtur
 		msg.Body[i] = byte('a' + i%26)
 	}
 	if slices.Contains(selected, Raw) {
-		if f.raw, err = newRaw(opts.BrokerURL, f.queue, msg, opts.Window); err != nil {
+		if f.raw, err = newRaw(opts.BrokerURL, f.queue, msg); err != nil {
 			return nil, fmt.Errorf("raw contender: %w", err)
+		}
+	}
+	if slices.Contains(selected, GoRabbitMQ) {
+		if f.goRabbit, err = newGoRabbit(opts.BrokerURL, f.queue, msg.Body); err != nil {
+			return nil, fmt.Errorf("go-rabbitmq contender: %w", err)
 		}
 	}
 	pubs := map[string]int{}
@@ -99,6 +100,11 @@ func (f *fixture) close(ctx context.Context) error {
 			errs = append(errs, fmt.Errorf("raw: %w", err))
 		}
 	}
+	if f.goRabbit != nil {
+		if err := f.goRabbit.close(); err != nil {
+			errs = append(errs, fmt.Errorf("go-rabbitmq: %w", err))
+		}
+	}
 	if f.admin != nil {
 		if err := f.admin.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
 			errs = append(errs, fmt.Errorf("admin connection: %w", err))
@@ -107,91 +113,90 @@ func (f *fixture) close(ctx context.Context) error {
 	return errors.Join(errs...)
 }
 
-// trial runs l on g goroutines for about d, then purges the queue. It
-// reports msg/s over the wall time from the start until every goroutine
-// has returned (its last messages confirmed), and per message the
-// allocations, bytes allocated and process CPU time of the pass.
-func (f *fixture) trial(ctx context.Context, d time.Duration, g int, l loop) (bench.Result, error) {
-	var (
-		stop    atomic.Bool
-		start   = make(chan struct{})
-		wg      sync.WaitGroup
-		counts  = make([]int64, g)
-		errOnce sync.Once
-		runErr  error
-	)
-	for i := range g {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			<-start
-			n, err := l(ctx, &stop)
-			counts[i] = n
-			if err != nil {
-				errOnce.Do(func() { runErr = err })
-				stop.Store(true)
-			}
-		}()
-	}
-	runtime.GC()
-	var (
-		m0, m1   runtime.MemStats
-		ru0, ru1 syscall.Rusage
-	)
-	runtime.ReadMemStats(&m0)
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-	t0 := time.Now()
-	close(start)
-	timer := time.NewTimer(d)
-	select {
-	case <-timer.C:
-	case <-ctx.Done():
-		timer.Stop()
-	}
-	stop.Store(true)
-	wg.Wait()
-	el := time.Since(t0)
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	runtime.ReadMemStats(&m1)
-
-	var msgs int64
-	for _, n := range counts {
-		msgs += n
-	}
+// trial runs l on g goroutines for about d (bench.RunLoops), then purges
+// the queue, which must hold exactly the messages confirmed.
+func (f *fixture) trial(ctx context.Context, d time.Duration, g int, l bench.Loop) (bench.Result, error) {
+	res, msgs, runErr := bench.RunLoops(ctx, d, g, l)
 	// Empty the queue for the next pass, whatever happened in this one.
 	purged, perr := f.adminCh.QueuePurge(f.queue, false)
-	if runErr != nil {
+	switch {
+	case runErr != nil:
 		return nil, runErr
-	}
-	if perr != nil {
+	case perr != nil:
 		return nil, fmt.Errorf("purging the queue: %w", perr)
-	}
-	if int64(purged) != msgs {
+	case int64(purged) != msgs:
 		return nil, fmt.Errorf("purged %d messages from the queue after %d were confirmed, want equal", purged, msgs)
 	}
-	if msgs == 0 {
-		return nil, fmt.Errorf("no message confirmed in %v", el)
+	return res, nil
+}
+
+// deferredPublish publishes one message and returns amqp091-go's deferred
+// confirmation of it (raw amqp091-go and go-rabbitmq both do).
+type deferredPublish func(ctx context.Context) (*amqp.DeferredConfirmation, error)
+
+// waitConfirm waits for dc: nil for an ack.
+func waitConfirm(ctx context.Context, dc *amqp.DeferredConfirmation) error {
+	ok, err := dc.WaitContext(ctx)
+	if err == nil && !ok {
+		err = errNacked
 	}
-	cpu := ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano()
-	return bench.Result{
-		"msg_s":      float64(msgs) / el.Seconds(),
-		"allocs_msg": float64(m1.Mallocs-m0.Mallocs) / float64(msgs),
-		"bytes_msg":  float64(m1.TotalAlloc-m0.TotalAlloc) / float64(msgs),
-		"cpu_msg":    float64(cpu) / float64(msgs),
-	}, nil
+	return err
+}
+
+// waitEach publishes one message and waits for its confirm, repeatedly.
+func waitEach(publish deferredPublish) bench.Loop {
+	return func(ctx context.Context, stop *atomic.Bool) (int64, error) {
+		var n int64
+		for !stop.Load() {
+			dc, err := publish(ctx)
+			if err != nil {
+				return n, err
+			}
+			if err := waitConfirm(ctx, dc); err != nil {
+				return n, err
+			}
+			n++
+		}
+		return n, nil
+	}
+}
+
+// window publishes size messages, then waits for all their confirms,
+// repeatedly: raw amqp091-go's reference idiom.
+func window(size int, publish deferredPublish) bench.Loop {
+	return func(ctx context.Context, stop *atomic.Bool) (int64, error) {
+		var n int64
+		dcs := make([]*amqp.DeferredConfirmation, size)
+		for !stop.Load() {
+			for i := range dcs {
+				dc, err := publish(ctx)
+				if err != nil {
+					return n, err
+				}
+				dcs[i] = dc
+			}
+			for i, dc := range dcs {
+				if err := waitConfirm(ctx, dc); err != nil {
+					return n, err
+				}
+				dcs[i] = nil
+			}
+			n += int64(len(dcs))
+		}
+		return n, nil
+	}
 }
 
 // rawContender is amqp091-go on its own: one connection, one channel in
 // confirm mode.
 type rawContender struct {
-	conn       *amqp.Connection
-	ch         *amqp.Channel
-	queue      string
-	msg        amqp.Publishing
-	windowSize int
+	conn  *amqp.Connection
+	ch    *amqp.Channel
+	queue string
+	msg   amqp.Publishing
 }
 
-func newRaw(url, queue string, msg amqp.Publishing, window int) (*rawContender, error) {
+func newRaw(url, queue string, msg amqp.Publishing) (*rawContender, error) {
 	conn, err := amqp.DialConfig(url, amqp.Config{Properties: amqp.Table{"connection_name": "warrenbench-confirms-raw"}})
 	if err != nil {
 		return nil, err
@@ -204,51 +209,12 @@ func newRaw(url, queue string, msg amqp.Publishing, window int) (*rawContender, 
 		_ = conn.Close()
 		return nil, err
 	}
-	return &rawContender{conn: conn, ch: ch, queue: queue, msg: msg, windowSize: window}, nil
+	return &rawContender{conn: conn, ch: ch, queue: queue, msg: msg}, nil
 }
 
-// waitEach publishes one message and waits for its confirm, repeatedly.
-func (r *rawContender) waitEach(ctx context.Context, stop *atomic.Bool) (int64, error) {
-	var n int64
-	for !stop.Load() {
-		dc, err := r.ch.PublishWithDeferredConfirmWithContext(ctx, "", r.queue, false, false, r.msg)
-		if err != nil {
-			return n, err
-		}
-		ok, err := dc.WaitContext(ctx)
-		if err != nil {
-			return n, err
-		}
-		if !ok {
-			return n, errNacked
-		}
-		n++
-	}
-	return n, nil
-}
-
-// window is the reference idiom: publish a window of messages with
-// deferred confirmations, then wait for all of them, repeatedly.
-func (r *rawContender) window(ctx context.Context, stop *atomic.Bool) (int64, error) {
-	var n int64
-	dcs := make([]*amqp.DeferredConfirmation, r.windowSize)
-	for !stop.Load() {
-		for i := range dcs {
-			dc, err := r.ch.PublishWithDeferredConfirm("", r.queue, false, false, r.msg)
-			if err != nil {
-				return n, err
-			}
-			dcs[i] = dc
-		}
-		for i, dc := range dcs {
-			if !dc.Wait() {
-				return n, errNacked
-			}
-			dcs[i] = nil
-		}
-		n += int64(len(dcs))
-	}
-	return n, nil
+// publish publishes one message with a deferred confirmation.
+func (r *rawContender) publish(ctx context.Context) (*amqp.DeferredConfirmation, error) {
+	return r.ch.PublishWithDeferredConfirmWithContext(ctx, "", r.queue, false, false, r.msg)
 }
 
 func (r *rawContender) close() error {
@@ -336,7 +302,7 @@ func (w *warrenContender) window(ctx context.Context, stop *atomic.Bool) (int64,
 }
 
 // publisherLoop returns the loop of one goroutine sharing Publisher who.
-func (w *warrenContender) publisherLoop(who string) loop {
+func (w *warrenContender) publisherLoop(who string) bench.Loop {
 	p := w.pubs[who]
 	return func(ctx context.Context, stop *atomic.Bool) (int64, error) {
 		var n int64
@@ -371,4 +337,43 @@ func (w *warrenContender) close(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("closing the client: %w", err))
 	}
 	return errors.Join(errs...)
+}
+
+// goRabbitContender is go-rabbitmq's confirm Publisher on its own Conn.
+type goRabbitContender struct {
+	conn *rabbitmq.Conn
+	pub  *rabbitmq.Publisher
+	body []byte
+	keys []string // the queue: go-rabbitmq publishes to a list of routing keys
+}
+
+func newGoRabbit(url, queue string, body []byte) (*goRabbitContender, error) {
+	conn, err := peers.DialGoRabbitMQ(url, "warrenbench-confirms-go-rabbitmq")
+	if err != nil {
+		return nil, err
+	}
+	pub, err := rabbitmq.NewPublisher(conn, rabbitmq.WithPublisherOptionsConfirm,
+		rabbitmq.WithPublisherOptionsLogger(peers.Quiet))
+	if err != nil {
+		_ = conn.Close()
+		return nil, err
+	}
+	return &goRabbitContender{conn: conn, pub: pub, body: body, keys: []string{queue}}, nil
+}
+
+// publish publishes one transient message to the default exchange.
+func (g *goRabbitContender) publish(ctx context.Context) (*amqp.DeferredConfirmation, error) {
+	confs, err := g.pub.PublishWithDeferredConfirmWithContext(ctx, g.body, g.keys)
+	if err != nil {
+		return nil, err
+	}
+	if len(confs) != 1 || confs[0] == nil {
+		return nil, fmt.Errorf("go-rabbitmq returned %d confirmations for one routing key, want one (is the publisher in confirm mode?)", len(confs))
+	}
+	return confs[0], nil
+}
+
+func (g *goRabbitContender) close() error {
+	g.pub.Close()
+	return g.conn.Close()
 }

@@ -1,7 +1,9 @@
 // Package confirmbench compares publishing with publisher confirms through
-// warren with the raw amqp091-go idioms: waiting for each confirm, a window
-// of deferred confirmations on one channel, and warren's Publisher shared by
-// many goroutines against the best hand-written single-channel idiom.
+// warren with the raw amqp091-go idioms and with go-rabbitmq's confirm
+// Publisher: waiting for each confirm, a window of deferred confirmations on
+// one channel, and many goroutines each publishing and waiting (warren's
+// Publisher, go-rabbitmq's Publisher) against the best hand-written
+// single-channel idiom.
 package confirmbench
 
 import (
@@ -13,13 +15,15 @@ import (
 	"time"
 
 	"github.com/warrenmq/warren/benchmarks/internal/bench"
+	"github.com/warrenmq/warren/benchmarks/internal/peers"
 )
 
 // Contender names. The publisher-64 case also runs warren's Publisher with a
 // fixed channel count, named by PublisherName (warren-1ch, warren-2ch, warren-8ch).
 const (
-	Raw    = "raw"    // amqp091-go, one confirm channel on its own connection
-	Warren = "warren" // warren: a confirm Channel, or a Publisher with default options
+	Raw        = "raw"            // amqp091-go, one confirm channel on its own connection
+	Warren     = "warren"         // warren: a confirm Channel, or a Publisher with default options
+	GoRabbitMQ = peers.GoRabbitMQ // go-rabbitmq: one Publisher WithPublisherOptionsConfirm
 )
 
 // PublisherName is the contender name of a warren Publisher with n channels.
@@ -29,8 +33,8 @@ func PublisherName(n int) string { return fmt.Sprintf("warren-%dch", n) }
 type Options struct {
 	// BrokerURL is the RabbitMQ every contender publishes to. Required.
 	BrokerURL string
-	// Contenders to run (default all: Raw, Warren, then the Publisher
-	// channel variants); a case runs those of them it has.
+	// Contenders to run (default all: Raw, Warren, GoRabbitMQ, then the
+	// Publisher channel variants); a case runs those of them it has.
 	Contenders []string
 	// Duration of each measured pass (default 1 s).
 	Duration time.Duration
@@ -64,14 +68,6 @@ func (o *Options) defaults() {
 	}
 }
 
-var (
-	mRate   = bench.Metric{Key: "msg_s", Title: "msg/s", Unit: bench.Rate, Higher: true}
-	mAllocs = bench.Metric{Key: "allocs_msg", Title: "allocs/msg", Unit: bench.Count}
-	mCPU    = bench.Metric{Key: "cpu_msg", Title: "CPU/msg", Unit: bench.Nanos}
-	mBytes  = bench.Metric{Key: "bytes_msg", Title: "B/msg", Unit: bench.Count}
-	metrics = []bench.Metric{mRate, mAllocs, mCPU, mBytes}
-)
-
 // NewSuite dials the broker for every selected contender, declares the
 // queue and returns the suite. Call its Close when done.
 func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
@@ -83,8 +79,11 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 	for _, n := range opts.PublisherChannels {
 		pubNames = append(pubNames, PublisherName(n))
 	}
-	all := append([]string{Raw}, pubNames...)
+	all := append([]string{Raw, Warren, GoRabbitMQ}, pubNames[1:]...)
 	selected := all
+	if err := peers.Check(opts.Contenders); err != nil {
+		return nil, err
+	}
 	if len(opts.Contenders) > 0 {
 		for _, name := range opts.Contenders {
 			if !slices.Contains(all, name) {
@@ -117,24 +116,35 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 			"exclusive queue with no consumer, purged after every pass from a separate connection (the purge must "+
 			"remove exactly the messages acked, so every message was routed). raw: amqp091-go %s, one confirm "+
 			"channel on its own connection. warren: a confirm Channel, or a Publisher, on one Client; every "+
-			"channel is opened and put in confirm mode before the rounds. Each pass publishes for %v and counts "+
-			"the messages confirmed; allocs/msg and B/msg are runtime.MemStats deltas over the pass divided by "+
-			"the messages, CPU/msg is this process's user+system CPU (getrusage) over the pass divided by the "+
-			"messages (the broker's CPU is not included, but it shares the same cores). Calls that take a context "+
-			"get the run's cancellable one (signal.NotifyContext), as an application's would.",
-			opts.BodySize, bench.ModuleVersion("github.com/rabbitmq/amqp091-go"), opts.Duration),
+			"channel is opened and put in confirm mode before the rounds. go-rabbitmq %s: one Conn and one "+
+			"Publisher made WithPublisherOptionsConfirm (its documented way to get confirmations), publishing with "+
+			"PublishWithDeferredConfirmWithContext and waiting with the returned DeferredConfirmation's WaitContext. "+
+			"%s Each pass publishes for %v and counts the messages confirmed. %s Calls that take "+
+			"a context get the run's cancellable one (signal.NotifyContext), as an application's would.",
+			opts.BodySize, bench.ModuleVersion("github.com/rabbitmq/amqp091-go"),
+			bench.ModuleVersion("github.com/wagslane/go-rabbitmq"), peers.AmqpxDoc, opts.Duration, bench.MsgMetricsDoc),
 		Contenders: selected,
 		Baseline:   baseline,
+		Subject:    Warren,
+		Peers:      []string{GoRabbitMQ},
 		Close:      f.close,
 	}
-	run := func(fn func(ctx context.Context, who string) (loop, int)) func(context.Context, string) (bench.Result, error) {
+	run := func(fn func(who string) (bench.Loop, int)) func(context.Context, string) (bench.Result, error) {
 		return func(ctx context.Context, who string) (bench.Result, error) {
-			l, g := fn(ctx, who)
+			l, g := fn(who)
 			return f.trial(ctx, opts.Duration, g, l)
 		}
 	}
+	// byContender runs the loop of the named contender on one goroutine.
+	byContender := func(loops map[string]bench.Loop) func(context.Context, string) (bench.Result, error) {
+		return run(func(who string) (bench.Loop, int) { return loops[who], 1 })
+	}
+	notRun := peers.NotRun(opts.Contenders)
+	rawWindow := window(opts.Window, f.raw.publish)
 	add := func(c *bench.Case) {
 		if len(c.Contenders) > 0 {
+			c.Metrics = bench.MsgMetrics
+			c.NotRun = notRun
 			s.Cases = append(s.Cases, c)
 		}
 	}
@@ -142,44 +152,39 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 		Name: "confirms/wait-each-1",
 		Doc: "One goroutine publishes and waits for each confirm. raw: PublishWithDeferredConfirmWithContext, " +
 			"then DeferredConfirmation.WaitContext. warren: Channel.Publish on a channel in ModeConfirm (returns " +
-			"once the broker acked).",
-		Metrics:    metrics,
-		Contenders: pick(Raw, Warren),
-		Run: run(func(ctx context.Context, who string) (loop, int) {
-			if who == Raw {
-				return f.raw.waitEach, 1
-			}
-			return f.warren.waitEach, 1
-		}),
+			"once the broker acked). go-rabbitmq: Publisher.PublishWithDeferredConfirmWithContext, then WaitContext.",
+		Contenders: pick(Raw, Warren, GoRabbitMQ),
+		Run: byContender(map[string]bench.Loop{
+			Raw: waitEach(f.raw.publish), Warren: f.warren.waitEach, GoRabbitMQ: waitEach(f.goRabbit.publish)}),
 	})
 	add(&bench.Case{
 		Name: fmt.Sprintf("confirms/window-%d", opts.Window),
 		Doc: fmt.Sprintf("One goroutine, one channel: publish %d messages, then wait for all %d confirms, repeat. "+
-			"raw: PublishWithDeferredConfirm, then DeferredConfirmation.Wait. warren: Channel.PublishDeferred, "+
-			"then Confirmation.Wait.", opts.Window, opts.Window),
-		Metrics:    metrics,
-		Contenders: pick(Raw, Warren),
-		Run: run(func(ctx context.Context, who string) (loop, int) {
-			if who == Raw {
-				return f.raw.window, 1
-			}
-			return f.warren.window, 1
-		}),
+			"raw: PublishWithDeferredConfirmWithContext, then DeferredConfirmation.WaitContext. warren: "+
+			"Channel.PublishDeferred, then Confirmation.Wait. go-rabbitmq: PublishWithDeferredConfirmWithContext, "+
+			"then WaitContext.",
+			opts.Window, opts.Window),
+		Contenders: pick(Raw, Warren, GoRabbitMQ),
+		Run: byContender(map[string]bench.Loop{
+			Raw: rawWindow, Warren: f.warren.window, GoRabbitMQ: window(opts.Window, f.goRabbit.publish)}),
 	})
 	pubCase := fmt.Sprintf("confirms/publisher-%d", opts.Goroutines)
 	add(&bench.Case{
 		Name: pubCase,
-		Doc: fmt.Sprintf("%d goroutines share one warren Publisher, each calling Publisher.Publish in a loop; a call "+
-			"returns once its message is confirmed, so at most %d messages are unconfirmed at a time. %s: the "+
-			"Publisher of PublisherOptions{} (defaults: up to 4 channels filled in order, window 256); %s: the same with Channels set to "+
-			"the number in the name. raw (baseline): amqp091-go's best hand-written idiom, the window-%d loop "+
-			"above, one goroutine on one channel.",
+		Doc: fmt.Sprintf("%d goroutines each publish and wait for the confirm in a loop, so at most %d messages are "+
+			"unconfirmed at a time. %s: they share the warren Publisher of PublisherOptions{} (defaults: up to 4 "+
+			"channels filled in order, window 256) and call Publisher.Publish; %s: the same with Channels set "+
+			"to the number in the name. go-rabbitmq: they share one Publisher (one channel) and call "+
+			"PublishWithDeferredConfirmWithContext, then WaitContext. raw (baseline): amqp091-go's best "+
+			"hand-written idiom, the window-%d loop above, one goroutine on one channel.",
 			opts.Goroutines, opts.Goroutines, Warren, joinNames(pubNames[1:]), opts.Window),
-		Metrics:    metrics,
-		Contenders: pick(append([]string{Raw}, pubNames...)...),
-		Run: run(func(ctx context.Context, who string) (loop, int) {
-			if who == Raw {
-				return f.raw.window, 1
+		Contenders: pick(append([]string{Raw, Warren, GoRabbitMQ}, pubNames[1:]...)...),
+		Run: run(func(who string) (bench.Loop, int) {
+			switch who {
+			case Raw:
+				return rawWindow, 1
+			case GoRabbitMQ:
+				return waitEach(f.goRabbit.publish), opts.Goroutines
 			}
 			return f.warren.publisherLoop(who), opts.Goroutines
 		}),
@@ -189,7 +194,7 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 		return nil, errors.New("no confirms case runs the selected contenders")
 	}
 	if slices.Contains(selected, Raw) && slices.Contains(selected, Warren) {
-		s.Targets = func(r *bench.Report) []bench.Target { return targets(r, pubCase) }
+		s.Targets = func(r *bench.Report) []bench.Target { return targets(r, s, pubCase) }
 	}
 	return s, nil
 }
@@ -202,14 +207,16 @@ func joinNames(names []string) string {
 }
 
 // targets checks the Publisher shared by many goroutines against the best
-// hand-written idiom (case pubCase).
-func targets(r *bench.Report, pubCase string) []bench.Target {
-	ratio := r.Ratio(pubCase, Warren, Raw, mRate.Key)
-	return []bench.Target{{
-		Goal: pubCase + ": warren's Publisher (defaults) moves at least as many msg/s as raw amqp091-go's window idiom",
-		Got: fmt.Sprintf("warren/raw %.2f× (%s vs %s)", ratio,
-			bench.Format(bench.Rate, r.Median(pubCase, Warren, mRate.Key)),
-			bench.Format(bench.Rate, r.Median(pubCase, Raw, mRate.Key))),
-		Met: ratio >= 1,
-	}}
+// hand-written idiom and against go-rabbitmq's Publisher (case pubCase),
+// and warren's client CPU per message against raw's in every case.
+func targets(r *bench.Report, s *bench.Suite, pubCase string) []bench.Target {
+	ts := []bench.Target{
+		bench.RatioTarget(r, pubCase+": warren's Publisher (defaults) moves ≥ 1.00× the msg/s of raw amqp091-go's window idiom",
+			pubCase, Warren, Raw, bench.MsgRate, 1),
+	}
+	if slices.Contains(s.Contenders, GoRabbitMQ) {
+		ts = append(ts, bench.RatioTarget(r, pubCase+": warren's Publisher (defaults) ahead of go-rabbitmq's Publisher (≥ 1.00×)",
+			pubCase, Warren, GoRabbitMQ, bench.MsgRate, 1))
+	}
+	return append(ts, bench.CPUTargets(r, s, Warren, Raw, 1.15)...)
 }

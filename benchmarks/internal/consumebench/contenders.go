@@ -5,15 +5,15 @@ import (
 	"errors"
 	"fmt"
 	"os"
-	"runtime"
 	"slices"
-	"syscall"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	rabbitmq "github.com/wagslane/go-rabbitmq"
 
 	"github.com/warrenmq/warren"
 	"github.com/warrenmq/warren/benchmarks/internal/bench"
+	"github.com/warrenmq/warren/benchmarks/internal/peers"
 )
 
 // consumeFunc consumes n messages from the queue at prefetch p and returns
@@ -33,8 +33,9 @@ type fixture struct {
 	queue   string
 	msg     amqp.Publishing
 
-	raw    *rawContender
-	warren *warrenContender
+	raw      *rawContender
+	warren   *warrenContender
+	goRabbit *goRabbitContender
 }
 
 func newFixture(ctx context.Context, opts Options, selected []string) (f *fixture, err error) {
@@ -85,6 +86,11 @@ func newFixture(ctx context.Context, opts Options, selected []string) (f *fixtur
 			return nil, fmt.Errorf("warren contender: %w", err)
 		}
 	}
+	if slices.Contains(selected, GoRabbitMQ) {
+		if f.goRabbit, err = newGoRabbit(opts.BrokerURL, f.queue, opts.PassTimeout); err != nil {
+			return nil, fmt.Errorf("go-rabbitmq contender: %w", err)
+		}
+	}
 	return f, nil
 }
 
@@ -98,6 +104,11 @@ func (f *fixture) close(ctx context.Context) error {
 	if f.raw != nil {
 		if err := f.raw.conn.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
 			errs = append(errs, fmt.Errorf("raw: %w", err))
+		}
+	}
+	if f.goRabbit != nil {
+		if err := f.goRabbit.conn.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
+			errs = append(errs, fmt.Errorf("go-rabbitmq: %w", err))
 		}
 	}
 	if f.admin != nil {
@@ -177,18 +188,9 @@ func (f *fixture) trial(ctx context.Context, p, n int, consume consumeFunc) (ben
 	if err := f.fill(ctx, n); err != nil {
 		return nil, err
 	}
-	runtime.GC()
-	var (
-		m0, m1   runtime.MemStats
-		ru0, ru1 syscall.Rusage
-	)
-	runtime.ReadMemStats(&m0)
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru0)
-	t0 := time.Now()
+	m := bench.StartMeter()
 	got, redelivered, cerr := consume(ctx, p, n)
-	el := time.Since(t0)
-	_ = syscall.Getrusage(syscall.RUSAGE_SELF, &ru1)
-	runtime.ReadMemStats(&m1)
+	m.Stop()
 
 	// Empty the queue for the next pass, whatever happened in this one.
 	purged, perr := f.adminCh.QueuePurge(f.queue, false)
@@ -204,13 +206,7 @@ func (f *fixture) trial(ctx context.Context, p, n int, consume consumeFunc) (ben
 	case purged != 0:
 		return nil, fmt.Errorf("purged %d messages left in the queue after consuming all %d", purged, n)
 	}
-	cpu := ru1.Utime.Nano() + ru1.Stime.Nano() - ru0.Utime.Nano() - ru0.Stime.Nano()
-	return bench.Result{
-		"msg_s":      float64(n) / el.Seconds(),
-		"allocs_msg": float64(m1.Mallocs-m0.Mallocs) / float64(n),
-		"bytes_msg":  float64(m1.TotalAlloc-m0.TotalAlloc) / float64(n),
-		"cpu_msg":    float64(cpu) / float64(n),
-	}, nil
+	return m.Result(int64(n)), nil
 }
 
 // rawContender is amqp091-go on its own connection, a channel per pass.
@@ -318,6 +314,77 @@ func (w *warrenContender) consume(ctx context.Context, p, n int) (got, redeliver
 		err = fmt.Errorf("warren Consume returned nil after %d of %d messages", got, n)
 	default:
 		err = fmt.Errorf("consuming stopped after %d of %d messages: %w", got, n, err)
+	}
+	return got, redelivered, err
+}
+
+// goRabbitContender is one go-rabbitmq Conn; every pass is one Consumer.
+type goRabbitContender struct {
+	conn    *rabbitmq.Conn
+	queue   string
+	timeout time.Duration
+}
+
+func newGoRabbit(url, queue string, timeout time.Duration) (*goRabbitContender, error) {
+	conn, err := peers.DialGoRabbitMQ(url, "warrenbench-consume-go-rabbitmq")
+	if err != nil {
+		return nil, err
+	}
+	return &goRabbitContender{conn: conn, queue: queue, timeout: timeout}, nil
+}
+
+// consume is go-rabbitmq's documented consumer: NewConsumer with the
+// prefetch option (Concurrency 1, its default; the queue exists, so it is not
+// declared), Run with a handler that counts and returns rabbitmq.Ack, then
+// Close, which waits for the handler and closes the channel. The handler of
+// the n-th message acks it itself (rabbitmq.Manual) before signalling the
+// end, so the channel is not closed ahead of that ack.
+func (g *goRabbitContender) consume(ctx context.Context, p, n int) (got, redelivered int, err error) {
+	consumer, err := rabbitmq.NewConsumer(g.conn, g.queue,
+		rabbitmq.WithConsumerOptionsQOSPrefetch(p),
+		rabbitmq.WithConsumerOptionsQueueNoDeclare,
+		rabbitmq.WithConsumerOptionsLogger(peers.Quiet))
+	if err != nil {
+		return 0, 0, err
+	}
+	last := make(chan error, 1)
+	h := func(d rabbitmq.Delivery) rabbitmq.Action {
+		got++ // Concurrency 1: one handler at a time
+		if d.Redelivered {
+			redelivered++
+		}
+		if got < n {
+			return rabbitmq.Ack
+		}
+		last <- d.Ack(false)
+		return rabbitmq.Manual
+	}
+	ran := make(chan error, 1)
+	go func() { ran <- consumer.Run(h) }()
+	wctx, cancel := context.WithTimeout(ctx, g.timeout)
+	defer cancel()
+	var ackErr, runErr, waitErr error
+	returned := false
+	select {
+	case ackErr = <-last:
+	case runErr = <-ran:
+		returned = true
+	case <-wctx.Done():
+		waitErr = wctx.Err()
+	}
+	consumer.Close() // waits for the handler: got is final
+	if !returned {
+		runErr = <-ran
+	}
+	switch {
+	case ackErr != nil:
+		err = fmt.Errorf("basic.ack: %w", ackErr)
+	case waitErr != nil:
+		err = fmt.Errorf("consuming stopped after %d of %d messages: %w", got, n, waitErr)
+	case runErr != nil:
+		err = fmt.Errorf("go-rabbitmq Consumer.Run: %w", runErr)
+	case returned:
+		err = fmt.Errorf("go-rabbitmq Consumer.Run returned after %d of %d messages", got, n)
 	}
 	return got, redelivered, err
 }

@@ -1,7 +1,7 @@
 // Package consumebench compares consuming with manual acks through warren's
 // Client.Consume with amqp091-go's documented idiom (a channel with
-// basic.qos, Channel.Consume and a range loop acking each delivery), at
-// several prefetch counts, one handler at a time.
+// basic.qos, Channel.Consume and a range loop acking each delivery) and
+// go-rabbitmq's Consumer, at several prefetch counts, one handler at a time.
 package consumebench
 
 import (
@@ -12,19 +12,21 @@ import (
 	"time"
 
 	"github.com/warrenmq/warren/benchmarks/internal/bench"
+	"github.com/warrenmq/warren/benchmarks/internal/peers"
 )
 
 // Contender names.
 const (
-	Raw    = "raw"    // amqp091-go: Qos, Consume, for d := range deliveries { d.Ack(false) }
-	Warren = "warren" // warren: Client.Consume with Prefetch n, Workers 1
+	Raw        = "raw"            // amqp091-go: Qos, Consume, for d := range deliveries { d.Ack(false) }
+	Warren     = "warren"         // warren: Client.Consume with Prefetch n, Workers 1
+	GoRabbitMQ = peers.GoRabbitMQ // go-rabbitmq: NewConsumer with QOSPrefetch n, Run, Close
 )
 
 // Options configure the consume suite. Zero fields take the defaults noted.
 type Options struct {
 	// BrokerURL is the RabbitMQ every contender consumes from. Required.
 	BrokerURL string
-	// Contenders to run, in order (default Raw, Warren).
+	// Contenders to run, in order (default Raw, Warren, GoRabbitMQ).
 	Contenders []string
 	// Prefetches are the prefetch counts, one case each (default 1, 50
 	// and 300).
@@ -46,7 +48,7 @@ type Options struct {
 
 func (o *Options) defaults() {
 	if len(o.Contenders) == 0 {
-		o.Contenders = []string{Raw, Warren}
+		o.Contenders = []string{Raw, Warren, GoRabbitMQ}
 	}
 	if o.Prefetches == nil {
 		o.Prefetches = []int{1, 50, 300}
@@ -76,22 +78,18 @@ func (o *Options) messages(p int) int {
 	return o.Messages
 }
 
-var (
-	mRate   = bench.Metric{Key: "msg_s", Title: "msg/s", Unit: bench.Rate, Higher: true}
-	mAllocs = bench.Metric{Key: "allocs_msg", Title: "allocs/msg", Unit: bench.Count}
-	mCPU    = bench.Metric{Key: "cpu_msg", Title: "CPU/msg", Unit: bench.Nanos}
-	mBytes  = bench.Metric{Key: "bytes_msg", Title: "B/msg", Unit: bench.Count}
-	metrics = []bench.Metric{mRate, mAllocs, mCPU, mBytes}
-)
-
 // NewSuite dials the broker for the filler and every selected contender,
 // declares the queue and returns the suite. Call its Close when done.
 func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
+	if err := peers.Check(opts.Contenders); err != nil {
+		return nil, err
+	}
+	notRun := peers.NotRun(opts.Contenders)
 	opts.defaults()
 	if opts.BrokerURL == "" {
 		return nil, errors.New("no broker URL")
 	}
-	all := []string{Raw, Warren}
+	all := []string{Raw, Warren, GoRabbitMQ}
 	for _, name := range opts.Contenders {
 		if !slices.Contains(all, name) {
 			return nil, fmt.Errorf("consume contender %s: unknown (have %v)", name, all)
@@ -123,14 +121,28 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 			"false, false, nil), `for d := range deliveries { count; d.Ack(false) }` until the last one, then "+
 			"Channel.Close. warren: one Client; per pass Client.Consume(ctx, queue, handler, "+
 			"ConsumeOptions{Prefetch: n, Workers: 1}), the handler counting and returning nil (warren acks), "+
-			"cancelling ctx at the last message, so Consume cancels the consumer and closes its channel. After the "+
-			"pass a purge must find the queue empty. allocs/msg and B/msg are runtime.MemStats deltas over the "+
-			"timed part divided by the messages, CPU/msg is this process's user+system CPU (getrusage) over it "+
-			"divided by the messages (the broker's CPU is not included, but it shares the same cores).",
-			opts.BodySize, opts.FillWindow, bench.ModuleVersion("github.com/rabbitmq/amqp091-go")),
+			"cancelling ctx at the last message, so Consume cancels the consumer and closes its channel. "+
+			"go-rabbitmq %s: one Conn; per pass NewConsumer(conn, queue, WithConsumerOptionsQOSPrefetch(n), "+
+			"WithConsumerOptionsQueueNoDeclare) (Concurrency 1, its default), Run with a handler that counts and "+
+			"returns rabbitmq.Ack, then Close (waits for the handler, closes the channel). %s "+
+			"After the pass a purge must find the queue empty. %s",
+			opts.BodySize, opts.FillWindow, bench.ModuleVersion("github.com/rabbitmq/amqp091-go"),
+			bench.ModuleVersion("github.com/wagslane/go-rabbitmq"), peers.AmqpxDoc, bench.MsgMetricsDoc),
 		Contenders: selected,
 		Baseline:   baseline,
+		Subject:    Warren,
+		Peers:      []string{GoRabbitMQ},
 		Close:      f.close,
+	}
+	consumers := map[string]consumeFunc{}
+	if f.raw != nil {
+		consumers[Raw] = f.raw.consume
+	}
+	if f.warren != nil {
+		consumers[Warren] = f.warren.consume
+	}
+	if f.goRabbit != nil {
+		consumers[GoRabbitMQ] = f.goRabbit.consume
 	}
 	for _, p := range opts.Prefetches {
 		n := opts.messages(p)
@@ -142,14 +154,15 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 		s.Cases = append(s.Cases, &bench.Case{
 			Name:    fmt.Sprintf("consume/prefetch-%d", p),
 			Doc:     doc,
-			Metrics: metrics,
+			Metrics: bench.MsgMetrics,
+			NotRun:  notRun,
 			Run: func(ctx context.Context, who string) (bench.Result, error) {
-				if who == Raw {
-					return f.trial(ctx, p, n, f.raw.consume)
-				}
-				return f.trial(ctx, p, n, f.warren.consume)
+				return f.trial(ctx, p, n, consumers[who])
 			},
 		})
+	}
+	if slices.Contains(selected, Raw) && slices.Contains(selected, Warren) {
+		s.Targets = func(r *bench.Report) []bench.Target { return bench.CPUTargets(r, s, Warren, Raw, 1.15) }
 	}
 	return s, nil
 }
