@@ -32,7 +32,7 @@ type Delivery struct {
 
 // DeliveryCount returns how often a quorum queue has delivered the message
 // before and had it returned (its x-delivery-count header; 0 on the first
-// delivery, and always 0 for other queue types). With QueueOptions'
+// delivery, and for messages that never passed through a quorum queue). With QueueOptions'
 // DeliveryLimit, the message is dead-lettered or dropped once it exceeds
 // the limit; a handler can use the count to give up on a poison message
 // earlier.

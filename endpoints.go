@@ -47,9 +47,10 @@ func WithEndpointOrder(order EndpointOrder) Option {
 // time.
 //
 // DialCluster tries the endpoints in the order WithEndpointOrder sets
-// (shuffled by default) until one accepts, each dial bounded by ctx and by
-// the reconnect policy's DialTimeout (30 s without WithReconnect); it fails
-// only when every endpoint failed, with all their errors. With WithReconnect
+// (shuffled by default) until one accepts, each dial bounded by ctx and,
+// when there are several, by the reconnect policy's DialTimeout (30 s
+// without WithReconnect); it fails only when every endpoint failed, with
+// all their errors. With WithReconnect
 // a lost connection is replaced by dialling the endpoints that follow the
 // lost one, round the circle: the next node first, then the others, and
 // only after a whole round has failed does the policy's backoff wait.
@@ -67,8 +68,17 @@ func DialCluster(ctx context.Context, urls []string, opts ...Option) (*Client, e
 		return nil, err
 	}
 	for i, u := range urls {
-		if _, err := amqp.ParseURI(u); err != nil {
+		uri, err := amqp.ParseURI(u)
+		if err != nil {
 			return nil, fmt.Errorf("%w: DialCluster: endpoint %d: invalid AMQP URL: %v", ErrInvalidArgument, i, urlError(err))
+		}
+		// What dial checks of a URL, checked now for every endpoint.
+		scratch := o
+		if err := urlParams(u, &scratch); err != nil {
+			return nil, fmt.Errorf("DialCluster: endpoint %d: %w", i, err)
+		}
+		if _, err := saslFor(uri); err != nil {
+			return nil, fmt.Errorf("DialCluster: endpoint %d: %w", i, err)
 		}
 	}
 	eps := append([]string(nil), urls...)

@@ -197,6 +197,10 @@ func TestDialClusterRefusesBadInput(t *testing.T) {
 		"not a URL":       {"amqp://guest:guest@127.0.0.1:5672/", "http://x/"},
 		"bad port":        {"amqp://127.0.0.1:notaport/"},
 		"empty string in": {""},
+		// Parameters only warren checks: refused for every endpoint at
+		// once, not found out at a failover.
+		"heartbeat=0 on the second": {"amqp://127.0.0.1:5672/", "amqp://127.0.0.1:5673/?heartbeat=0"},
+		"unsupported auth":          {"amqp://127.0.0.1:5672/", "amqp://127.0.0.1:5673/?auth_mechanism=scram"},
 	} {
 		if _, err := warren.DialCluster(context.Background(), urls); !errors.Is(err, warren.ErrInvalidArgument) {
 			t.Errorf("%s: err = %v, want ErrInvalidArgument", name, err)

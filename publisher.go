@@ -481,7 +481,7 @@ func (w *pubWorker) publish(r *pubReq) {
 	p := w.p
 	for attempt := 0; ; attempt++ {
 		if w.ch.s != nil && w.nacks.Load() >= nackRun && time.Since(w.since) >= renewEvery {
-			w.renew(r.ctx)
+			w.renew()
 		}
 		if w.ch.s == nil {
 			w.uncork() // channel.open is an RPC
@@ -539,9 +539,10 @@ func (w *pubWorker) publish(r *pubReq) {
 }
 
 // renew gives up the worker's channel after a run of nacks: it waits
-// (bounded by renewWait, ctx and Close) for the answers still due on it,
-// closes it, and leaves the worker to lease a new one.
-func (w *pubWorker) renew(ctx context.Context) {
+// (bounded by renewWait and Close, never by one caller's ctx: the answers
+// due are other callers' too) for the answers still due on it, closes it,
+// and leaves the worker to lease a new one.
+func (w *pubWorker) renew() {
 	w.uncork()
 	t := time.NewTimer(renewWait)
 	defer t.Stop()
@@ -551,8 +552,6 @@ wait:
 		select {
 		case w.slots <- struct{}{}:
 		case <-t.C:
-			break wait
-		case <-ctx.Done():
 			break wait
 		case <-w.p.abort:
 			break wait

@@ -26,16 +26,31 @@ const (
 )
 
 // arguments returns the queue.declare arguments: Args with the fields that
-// have their own names added, or why they cannot be declared.
+// have their own names added, or why they cannot be declared. A passive
+// declaration only checks that the queue exists: RabbitMQ ignores its flags
+// and arguments, and so does warren.
 func (o QueueOptions) arguments() (Table, error) {
-	replicated := o.Type == QueueQuorum || o.Type == QueueStream
+	if o.Passive {
+		return o.Args, nil
+	}
+	// The type and overflow in effect: a field, or else the same
+	// argument set in Args.
+	typ := o.Type
+	if s, ok := o.Args["x-queue-type"].(string); ok && typ == QueueDefault {
+		typ = QueueType(s)
+	}
+	overflow := o.Overflow
+	if s, ok := o.Args["x-overflow"].(string); ok && overflow == "" {
+		overflow = s
+	}
+	replicated := typ == QueueQuorum || typ == QueueStream
 	switch o.Type {
 	case QueueDefault, QueueClassic, QueueQuorum, QueueStream:
 	default:
 		return nil, fmt.Errorf("%w: unknown queue type %q", ErrInvalidArgument, o.Type)
 	}
 	if replicated && (!o.Durable || o.Exclusive || o.AutoDelete) {
-		return nil, fmt.Errorf("%w: a %s queue must be Durable, and neither Exclusive nor AutoDelete", ErrInvalidArgument, o.Type)
+		return nil, fmt.Errorf("%w: a %s queue must be Durable, and neither Exclusive nor AutoDelete", ErrInvalidArgument, typ)
 	}
 	set := make(Table, len(o.Args)+4)
 	for k, v := range o.Args {
@@ -50,10 +65,12 @@ func (o QueueOptions) arguments() (Table, error) {
 	}
 	onlyFor := func(field string, ok bool, types string) error {
 		if !ok {
-			return fmt.Errorf("%w: %s applies to %s queues, not %q", ErrInvalidArgument, field, types, o.Type)
+			return fmt.Errorf("%w: %s applies to %s queues, not %q", ErrInvalidArgument, field, types, typ)
 		}
 		return nil
 	}
+	// notStream: RabbitMQ 3.10 refuses these arguments on a stream (406).
+	notStream := func(field string) error { return onlyFor(field, typ != QueueStream, "classic and quorum") }
 	var errs []error
 	add := func(err error) {
 		if err != nil {
@@ -64,24 +81,26 @@ func (o QueueOptions) arguments() (Table, error) {
 		add(put("x-queue-type", string(o.Type)))
 	}
 	if o.DeliveryLimit != 0 {
-		add(onlyFor("DeliveryLimit", o.Type == QueueQuorum, "quorum"))
+		add(onlyFor("DeliveryLimit", typ == QueueQuorum, "quorum"))
 		add(nonNegative("DeliveryLimit", int64(o.DeliveryLimit)))
 		add(put("x-delivery-limit", int64(o.DeliveryLimit)))
 	}
 	if o.DeadLetterExchange != "" {
+		add(notStream("DeadLetterExchange"))
 		add(put("x-dead-letter-exchange", o.DeadLetterExchange))
 	}
 	if o.DeadLetterRoutingKey != "" {
-		if o.DeadLetterExchange == "" && o.Args["x-dead-letter-exchange"] == nil {
-			add(fmt.Errorf("%w: DeadLetterRoutingKey without a dead-letter exchange", ErrInvalidArgument))
+		if _, inArgs := o.Args["x-dead-letter-exchange"]; o.DeadLetterExchange == "" && !inArgs {
+			add(fmt.Errorf("%w: DeadLetterRoutingKey without a dead-letter exchange (for the default exchange, set Args \"x-dead-letter-exchange\": \"\")", ErrInvalidArgument))
 		}
+		add(notStream("DeadLetterRoutingKey"))
 		add(put("x-dead-letter-routing-key", o.DeadLetterRoutingKey))
 	}
 	switch o.DeadLetterStrategy {
 	case "":
 	case DeadLetterAtMostOnce, DeadLetterAtLeastOnce:
-		add(onlyFor("DeadLetterStrategy", o.Type == QueueQuorum, "quorum"))
-		if o.DeadLetterStrategy == DeadLetterAtLeastOnce && o.Overflow != OverflowRejectPublish {
+		add(onlyFor("DeadLetterStrategy", typ == QueueQuorum, "quorum"))
+		if o.DeadLetterStrategy == DeadLetterAtLeastOnce && overflow != OverflowRejectPublish {
 			// RabbitMQ silently falls back to at-most-once otherwise.
 			add(fmt.Errorf("%w: DeadLetterStrategy %q needs Overflow %q", ErrInvalidArgument, DeadLetterAtLeastOnce, OverflowRejectPublish))
 		}
@@ -90,6 +109,7 @@ func (o QueueOptions) arguments() (Table, error) {
 		add(fmt.Errorf("%w: unknown DeadLetterStrategy %q", ErrInvalidArgument, o.DeadLetterStrategy))
 	}
 	if o.MaxLength != 0 {
+		add(notStream("MaxLength"))
 		add(nonNegative("MaxLength", o.MaxLength))
 		add(put("x-max-length", o.MaxLength))
 	}
@@ -100,6 +120,7 @@ func (o QueueOptions) arguments() (Table, error) {
 	switch o.Overflow {
 	case "":
 	case OverflowDropHead, OverflowRejectPublish:
+		add(notStream("Overflow"))
 		add(put("x-overflow", o.Overflow))
 	case OverflowRejectPublishDLX:
 		add(onlyFor("Overflow "+OverflowRejectPublishDLX, !replicated, "classic"))
@@ -108,21 +129,24 @@ func (o QueueOptions) arguments() (Table, error) {
 		add(fmt.Errorf("%w: unknown Overflow %q", ErrInvalidArgument, o.Overflow))
 	}
 	if o.MessageTTL != 0 {
+		add(notStream("MessageTTL"))
 		add(millis("MessageTTL", o.MessageTTL, 0))
 		add(put("x-message-ttl", o.MessageTTL.Milliseconds()))
 	}
 	if o.Expires != 0 {
+		add(notStream("Expires"))
 		add(millis("Expires", o.Expires, time.Millisecond))
 		add(put("x-expires", o.Expires.Milliseconds()))
 	}
 	if o.SingleActiveConsumer {
+		add(notStream("SingleActiveConsumer"))
 		add(put("x-single-active-consumer", true))
 	}
 	if o.InitialGroupSize != 0 {
 		add(onlyFor("InitialGroupSize", replicated, "quorum and stream"))
 		add(nonNegative("InitialGroupSize", int64(o.InitialGroupSize)))
 		key := "x-quorum-initial-group-size"
-		if o.Type == QueueStream {
+		if typ == QueueStream {
 			key = "x-initial-cluster-size"
 		}
 		add(put(key, int64(o.InitialGroupSize)))

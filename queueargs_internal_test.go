@@ -45,6 +45,18 @@ func TestQueueOptionsArguments(t *testing.T) {
 			Table{"x-overflow": "reject-publish-dlx", "x-dead-letter-exchange": "d"}},
 		{"routing key with exchange in Args", QueueOptions{DeadLetterRoutingKey: "k", Args: Table{"x-dead-letter-exchange": ""}},
 			Table{"x-dead-letter-routing-key": "k", "x-dead-letter-exchange": ""}},
+		// The type and overflow may come through Args (code written
+		// before the fields existed).
+		{"quorum type in Args", QueueOptions{Durable: true, DeliveryLimit: 5, Args: Table{"x-queue-type": "quorum"}},
+			Table{"x-queue-type": "quorum", "x-delivery-limit": int64(5)}},
+		{"overflow in Args", with(quorum, func(o *QueueOptions) {
+			o.DeadLetterStrategy = DeadLetterAtLeastOnce
+			o.Args = Table{"x-overflow": "reject-publish"}
+		}), Table{"x-queue-type": "quorum", "x-dead-letter-strategy": "at-least-once", "x-overflow": "reject-publish"}},
+		// Passive: RabbitMQ ignores flags and arguments; so does warren.
+		{"passive quorum", QueueOptions{Passive: true, Type: QueueQuorum, DeliveryLimit: -1}, nil},
+		{"stream max bytes", QueueOptions{Durable: true, Type: QueueStream, MaxLengthBytes: 1 << 30},
+			Table{"x-queue-type": "stream", "x-max-length-bytes": int64(1 << 30)}},
 	} {
 		got, err := tc.opts.arguments()
 		if err != nil {
@@ -84,6 +96,14 @@ func TestQueueOptionsArguments(t *testing.T) {
 		{"negative ttl", QueueOptions{MessageTTL: -time.Second}, "milliseconds"},
 		{"expires fractional", QueueOptions{Expires: 1500 * time.Microsecond}, "milliseconds"},
 		{"group size on classic", QueueOptions{InitialGroupSize: 3}, "applies to quorum and stream"},
+		{"quorum in Args not durable", QueueOptions{Args: Table{"x-queue-type": "quorum"}}, "must be Durable"},
+		{"delivery limit with classic in Args", QueueOptions{DeliveryLimit: 1, Args: Table{"x-queue-type": "classic"}}, "applies to quorum"},
+		{"stream max length", QueueOptions{Durable: true, Type: QueueStream, MaxLength: 10}, "MaxLength applies to classic and quorum"},
+		{"stream ttl", QueueOptions{Durable: true, Type: QueueStream, MessageTTL: time.Second}, "MessageTTL applies to classic and quorum"},
+		{"stream overflow", QueueOptions{Durable: true, Type: QueueStream, Overflow: OverflowDropHead}, "Overflow applies to classic and quorum"},
+		{"stream dead-lettering", QueueOptions{Durable: true, Type: QueueStream, DeadLetterExchange: "d"}, "DeadLetterExchange applies to classic and quorum"},
+		{"stream SAC", QueueOptions{Durable: true, Type: QueueStream, SingleActiveConsumer: true}, "SingleActiveConsumer applies"},
+		{"stream expires", QueueOptions{Durable: true, Type: QueueStream, Expires: time.Hour}, "Expires applies"},
 	} {
 		_, err := tc.opts.arguments()
 		if !errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), tc.why) {

@@ -52,7 +52,7 @@ type QueueOptions struct {
 	Durable    bool  // survives a broker restart
 	AutoDelete bool  // deleted when its last consumer goes away
 	Exclusive  bool  // used only by this connection, deleted when it closes
-	Passive    bool  // only check that it exists (404 NOT_FOUND if not)
+	Passive    bool  // only check that it exists (404 NOT_FOUND if not); every other field is then ignored
 	Args       Table // other arguments; one also set by a field below is refused
 
 	// Type is x-queue-type. Quorum and stream queues are replicated across
@@ -68,7 +68,8 @@ type QueueOptions struct {
 	// DeadLetterExchange (x-dead-letter-exchange) receives messages that
 	// are rejected without requeue, expire, overflow or reach the delivery
 	// limit; DeadLetterRoutingKey (x-dead-letter-routing-key) replaces
-	// their routing key.
+	// their routing key. (The default exchange, "", cannot be named by the
+	// field: set Args{"x-dead-letter-exchange": ""} for it.)
 	DeadLetterExchange   string
 	DeadLetterRoutingKey string
 	// DeadLetterStrategy (quorum) is x-dead-letter-strategy: DeadLetterAtMostOnce
@@ -84,7 +85,8 @@ type QueueOptions struct {
 	Overflow       string
 	// MessageTTL (x-message-ttl) expires messages older than this;
 	// Expires (x-expires) deletes the queue after it has been unused this
-	// long. Both have millisecond precision.
+	// long. Both have millisecond precision; zero means not set (a TTL of
+	// zero goes in Args).
 	MessageTTL time.Duration
 	Expires    time.Duration
 	// SingleActiveConsumer (x-single-active-consumer): one consumer at a
@@ -179,6 +181,9 @@ func (ch Channel) QueueDeclare(ctx context.Context, name string, opts QueueOptio
 		return Queue{}, err
 	}
 	args, err := opts.arguments()
+	if err == nil && name == "" && !opts.Passive && (opts.Type == QueueQuorum || opts.Type == QueueStream) {
+		err = fmt.Errorf("%w: a %s queue needs a name (the broker names only classic queues)", ErrInvalidArgument, opts.Type)
+	}
 	if err != nil {
 		return Queue{}, fmt.Errorf("warren: %s %q: %w", op, name, err)
 	}

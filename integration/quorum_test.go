@@ -81,7 +81,10 @@ func TestQuorumQueueDeliveryLimitDeadLetters(t *testing.T) {
 	if _, err := ch3.QueueDeclare(ctx, q, warren.QueueOptions{Type: warren.QueueQuorum}); !errors.Is(err, warren.ErrInvalidArgument) {
 		t.Fatalf("non-durable quorum queue: %v, want ErrInvalidArgument", err)
 	}
-	if _, err := ch3.QueueDeclare(ctx, q, warren.QueueOptions{Passive: true}); err != nil {
+	if _, err := ch3.QueueDeclare(ctx, "", warren.QueueOptions{Durable: true, Type: warren.QueueQuorum}); !errors.Is(err, warren.ErrInvalidArgument) {
+		t.Fatalf("server-named quorum queue: %v, want ErrInvalidArgument", err)
+	}
+	if _, err := ch3.QueueDeclare(ctx, q, warren.QueueOptions{Passive: true, Type: warren.QueueQuorum}); err != nil {
 		t.Fatalf("channel unusable after a refused declaration: %v", err)
 	}
 }

@@ -464,8 +464,10 @@ func (c *Conn) startIn(f []byte) {
 		c.capture = make([]byte, 0, frameStartLen+maxCloseArgs)
 		c.capKind = capClose
 	case ch != 0 && class == classBasic && (method == methodAck || method == methodNack) && c.onConfirm != nil:
-		// needMore kept the frame back until its arguments were here.
-		if len(f) >= holdMax && binary.BigEndian.Uint32(f[3:7]) >= methodIDLen+confirmArgsLen {
+		// needMore kept the frame back until its arguments were here. A
+		// confirm of any other size is malformed (argsFit fails the
+		// connection): it is never acted on.
+		if len(f) >= holdMax && binary.BigEndian.Uint32(f[3:7]) == methodIDLen+confirmArgsLen {
 			tag := binary.BigEndian.Uint64(f[frameStartLen : frameStartLen+8])
 			if !c.onConfirm(ch, tag, f[frameStartLen+8]&1 != 0, method == methodAck) {
 				c.inDrop = true

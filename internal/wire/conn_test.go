@@ -2770,3 +2770,36 @@ func TestRefusedConfirmIsDroppedAtEverySplit(t *testing.T) {
 		}
 	}
 }
+
+// A confirm whose size is not exactly its arguments' is malformed: the
+// connection fails, and the confirm hook never sees it (acting on it would
+// resolve publishes on a frame that is then thrown out).
+func TestMalformedConfirmIsNeverReported(t *testing.T) {
+	for _, tc := range []struct {
+		name  string
+		frame []byte
+	}{
+		{"one byte too many", methodFrame(3, 60, 80, cat(u64(7), []byte{1}, []byte{0}))},
+		{"nack with a trailing tag", methodFrame(3, 60, 120, cat(u64(7), []byte{1}, u64(1<<40)))},
+	} {
+		for _, sizes := range [][]int{{4096}, {22}, {1}} {
+			r := newMemRig(t, sizes...)
+			var seen int
+			r.c.SetConfirmHooks(func(uint16, uint64, bool, bool) bool { seen++; return true }, func(uint16) {}, func(uint16) {})
+			r.feed(cat(basicAck(3, 1), tc.frame, basicAck(3, 2)))
+			r.mc.eof = true
+			var err error
+			for range 20 {
+				if _, err = r.read(); err != nil {
+					break
+				}
+			}
+			if !errors.Is(err, ErrMalformed) {
+				t.Fatalf("%s, reads %v: Read = %v, want ErrMalformed", tc.name, sizes, err)
+			}
+			if seen != 1 {
+				t.Fatalf("%s, reads %v: confirm hook called %d times, want once (the good ack before it)", tc.name, sizes, seen)
+			}
+		}
+	}
+}

@@ -119,10 +119,6 @@ func refInbound(data []byte) (r refIn) {
 			return
 		}
 		class, method, hasID := methodOf(rest)
-		if rest[0] == frameMethod && size < methodIDLen {
-			r.broken = true // amqp091-go would take the id from the next frame
-			return
-		}
 		isChClose := hasID && ch != 0 && class == classChannel && method == methodClose
 		isConnClose := hasID && ch == 0 && class == classConnection && method == methodConnClose
 		stray := hasID && ch != 0 && class == classChannel && method == methodCloseO
