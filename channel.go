@@ -64,7 +64,7 @@ type channel struct {
 	writing   atomic.Uint64 // the sequence number of the send writing now, 0, or writeAborted: see send
 	wseq      atomic.Uint64 // numbers sends
 	wdone     atomic.Value  // <-chan struct{}: Done of the ctx of the latest send with one (see stall.go)
-	wop       atomic.Value  // string: that send's operation
+	wop       atomic.Uint32 // that send's operation, an index into sendOps
 	stallSeq  uint64        // the stall watch's: the send it saw writing with its ctx ended...
 	stallMark uint64        // ...and the connection's bytes written then
 
@@ -403,7 +403,7 @@ func (ch *channel) send(ctx context.Context, op string, gen uint64, fn func() er
 	}
 	seq := ch.wseq.Add(1)
 	ch.wdone.Store(done)
-	ch.wop.Store(op)
+	ch.wop.Store(sendOp(op))
 	ch.writing.Store(seq)
 	ch.c.watchStalls()
 	err := fn()

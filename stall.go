@@ -10,6 +10,20 @@ import "time"
 // send reports it. So a stalled write ends between one and two stallGrace
 // after its ctx, and a send costs two atomic stores instead of a timer.
 
+// sendOps are the operations that go through send, named in the error of a
+// stalled write. A send stores the index of its op (storing the string in
+// an atomic.Value would allocate on every send).
+var sendOps = [...]string{"a write", "basic.publish", "basic.ack", "basic.nack", "basic.reject"}
+
+func sendOp(op string) uint32 {
+	for i, o := range sendOps {
+		if o == op {
+			return uint32(i)
+		}
+	}
+	return 0
+}
+
 // watchStalls starts the stall watch once.
 func (c *session) watchStalls() {
 	if c.stallWatch.Load() {
@@ -55,8 +69,7 @@ func (c *session) stalledWrite() (*channel, string, uint64) {
 			ch.stallSeq, ch.stallMark = seq, written
 			continue
 		}
-		op, _ := ch.wop.Load().(string)
-		return ch, op, seq
+		return ch, sendOps[min(int(ch.wop.Load()), len(sendOps)-1)], seq
 	}
 	return nil, "", 0
 }
