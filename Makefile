@@ -44,7 +44,7 @@ lint:
 # make bench   runs every benchmark scenario (benchmarks/, its own module:
 #              pool, publish, confirms, consume; warren against raw
 #              amqp091-go, go-rabbitmq and puddle) against the local broker
-#              and prints the Markdown report of BENCHMARKS.md; about 8 minutes
+#              and prints the Markdown report of BENCHMARKS.md; about 6 minutes
 .PHONY: bench
 bench:
 	cd benchmarks && $(GO) run ./cmd/warrenbench
