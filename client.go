@@ -31,6 +31,7 @@ type Client struct {
 
 	swapMu  sync.Mutex
 	swapped chan struct{} // closed when the next connection is in place
+	past    ClientStats   // the counters of the lost connections (under swapMu)
 }
 
 // s returns the current session.
@@ -173,9 +174,16 @@ func (c *Client) Close(ctx context.Context) error {
 	return err
 }
 
-// Stats returns a snapshot of the client's gauges and counters.
+// Stats returns a snapshot of the client's gauges (of the connection in
+// use) and counters (added up over every connection the Client has had).
 func (c *Client) Stats() ClientStats {
-	return c.s().Stats()
+	c.swapMu.Lock()
+	s, past := c.s(), c.past
+	c.swapMu.Unlock()
+	st := s.Stats()
+	st.add(past)
+	st.Reconnects = past.Reconnects
+	return st
 }
 
 // NewPool makes a pool of channels on c. It opens opts.MinIdle channels

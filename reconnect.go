@@ -289,6 +289,8 @@ func (c *Client) supervise() {
 // it.
 func (c *Client) swap(ns *session) {
 	c.swapMu.Lock()
+	c.past.add(c.s().Stats())
+	c.past.Reconnects++
 	c.cur.Store(ns)
 	close(c.swapped)
 	c.swapped = make(chan struct{})

@@ -7,9 +7,13 @@ type ClientStats struct {
 	OpenChannels int  // channels warren has open on the connection
 	Blocked      bool // the broker has blocked publishing (connection.blocked)
 
-	// ChannelsOpened and ChannelsClosed count channels on the current
-	// connection (a reconnect starts them again): their
-	// rate is the channel churn RabbitMQ's monitoring guide warns about.
+	// Reconnects counts the connections that replaced a lost one
+	// (WithReconnect). The counters below add up over all of the Client's
+	// connections.
+	Reconnects uint64
+
+	// ChannelsOpened and ChannelsClosed count channels: their rate is the
+	// channel churn RabbitMQ's monitoring guide warns about.
 	ChannelsOpened uint64
 	ChannelsClosed uint64
 
@@ -28,6 +32,16 @@ type ClientStats struct {
 	// broker misbehaves).
 	StrayReturns  uint64
 	StrayConfirms uint64
+}
+
+// add adds the counters of o (not its gauges) to s.
+func (s *ClientStats) add(o ClientStats) {
+	s.ChannelsOpened += o.ChannelsOpened
+	s.ChannelsClosed += o.ChannelsClosed
+	s.LateFramesDropped += o.LateFramesDropped
+	s.StrayCloseOKsDropped += o.StrayCloseOKsDropped
+	s.StrayReturns += o.StrayReturns
+	s.StrayConfirms += o.StrayConfirms
 }
 
 // Stats: see Client.Stats.
