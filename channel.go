@@ -405,7 +405,6 @@ func (ch *channel) send(ctx context.Context, op string, gen uint64, fn func() er
 	ch.wdone.Store(done)
 	ch.wop.Store(sendOp(op))
 	ch.writing.Store(seq)
-	ch.c.watchStalls()
 	err := fn()
 	if !ch.writing.CompareAndSwap(seq, 0) {
 		ch.writing.Store(0)

@@ -54,6 +54,7 @@ func Dial(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 
 // dialClient makes a Client for endpoints, tried in the order given.
 func dialClient(ctx context.Context, endpoints []string, o options) (*Client, error) {
+	o.counters = new(counters)
 	c := &Client{endpoints: endpoints, opts: o, closing: make(chan struct{}), done: make(chan struct{}),
 		loopDone: make(chan struct{}), swapped: make(chan struct{})}
 	var per time.Duration // one endpoint: ctx alone bounds the dial
@@ -181,7 +182,7 @@ func (c *Client) Stats() ClientStats {
 	s, past := c.s(), c.past
 	c.swapMu.Unlock()
 	st := s.Stats()
-	st.add(past)
+	st.addWire(past)
 	st.Reconnects = past.Reconnects
 	return st
 }

@@ -329,7 +329,7 @@ func (t *confirmTracker) settleLocked(tag uint64, multiple, ack bool) {
 		}
 	}
 	if n == 0 {
-		t.st.c.strayConfirms.Add(1)
+		t.st.c.cnt.strayConfirms.Add(1)
 	}
 }
 
@@ -371,7 +371,7 @@ func (t *confirmTracker) returnDropped() {
 		t.replayLocked()
 	}
 	t.mu.Unlock()
-	t.st.c.strayReturns.Add(1)
+	t.st.c.cnt.strayReturns.Add(1)
 }
 
 // returned matches a returned message, delivered by amqp091-go, to its
@@ -392,7 +392,7 @@ func (t *confirmTracker) returned(r *amqp.Return) {
 	}
 	t.mu.Unlock()
 	if !matched {
-		t.st.c.strayReturns.Add(1)
+		t.st.c.cnt.strayReturns.Add(1)
 		t.st.c.opts.logger.Warn("warren: basic.return matches no pending publish",
 			"channel", t.st.id, "exchange", r.Exchange, "routing_key", r.RoutingKey, "code", r.ReplyCode)
 	}

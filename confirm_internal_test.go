@@ -10,7 +10,7 @@ import (
 // trackerWith returns a tracker (no AMQP channel behind it) holding pending
 // publishes with tags first..first+n-1.
 func trackerWith(first uint64, n int) (*confirmTracker, []*Confirmation) {
-	st := &channel{c: &session{opts: defaultOptions()}, id: 7}
+	st := &channel{c: &session{opts: defaultOptions(), cnt: new(counters)}, id: 7}
 	t := &confirmTracker{st: st, base: first}
 	confs := make([]*Confirmation, n)
 	for i := range confs {
@@ -102,7 +102,7 @@ func TestTrackerOutOfOrderAndMultipleConfirms(t *testing.T) {
 		t.Errorf("pending: %d, want 0", n)
 	}
 	tr.confirmed(12, false, false) // repeated
-	if n := tr.st.c.strayConfirms.Load(); n != 1 {
+	if n := tr.st.c.cnt.strayConfirms.Load(); n != 1 {
 		t.Errorf("strayConfirms: %d, want 1", n)
 	}
 	if err, _ := resolved(confs[2]); err != nil {
@@ -116,7 +116,7 @@ func TestTrackerReturnWithoutAStampIsCountedAsStray(t *testing.T) {
 	tr.returned(&amqp.Return{ReplyCode: 312})
 	tr.returnSeen()
 	tr.returned(&amqp.Return{ReplyCode: 312, Headers: amqp.Table{StampHeader: int64(99)}})
-	if n := tr.st.c.strayReturns.Load(); n != 2 {
+	if n := tr.st.c.cnt.strayReturns.Load(); n != 2 {
 		t.Errorf("strayReturns: %d, want 2", n)
 	}
 	tr.confirmed(1, false, true)

@@ -27,6 +27,7 @@ type options struct {
 	onState      func(StateEvent)
 	topology     func(context.Context, Channel) error
 	order        EndpointOrder // DialCluster: the order endpoints are tried in
+	counters     *counters     // shared by a Client's connections; set by dialClient
 }
 
 const (

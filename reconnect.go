@@ -289,7 +289,7 @@ func (c *Client) supervise() {
 // it.
 func (c *Client) swap(ns *session) {
 	c.swapMu.Lock()
-	c.past.add(c.s().Stats())
+	c.past.addWire(c.s().Stats())
 	c.past.Reconnects++
 	c.cur.Store(ns)
 	close(c.swapped)

@@ -61,16 +61,10 @@ type session struct {
 	// the wire reports acks and nacks by id on amqp091-go's reader.
 	confirmers atomic.Pointer[[]atomic.Pointer[confirmTracker]]
 
-	opened, closed atomic.Uint64 // channels opened and closed (churn)
-
-	strayReturns  atomic.Uint64 // basic.return matching no pending publish
-	strayConfirms atomic.Uint64 // acks or nacks matching no pending publish
+	cnt *counters // the Client's, shared by all its connections (see ClientStats)
 
 	abortReason atomic.Pointer[string]     // why warren cut the socket, if it did
 	wireClose   atomic.Pointer[amqp.Error] // connection.close as read off the wire
-
-	stallOnce  sync.Once   // starts the stall watch (stall.go)
-	stallWatch atomic.Bool // it has been started
 }
 
 // sawClose records a channel.close or connection.close as it is read off
@@ -120,14 +114,14 @@ func (c *session) untrackConfirms(id uint16, t *confirmTracker) {
 func (c *session) sawConfirm(id uint16, tag uint64, multiple, ack bool) bool {
 	t := c.tracker(id)
 	if t == nil {
-		c.strayConfirms.Add(1)
+		c.cnt.strayConfirms.Add(1)
 		return true // not a confirm channel: amqp091-go ignores it
 	}
 	if tag > t.highest.Load() {
 		// A confirm for a tag never published: a broken broker. Passed
 		// on, a multiple one would make amqp091-go count up to tag on its
 		// reader; dropped, it is only counted.
-		c.strayConfirms.Add(1)
+		c.cnt.strayConfirms.Add(1)
 		return false
 	}
 	t.confirmed(tag, multiple, ack)
@@ -173,8 +167,12 @@ func dial(ctx context.Context, rawURL string, o options) (*session, error) {
 	if err != nil {
 		return nil, err
 	}
+	if o.counters == nil {
+		o.counters = new(counters)
+	}
 	c := &session{
 		opts:      o,
+		cnt:       o.counters,
 		endpoint:  redact(uri),
 		channels:  make(map[uint16]*channel),
 		pools:     make(poolSet),
@@ -195,8 +193,9 @@ func dial(ctx context.Context, rawURL string, o options) (*session, error) {
 	// connection: amqp091-go delivers into them without blocking its reader.
 	closes := c.conn.NotifyClose(make(chan *amqp.Error, 1))
 	blocks := c.conn.NotifyBlocked(make(chan amqp.Blocking, 4))
-	c.wg.Add(1)
+	c.wg.Add(2)
 	go c.watch(closes, blocks)
+	go c.stallLoop()
 
 	c.opts.logger.Info("warren: connected", "endpoint", c.endpoint, "channel_max", c.channelMax,
 		"frame_max", c.conn.Config.FrameSize, "heartbeat", c.conn.Config.Heartbeat)
@@ -584,7 +583,7 @@ func (c *session) openChannel(ctx context.Context) (*channel, error) {
 	if early {
 		ch.flow.set(!active) // a channel.flow read before the channel was registered
 	}
-	c.opened.Add(1)
+	c.cnt.opened.Add(1)
 	if h := c.opts.metrics.ChannelOpened; h != nil {
 		h(ch.id)
 	}
@@ -615,7 +614,7 @@ func (c *session) forget(ch *channel) {
 	}
 	c.mu.Unlock()
 	if forgotten {
-		c.closed.Add(1)
+		c.cnt.closed.Add(1)
 		if h := c.opts.metrics.ChannelClosed; h != nil {
 			h(ch.id)
 		}

@@ -2,13 +2,14 @@ package warren
 
 import "time"
 
-// The stall watch: one goroutine per connection, started by the first send
-// (publish, ack) made with a ctx that can end, looks every stallGrace at
-// the channels writing now. A write whose ctx has ended and during which
-// the connection wrote nothing for a whole stallGrace is stalled (a blocked
-// broker, a dead network): warren cuts the connection (abortWrites) and the
-// send reports it. So a stalled write ends between one and two stallGrace
-// after its ctx, and a send costs two atomic stores instead of a timer.
+// The stall watch: one goroutine per connection, for its whole life, looks
+// every stallGrace at the channels writing now (it takes the session's lock
+// and walks its channels four times a second, idle or not). A write whose
+// ctx has ended and during which the connection wrote nothing for a whole
+// stallGrace is stalled (a blocked broker, a dead network): warren cuts the
+// connection (abortWrites) and the send reports it. So a stalled write ends
+// between one and two stallGrace after its ctx, and a send costs three
+// atomic stores instead of a context.AfterFunc (three allocations).
 
 // sendOps are the operations that go through send, named in the error of a
 // stalled write. A send stores the index of its op (storing the string in
@@ -24,18 +25,8 @@ func sendOp(op string) uint32 {
 	return 0
 }
 
-// watchStalls starts the stall watch once.
-func (c *session) watchStalls() {
-	if c.stallWatch.Load() {
-		return
-	}
-	c.stallOnce.Do(func() {
-		c.stallWatch.Store(true)
-		c.goTracked(c.stallLoop)
-	})
-}
-
 func (c *session) stallLoop() {
+	defer c.wg.Done()
 	t := time.NewTicker(stallGrace)
 	defer t.Stop()
 	for {

@@ -1,5 +1,7 @@
 package warren
 
+import "sync/atomic"
+
 // ClientStats is a snapshot of a Client's gauges and counters.
 type ClientStats struct {
 	Endpoint string // the endpoint of the connection (see Client.Endpoint)
@@ -34,14 +36,20 @@ type ClientStats struct {
 	StrayConfirms uint64
 }
 
-// add adds the counters of o (not its gauges) to s.
-func (s *ClientStats) add(o ClientStats) {
-	s.ChannelsOpened += o.ChannelsOpened
-	s.ChannelsClosed += o.ChannelsClosed
+// counters are the counts of ClientStats that a Client's connections share
+// (each session adds to its Client's), so that they add up over reconnects,
+// including what happens on a lost connection's channels afterwards.
+type counters struct {
+	opened, closed atomic.Uint64 // channels opened and closed (churn)
+	strayReturns   atomic.Uint64 // basic.return matching no pending publish
+	strayConfirms  atomic.Uint64 // acks or nacks matching no pending publish
+}
+
+// addWire adds the wire guard's counts of o to s: they live in each
+// connection's wire and stop moving once its socket is closed.
+func (s *ClientStats) addWire(o ClientStats) {
 	s.LateFramesDropped += o.LateFramesDropped
 	s.StrayCloseOKsDropped += o.StrayCloseOKsDropped
-	s.StrayReturns += o.StrayReturns
-	s.StrayConfirms += o.StrayConfirms
 }
 
 // Stats: see Client.Stats.
@@ -50,11 +58,11 @@ func (c *session) Stats() ClientStats {
 		Endpoint:             c.endpoint,
 		OpenChannels:         c.OpenChannels(),
 		Blocked:              c.Blocked(),
-		ChannelsOpened:       c.opened.Load(),
-		ChannelsClosed:       c.closed.Load(),
+		ChannelsOpened:       c.cnt.opened.Load(),
+		ChannelsClosed:       c.cnt.closed.Load(),
 		LateFramesDropped:    c.wire.Dropped(),
 		StrayCloseOKsDropped: c.wire.DroppedInbound(),
-		StrayReturns:         c.strayReturns.Load(),
-		StrayConfirms:        c.strayConfirms.Load(),
+		StrayReturns:         c.cnt.strayReturns.Load(),
+		StrayConfirms:        c.cnt.strayConfirms.Load(),
 	}
 }

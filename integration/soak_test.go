@@ -90,7 +90,7 @@ func TestSoakPublishAndConsumeAcrossCutsAndABrokerRestart(t *testing.T) {
 			select {
 			case <-scheduled:
 			default:
-				close(scheduled) // stopped early (ctx): let the publishers end
+				close(scheduled) // stopped before its third event: never leave it open
 			}
 		}()
 		restarted := false
@@ -126,7 +126,7 @@ func TestSoakPublishAndConsumeAcrossCutsAndABrokerRestart(t *testing.T) {
 	const goroutines = 32
 	each := (*soakMessages + goroutines - 1) / goroutines // at least -soak.messages in all
 	var acked sync.Map
-	var nAcked, nFailed, nPublished atomic.Int64
+	var nAcked, nFailed, nPublished atomic.Int64 // nPublished: Publish calls
 	faultsRan := func() bool {
 		select {
 		case <-scheduled:
