@@ -38,14 +38,8 @@ func newFixture(ctx context.Context, opts Options, selected []string) (f *fixtur
 			_ = f.close(context.Background())
 		}
 	}()
-	f.admin, err = amqp.DialConfig(opts.BrokerURL, amqp.Config{
-		Properties: amqp.Table{"connection_name": "warrenbench-confirms-admin"},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("admin connection: %w", err)
-	}
-	if f.adminCh, err = f.admin.Channel(); err != nil {
-		return nil, fmt.Errorf("admin channel: %w", err)
+	if f.admin, f.adminCh, err = peers.DialAdmin(opts.BrokerURL, "confirms"); err != nil {
+		return nil, err
 	}
 	// Exclusive: deleted with the admin connection, so nothing is left on
 	// the broker; other connections may still publish to it.

@@ -79,19 +79,11 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 	for _, n := range opts.PublisherChannels {
 		pubNames = append(pubNames, PublisherName(n))
 	}
-	all := append([]string{Raw, Warren, GoRabbitMQ}, pubNames[1:]...)
-	selected := all
-	if err := peers.Check(opts.Contenders); err != nil {
+	sel, err := peers.Select("confirms", opts.Contenders, append([]string{Raw, Warren, GoRabbitMQ}, pubNames[1:]...))
+	if err != nil {
 		return nil, err
 	}
-	if len(opts.Contenders) > 0 {
-		for _, name := range opts.Contenders {
-			if !slices.Contains(all, name) {
-				return nil, fmt.Errorf("confirms contender %s: unknown (have %v)", name, all)
-			}
-		}
-		selected = opts.Contenders
-	}
+	selected := sel.Names
 	pick := func(names ...string) []string {
 		var out []string
 		for _, name := range selected {
@@ -105,10 +97,6 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 	f, err := newFixture(ctx, opts, selected)
 	if err != nil {
 		return nil, err
-	}
-	baseline := Raw
-	if !slices.Contains(selected, Raw) {
-		baseline = selected[0]
 	}
 	s := &bench.Suite{
 		Name: "confirms",
@@ -124,7 +112,7 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 			opts.BodySize, bench.ModuleVersion("github.com/rabbitmq/amqp091-go"),
 			bench.ModuleVersion("github.com/wagslane/go-rabbitmq"), peers.AmqpxDoc, opts.Duration, bench.MsgMetricsDoc),
 		Contenders: selected,
-		Baseline:   baseline,
+		Baseline:   sel.Baseline,
 		Subject:    Warren,
 		Peers:      []string{GoRabbitMQ},
 		Close:      f.close,
@@ -139,12 +127,11 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 	byContender := func(loops map[string]bench.Loop) func(context.Context, string) (bench.Result, error) {
 		return run(func(who string) (bench.Loop, int) { return loops[who], 1 })
 	}
-	notRun := peers.NotRun(opts.Contenders)
 	rawWindow := window(opts.Window, f.raw.publish)
 	add := func(c *bench.Case) {
 		if len(c.Contenders) > 0 {
 			c.Metrics = bench.MsgMetrics
-			c.NotRun = notRun
+			c.NotRun = sel.NotRun
 			s.Cases = append(s.Cases, c)
 		}
 	}
@@ -193,7 +180,7 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 		_ = f.close(ctx)
 		return nil, errors.New("no confirms case runs the selected contenders")
 	}
-	if slices.Contains(selected, Raw) && slices.Contains(selected, Warren) {
+	if sel.Has(Raw, Warren) {
 		s.Targets = func(r *bench.Report) []bench.Target { return targets(r, s, pubCase) }
 	}
 	return s, nil

@@ -45,14 +45,8 @@ func newFixture(ctx context.Context, opts Options, selected []string) (f *fixtur
 			_ = f.close(context.Background())
 		}
 	}()
-	f.admin, err = amqp.DialConfig(opts.BrokerURL, amqp.Config{
-		Properties: amqp.Table{"connection_name": "warrenbench-consume-admin"},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("admin connection: %w", err)
-	}
-	if f.adminCh, err = f.admin.Channel(); err != nil {
-		return nil, fmt.Errorf("admin channel: %w", err)
+	if f.admin, f.adminCh, err = peers.DialAdmin(opts.BrokerURL, "consume"); err != nil {
+		return nil, err
 	}
 	if f.fillCh, err = f.admin.Channel(); err == nil {
 		err = f.fillCh.Confirm(false)

@@ -8,7 +8,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/warrenmq/warren/benchmarks/internal/bench"
@@ -47,9 +46,6 @@ type Options struct {
 }
 
 func (o *Options) defaults() {
-	if len(o.Contenders) == 0 {
-		o.Contenders = []string{Raw, Warren, GoRabbitMQ}
-	}
 	if o.Prefetches == nil {
 		o.Prefetches = []int{1, 50, 300}
 	}
@@ -81,34 +77,23 @@ func (o *Options) messages(p int) int {
 // NewSuite dials the broker for the filler and every selected contender,
 // declares the queue and returns the suite. Call its Close when done.
 func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
-	if err := peers.Check(opts.Contenders); err != nil {
+	sel, err := peers.Select("consume", opts.Contenders, []string{Raw, Warren, GoRabbitMQ})
+	if err != nil {
 		return nil, err
 	}
-	notRun := peers.NotRun(opts.Contenders)
+	opts.Contenders = sel.Names
 	opts.defaults()
 	if opts.BrokerURL == "" {
 		return nil, errors.New("no broker URL")
-	}
-	all := []string{Raw, Warren, GoRabbitMQ}
-	for _, name := range opts.Contenders {
-		if !slices.Contains(all, name) {
-			return nil, fmt.Errorf("consume contender %s: unknown (have %v)", name, all)
-		}
 	}
 	for _, p := range opts.Prefetches {
 		if p < 1 || p > 65535 {
 			return nil, fmt.Errorf("consume: prefetch %d outside 1..65535", p)
 		}
 	}
-	selected := opts.Contenders
-
-	f, err := newFixture(ctx, opts, selected)
+	f, err := newFixture(ctx, opts, sel.Names)
 	if err != nil {
 		return nil, err
-	}
-	baseline := Raw
-	if !slices.Contains(selected, Raw) {
-		baseline = selected[0]
 	}
 	s := &bench.Suite{
 		Name: "consume",
@@ -128,8 +113,8 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 			"After the pass a purge must find the queue empty. %s",
 			opts.BodySize, opts.FillWindow, bench.ModuleVersion("github.com/rabbitmq/amqp091-go"),
 			bench.ModuleVersion("github.com/wagslane/go-rabbitmq"), peers.AmqpxDoc, bench.MsgMetricsDoc),
-		Contenders: selected,
-		Baseline:   baseline,
+		Contenders: sel.Names,
+		Baseline:   sel.Baseline,
 		Subject:    Warren,
 		Peers:      []string{GoRabbitMQ},
 		Close:      f.close,
@@ -155,13 +140,13 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 			Name:    fmt.Sprintf("consume/prefetch-%d", p),
 			Doc:     doc,
 			Metrics: bench.MsgMetrics,
-			NotRun:  notRun,
+			NotRun:  sel.NotRun,
 			Run: func(ctx context.Context, who string) (bench.Result, error) {
 				return f.trial(ctx, p, n, consumers[who])
 			},
 		})
 	}
-	if slices.Contains(selected, Raw) && slices.Contains(selected, Warren) {
+	if sel.Has(Raw, Warren) {
 		s.Targets = func(r *bench.Report) []bench.Target { return bench.CPUTargets(r, s, Warren, Raw, 1.15) }
 	}
 	return s, nil

@@ -59,15 +59,9 @@ func newFixture(ctx context.Context, opts Options) (f *fixture, err error) {
 			_ = f.close(context.Background())
 		}
 	}()
-	f.admin, err = amqp.DialConfig(opts.BrokerURL, amqp.Config{
-		Properties: amqp.Table{"connection_name": "warrenbench-publish-admin"},
-	})
-	if err != nil {
-		return nil, fmt.Errorf("admin connection: %w", err)
-	}
-	ch, err := f.admin.Channel()
-	if err != nil {
-		return nil, fmt.Errorf("admin channel: %w", err)
+	var ch *amqp.Channel
+	if f.admin, ch, err = peers.DialAdmin(opts.BrokerURL, "publish"); err != nil {
+		return nil, err
 	}
 	name := fmt.Sprintf("warrenbench-publish-%d", os.Getpid())
 	if err := ch.ExchangeDeclare(name, amqp.ExchangeDirect, false, false, false, false, nil); err != nil {

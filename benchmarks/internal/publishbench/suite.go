@@ -7,7 +7,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"slices"
 	"time"
 
 	"github.com/warrenmq/warren/benchmarks/internal/bench"
@@ -34,9 +33,6 @@ type Options struct {
 }
 
 func (o *Options) defaults() {
-	if len(o.Contenders) == 0 {
-		o.Contenders = []string{Raw, Warren, GoRabbitMQ}
-	}
 	if o.Duration == 0 {
 		o.Duration = time.Second
 	}
@@ -48,27 +44,18 @@ func (o *Options) defaults() {
 // NewSuite dials the broker for every selected contender, declares the
 // exchange and returns the suite. Call its Close when done.
 func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
-	if err := peers.Check(opts.Contenders); err != nil {
+	sel, err := peers.Select("publish", opts.Contenders, []string{Raw, Warren, GoRabbitMQ})
+	if err != nil {
 		return nil, err
 	}
-	notRun := peers.NotRun(opts.Contenders)
+	opts.Contenders = sel.Names
 	opts.defaults()
 	if opts.BrokerURL == "" {
 		return nil, errors.New("no broker URL")
 	}
-	all := []string{Raw, Warren, GoRabbitMQ}
-	for _, name := range opts.Contenders {
-		if !slices.Contains(all, name) {
-			return nil, fmt.Errorf("publish contender %s: unknown (have %v)", name, all)
-		}
-	}
 	f, err := newFixture(ctx, opts)
 	if err != nil {
 		return nil, err
-	}
-	baseline := Raw
-	if !slices.Contains(opts.Contenders, Raw) {
-		baseline = opts.Contenders[0]
 	}
 	s := &bench.Suite{
 		Name: "publish",
@@ -87,8 +74,8 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 			"(the option built once). %s %s",
 			opts.BodySize, opts.Duration, bench.ModuleVersion("github.com/rabbitmq/amqp091-go"),
 			bench.ModuleVersion("github.com/wagslane/go-rabbitmq"), peers.AmqpxDoc, bench.MsgMetricsDoc),
-		Contenders: opts.Contenders,
-		Baseline:   baseline,
+		Contenders: sel.Names,
+		Baseline:   sel.Baseline,
 		Subject:    Warren,
 		Peers:      []string{GoRabbitMQ},
 		Close:      f.close,
@@ -98,13 +85,13 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 		Name:    caseName,
 		Doc:     "One goroutine publishes in a loop on one channel, waiting for nothing.",
 		Metrics: bench.MsgMetrics,
-		NotRun:  notRun,
+		NotRun:  sel.NotRun,
 		Run: func(ctx context.Context, who string) (bench.Result, error) {
 			res, _, err := bench.RunLoops(ctx, opts.Duration, 1, loopOf(f.contenders[who]))
 			return res, err
 		},
 	}}
-	if slices.Contains(opts.Contenders, Raw) && slices.Contains(opts.Contenders, Warren) {
+	if sel.Has(Raw, Warren) {
 		s.Targets = func(r *bench.Report) []bench.Target {
 			return append([]bench.Target{
 				bench.RatioTarget(r, caseName+": warren ≥ 0.95× raw amqp091-go's msg/s", caseName, Warren, Raw, bench.MsgRate, 0.95),
