@@ -1,6 +1,7 @@
 package warren
 
 import (
+	"errors"
 	"fmt"
 	"time"
 )
@@ -152,7 +153,7 @@ func (o QueueOptions) arguments() (Table, error) {
 		add(put(key, int64(o.InitialGroupSize)))
 	}
 	if len(errs) > 0 {
-		return nil, errs[0]
+		return nil, errors.Join(errs...) // every problem at once
 	}
 	if len(set) == 0 {
 		return nil, nil

@@ -111,3 +111,22 @@ func TestQueueOptionsArguments(t *testing.T) {
 		}
 	}
 }
+
+func TestQueueOptionsArgumentsReportsEveryProblem(t *testing.T) {
+	_, err := QueueOptions{Type: QueueQuorum, MaxLength: -1, Overflow: "spill"}.arguments()
+	if !errors.Is(err, ErrInvalidArgument) {
+		t.Fatalf("err = %v", err)
+	}
+	// The durability check comes first and stops there (nothing else is
+	// worth checking of a queue that cannot be declared)...
+	if !strings.Contains(err.Error(), "must be Durable") {
+		t.Fatalf("err = %v", err)
+	}
+	// ...the argument checks all report.
+	_, err = QueueOptions{MaxLength: -1, Overflow: "spill", DeliveryLimit: 2}.arguments()
+	for _, want := range []string{"MaxLength -1 is negative", `unknown Overflow "spill"`, "DeliveryLimit applies to quorum"} {
+		if !strings.Contains(err.Error(), want) {
+			t.Errorf("err = %v, want it to say %q", err, want)
+		}
+	}
+}
