@@ -73,10 +73,11 @@ type channel struct {
 
 	cause atomic.Pointer[causeBox] // first reason the channel became unusable; never reset
 
-	mu        sync.Mutex // guards following
-	closed    bool       // Close has been called
-	closeErr  error      // Close's result
-	closeDone chan struct{}
+	mu           sync.Mutex  // guards following
+	txDeliveries []*Delivery // settled in the open transaction (tx mode)
+	closed       bool        // Close has been called
+	closeErr     error       // Close's result
+	closeDone    chan struct{}
 }
 
 // writeAborted marks a send whose stalled write warren cut short.

@@ -280,9 +280,11 @@ func (cs *consumer) work(ctx context.Context, deliveries <-chan amqp.Delivery, r
 func (cs *consumer) handle(ctx context.Context, ad amqp.Delivery) {
 	ad.Acknowledger = nil
 	d := &Delivery{Delivery: ad, ch: Channel{s: cs.st}, lock: &cs.mu}
-	d.settled.Store(cs.opts.AutoAck)
+	if cs.opts.AutoAck {
+		d.settled.Store(settled)
+	}
 	err := cs.call(ctx, d)
-	if d.settled.Load() {
+	if d.settled.Load() == settled {
 		return
 	}
 	// Settled without a caller's ctx: an ack is a frame write, and a

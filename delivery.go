@@ -13,6 +13,11 @@ import (
 // ErrAlreadySettled is returned when a Delivery is acked, nacked or
 // rejected a second time. The broker would close the channel with 406
 // PRECONDITION_FAILED ("unknown delivery tag"); warren refuses it first.
+//
+// A settlement counts only once its frame was handed to the socket: one that
+// returned an error before sending anything (a cancelled ctx, concurrent
+// use, a closed channel) leaves the delivery unsettled, and a retry is
+// judged afresh.
 var ErrAlreadySettled = errors.New("warren: delivery already acked, nacked or rejected")
 
 // Delivery is a message received from the broker. Its fields are
@@ -25,10 +30,17 @@ var ErrAlreadySettled = errors.New("warren: delivery already acked, nacked or re
 type Delivery struct {
 	amqp.Delivery
 	ch      Channel
-	lock    *sync.Mutex // a consumer's: serialises settlements from its workers
-	counted bool        // fetched by Get: counted in its channel's unsettled messages
-	settled atomic.Bool
+	lock    *sync.Mutex  // a consumer's: serialises settlements from its workers
+	counted bool         // fetched by Get: counted in its channel's unsettled messages
+	settled atomic.Int32 // unsettled, settling or settled
 }
+
+// Settlement states of a Delivery.
+const (
+	unsettled int32 = iota
+	settling        // a settlement is being sent
+	settled         // its frame was handed to the socket
+)
 
 // DeliveryCount returns how often a quorum queue has delivered the message
 // before and had it returned (its x-delivery-count header; 0 on the first
@@ -82,7 +94,9 @@ func (ch Channel) Get(ctx context.Context, queue string, opts GetOptions) (d *De
 	if d.counted {
 		ch.s.unsettled.Add(1)
 	}
-	d.settled.Store(opts.AutoAck)
+	if opts.AutoAck {
+		d.settled.Store(settled)
+	}
 	return d, true, nil
 }
 
@@ -102,11 +116,18 @@ func (d *Delivery) Reject(ctx context.Context, requeue bool) error {
 	return d.settle(ctx, func() error { return d.ch.Reject(ctx, d.DeliveryTag, requeue) })
 }
 
+// settle sends the settlement fn. The delivery counts as settled only once
+// fn has handed its frame to the socket: an error from before the write
+// (ctx, concurrent use, a closed or released channel, a bad argument)
+// leaves it unsettled.
 func (d *Delivery) settle(ctx context.Context, fn func() error) error {
 	if d.ch.s == nil {
 		return fmt.Errorf("%w: delivery does not come from a warren Channel", ErrInvalidArgument)
 	}
-	if !d.settled.CompareAndSwap(false, true) {
+	if !d.settled.CompareAndSwap(unsettled, settling) {
+		if d.settled.Load() == settling {
+			return fmt.Errorf("%w: delivery tag %d on channel %d is being settled by another goroutine", ErrConcurrentUse, d.DeliveryTag, d.ch.ID())
+		}
 		return fmt.Errorf("%w (delivery tag %d on channel %d)", ErrAlreadySettled, d.DeliveryTag, d.ch.ID())
 	}
 	if d.lock != nil {
@@ -114,15 +135,19 @@ func (d *Delivery) settle(ctx context.Context, fn func() error) error {
 		defer d.lock.Unlock()
 	}
 	err := fn()
-	switch {
-	case errors.Is(err, ErrConcurrentUse) || errors.Is(err, ErrInvalidArgument):
-		d.settled.Store(false) // nothing was sent; the caller may retry
-	case err == nil && d.counted:
-		if st := d.ch.s; Mode(st.mode.Load()) == ModeTx {
-			st.txSettled.Add(1) // counts once committed
-		} else {
-			st.unsettled.Add(-1)
-		}
+	var unknown *OutcomeUnknownError
+	if err != nil && !errors.As(err, &unknown) {
+		// Nothing reached the socket (or the channel is gone, and with it
+		// every delivery it carried): a retry is judged afresh.
+		d.settled.Store(unsettled)
+		return err
+	}
+	d.settled.Store(settled)
+	st := d.ch.s
+	if Mode(st.mode.Load()) == ModeTx {
+		st.txSettle(d)
+	} else if d.counted {
+		st.unsettled.Add(-1)
 	}
 	return err
 }
@@ -142,6 +167,35 @@ func (ch Channel) Nack(ctx context.Context, tag uint64, multiple, requeue bool) 
 // Reject rejects the delivery with tag; requeue puts it back on the queue.
 func (ch Channel) Reject(ctx context.Context, tag uint64, requeue bool) error {
 	return ch.send(ctx, "basic.reject", func() error { ch.s.markTx(); return ch.s.ch.Reject(tag, requeue) })
+}
+
+// txSettle records a settlement made in the open transaction: it counts once
+// committed, and a rollback makes the delivery unsettled again.
+func (ch *channel) txSettle(d *Delivery) {
+	ch.mu.Lock()
+	ch.txDeliveries = append(ch.txDeliveries, d)
+	ch.mu.Unlock()
+	if d.counted {
+		ch.txSettled.Add(1)
+	}
+}
+
+// txEnd ends the open transaction's settlements: committed, they stand;
+// rolled back, the broker forgot them and their deliveries are unsettled
+// again.
+func (ch *channel) txEnd(committed bool) {
+	ch.mu.Lock()
+	ds := ch.txDeliveries
+	ch.txDeliveries = nil
+	ch.mu.Unlock()
+	if committed {
+		ch.unsettled.Add(-ch.txSettled.Swap(0))
+		return
+	}
+	ch.txSettled.Store(0)
+	for _, d := range ds {
+		d.settled.Store(unsettled)
+	}
 }
 
 // markTx records that a transaction on the channel has work to commit.

@@ -25,10 +25,11 @@ type session struct {
 	endpoint   string // redacted URL: never holds a password
 	channelMax uint16
 
-	// openMu serialises channel opens, so that the ids amqp091-go hands out
-	// are observed in order, and an open abandoned by its ctx finishes
-	// before the next one starts.
-	openMu sync.Mutex
+	// openLock serialises channel opens, so that the ids amqp091-go hands
+	// out are observed in order, and an open abandoned by its ctx finishes
+	// before the next one starts. A waiter gives up when its ctx ends: an
+	// abandoned open may never be answered.
+	openLock ctxLock
 
 	mu       sync.Mutex // guards following
 	channels map[uint16]*channel
@@ -303,7 +304,13 @@ func (c *session) openChannel(ctx context.Context) (*channel, error) {
 		return nil, c.connError("channel.open")
 	}
 
-	c.openMu.Lock()
+	if err := c.openLock.lock(ctx, c.dead); err != nil {
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("warren: channel.open: waiting for an earlier open: %w", err)
+		}
+		return nil, c.connError("channel.open")
+	}
+	unlock := c.openLock.unlock
 	var (
 		ach *amqp.Channel
 		err error
@@ -313,14 +320,14 @@ func (c *session) openChannel(ctx context.Context) (*channel, error) {
 		defer close(done)
 		ach, err = c.conn.Channel()
 	}) {
-		c.openMu.Unlock()
+		unlock()
 		return nil, ErrClientClosed
 	}
 	select {
 	case <-done:
-		c.openMu.Unlock()
+		unlock()
 	case <-ctx.Done():
-		// The open may still complete. Hand openMu to a goroutine that
+		// The open may still complete. Hand the lock to a goroutine that
 		// waits for it and closes what it yields, so no other open
 		// overtakes it.
 		reap := func() {
@@ -328,7 +335,7 @@ func (c *session) openChannel(ctx context.Context) (*channel, error) {
 			if ach != nil {
 				_ = ach.Close()
 			}
-			c.openMu.Unlock()
+			unlock()
 		}
 		if !c.goTracked(reap) {
 			reap() // Close has begun: the open ends with the connection

@@ -99,7 +99,16 @@ func (tx *Tx) run(ctx context.Context, fn func(*Tx) error) (err error) {
 		}
 		return fmt.Errorf("%w: the function rolled the transaction back and returned nil", ErrTxDone)
 	}
-	return tx.Commit(ctx)
+	if err := tx.Commit(ctx); err != nil {
+		if !tx.done.Load() {
+			// Not sent (ctx had ended): the transaction is still open.
+			rctx, cancel := withDefaultTimeout(context.WithoutCancel(ctx), tx.ch.s.c.opts.closeTimeout)
+			_ = tx.Rollback(rctx)
+			cancel()
+		}
+		return err
+	}
+	return nil
 }
 
 // Channel returns the transaction's channel, for operations Tx does not wrap
@@ -150,19 +159,26 @@ func (tx *Tx) Get(ctx context.Context, queue string, opts GetOptions) (*Delivery
 // answers, nobody can know whether the commit happened: Commit returns an
 // *OutcomeUnknownError (ErrOutcomeUnknown) wrapping the cause. A
 // *ChannelError means the broker refused the transaction and discarded it.
-// After Commit, whatever it returned, the transaction is done.
+// After Commit the transaction is done, whatever Commit returned, with one
+// exception: when ctx had already ended (or another goroutine was using
+// the channel), nothing is sent and the transaction stays open, to be
+// committed again or rolled back.
 func (tx *Tx) Commit(ctx context.Context) error {
+	// A ctx already ended sends nothing and changes nothing: the
+	// transaction stays open, for a retry or a Rollback.
+	if err := ctx.Err(); err != nil {
+		if tx.done.Load() {
+			return ErrTxDone
+		}
+		return fmt.Errorf("warren: tx.commit not sent, the transaction is still open: %w", err)
+	}
 	if !tx.done.CompareAndSwap(false, true) {
 		return ErrTxDone
 	}
-	// What stops the commit from being sent at all means it did not
+	// A channel that can no longer carry the commit means it did not
 	// happen: the transaction is discarded with its channel.
 	if err := tx.ch.Err(); err != nil {
-		tx.finish()
-		tx.commitErr = fmt.Errorf("warren: tx.commit not sent, the transaction is discarded: %w", err)
-		return tx.commitErr
-	}
-	if err := ctx.Err(); err != nil {
+		tx.ch.s.txEnd(false)
 		tx.finish()
 		tx.commitErr = fmt.Errorf("warren: tx.commit not sent, the transaction is discarded: %w", err)
 		return tx.commitErr
@@ -170,16 +186,24 @@ func (tx *Tx) Commit(ctx context.Context) error {
 	err := tx.ch.call(ctx, "tx.commit", func() error { return tx.ch.s.ch.TxCommit() })
 	if err == nil {
 		tx.ch.s.txDirty.Store(false)
-		tx.ch.s.unsettled.Add(-tx.ch.s.txSettled.Swap(0))
+		tx.ch.s.txEnd(true)
 		tx.committed.Store(true)
 		tx.finish()
 		return nil
 	}
-	tx.finish()
+	if errors.Is(err, ErrConcurrentUse) || errors.Is(err, ErrReleased) {
+		// Nothing was sent: another goroutine is inside an operation on
+		// the transaction's channel. The transaction stays open.
+		tx.done.Store(false)
+		return err
+	}
 	if IsChannelLevel(err) && !errors.Is(err, ErrPoisoned) {
+		tx.ch.s.txEnd(false) // the broker refused it: discarded
+		tx.finish()
 		tx.commitErr = err
 		return err
 	}
+	tx.finish()
 	tx.commitErr = &OutcomeUnknownError{ChannelID: tx.ch.ID(), Op: "tx.commit", Cause: err}
 	return tx.commitErr
 }
@@ -196,12 +220,13 @@ func (tx *Tx) Rollback(ctx context.Context) error {
 	}
 	err := tx.ch.call(ctx, "tx.rollback", func() error { return tx.ch.s.ch.TxRollback() })
 	if err == nil {
-		// The rolled-back settlements are void: those messages stay
-		// unacknowledged on the channel (their Deliveries count as
-		// settled), so the channel is not reused (see Pool.Release).
 		tx.ch.s.txDirty.Store(false)
-		tx.ch.s.txSettled.Store(0)
 	}
+	// Rolled back, or discarded with the channel that finish closes: the
+	// settlements are void. Those messages stay unacknowledged on the
+	// channel and their Deliveries are unsettled again, so the channel is
+	// not reused (see Pool.Release).
+	tx.ch.s.txEnd(false)
 	tx.finish()
 	return nil
 }
