@@ -25,7 +25,10 @@ var ErrConsumerCancelled = errors.New("warren: consumer cancelled by the broker"
 var ErrShutdownTimeout = errors.New("warren: handlers still running at the end of the shutdown bound")
 
 // Handler processes one delivery. Returning nil acks it; returning an error
-// nacks it (requeued unless ConsumeOptions.DeadLetterOnError). A handler
+// rejects it (basic.reject: requeued unless ConsumeOptions.DeadLetterOnError),
+// which counts as a failed delivery on every RabbitMQ version, so a quorum
+// queue's DeliveryLimit ends a poison message's loop (see
+// Delivery.DeliveryCount). A handler
 // may settle the delivery itself (Ack, Nack, Reject); warren then leaves
 // it alone. A panic is recovered and treated as an error.
 //
@@ -62,8 +65,10 @@ type ConsumeOptions struct {
 	// At shutdown the workers handle what was already delivered, up to
 	// ShutdownTimeout; what is left then is lost too.
 	AutoAck bool
-	// DeadLetterOnError nacks a failed message without requeueing it, so
-	// the broker drops it or dead-letters it. By default it is requeued.
+	// DeadLetterOnError rejects a failed message without requeueing it, so
+	// the broker drops it or dead-letters it at once. By default it is
+	// requeued, and on a quorum queue dead-lettered once it exceeds the
+	// queue's DeliveryLimit (RabbitMQ 4.x has a default limit of 20).
 	DeadLetterOnError bool
 	// ShutdownTimeout bounds how long in-flight handlers may run after ctx
 	// ends (default 30 s); then their ctx is cancelled and the channel is
@@ -293,7 +298,9 @@ func (cs *consumer) handle(ctx context.Context, ad amqp.Delivery) {
 	if err == nil {
 		_ = d.Ack(bg)
 	} else {
-		_ = d.Nack(bg, !cs.opts.DeadLetterOnError)
+		// Reject, not Nack: from RabbitMQ 4.3 only a reject counts as a
+		// failed delivery, and only failures trip a delivery limit.
+		_ = d.Reject(bg, !cs.opts.DeadLetterOnError)
 	}
 }
 
@@ -302,7 +309,7 @@ func (cs *consumer) call(ctx context.Context, d *Delivery) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			stack := debug.Stack()
-			cs.c.opts.logger.Error("warren: consumer handler panicked; the message is nacked and the consumer goes on",
+			cs.c.opts.logger.Error("warren: consumer handler panicked; the message is rejected and the consumer goes on",
 				"queue", cs.queue, "consumer_tag", cs.opts.Tag, "delivery_tag", d.DeliveryTag, "panic", v, "stack", string(stack))
 			if cs.opts.OnPanic != nil {
 				cs.opts.OnPanic(d, v, stack)

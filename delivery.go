@@ -42,14 +42,31 @@ const (
 	settled         // its frame was handed to the socket
 )
 
-// DeliveryCount returns how often a quorum queue has delivered the message
-// before and had it returned (its x-delivery-count header; 0 on the first
-// delivery, and for messages that never passed through a quorum queue). With QueueOptions'
-// DeliveryLimit, the message is dead-lettered or dropped once it exceeds
-// the limit; a handler can use the count to give up on a poison message
-// earlier.
-func (d *Delivery) DeliveryCount() int {
-	switch n := d.Headers["x-delivery-count"].(type) {
+// DeliveryCount returns the quorum queue's x-delivery-count header: how
+// many of the message's earlier deliveries failed (0 on the first delivery,
+// and for messages that never passed through a quorum queue). With
+// QueueOptions' DeliveryLimit, the message is dead-lettered or dropped
+// once the count exceeds the limit; a handler can use it to give up on a
+// poison message earlier.
+//
+// What counts as a failure depends on the broker: up to RabbitMQ 4.2 every
+// return to the queue counts (Reject, Nack with requeue, a channel or
+// consumer lost before the ack); from 4.3 only Reject does (and a lost
+// consumer or channel), while Nack returns the message without counting
+// it, as RabbitMQ's docs describe. warren's Consume rejects a message whose
+// handler failed, so delivery limits work on every version. AcquiredCount
+// counts every return.
+func (d *Delivery) DeliveryCount() int { return headerCount(d.Headers["x-delivery-count"]) }
+
+// AcquiredCount returns the quorum queue's x-acquired-count header
+// (RabbitMQ 4.0 and later): how often the message was delivered before and
+// returned to the queue for any reason, failures or not; 0 on the first
+// delivery and on brokers that do not set it.
+func (d *Delivery) AcquiredCount() int { return headerCount(d.Headers["x-acquired-count"]) }
+
+// headerCount reads a counter header of any integer type; 0 otherwise.
+func headerCount(v any) int {
+	switch n := v.(type) {
 	case int64:
 		return int(n)
 	case int32:
@@ -106,12 +123,18 @@ func (d *Delivery) Ack(ctx context.Context) error {
 }
 
 // Nack negatively acknowledges the delivery; requeue puts it back on the
-// queue, otherwise it is dropped or dead-lettered.
+// queue, otherwise it is dropped or dead-lettered. On RabbitMQ 4.3 and
+// later a Nack says the message was not processed, not that it failed: it
+// does not raise a quorum queue's delivery count, so it never trips a
+// DeliveryLimit. To report a failure, use Reject (see DeliveryCount).
 func (d *Delivery) Nack(ctx context.Context, requeue bool) error {
 	return d.settle(ctx, func() error { return d.ch.Nack(ctx, d.DeliveryTag, false, requeue) })
 }
 
-// Reject rejects the delivery; requeue puts it back on the queue.
+// Reject rejects the delivery: processing it failed. requeue puts it back
+// on the queue, otherwise it is dropped or dead-lettered. A rejected
+// message's delivery count rises on every RabbitMQ version, so a quorum
+// queue's DeliveryLimit dead-letters a message rejected too often.
 func (d *Delivery) Reject(ctx context.Context, requeue bool) error {
 	return d.settle(ctx, func() error { return d.ch.Reject(ctx, d.DeliveryTag, requeue) })
 }

@@ -60,10 +60,12 @@ type QueueOptions struct {
 	// AutoDelete.
 	Type QueueType
 
-	// DeliveryLimit (quorum) is x-delivery-limit: how often a message may
-	// be returned to the queue (nack or reject with requeue, a consumer
-	// lost before acking) before it is dead-lettered, or dropped without
-	// a DeadLetterExchange.
+	// DeliveryLimit (quorum) is x-delivery-limit: how many failed
+	// deliveries a message may have (see Delivery.DeliveryCount) before it
+	// is dead-lettered, or dropped without a DeadLetterExchange. A reject
+	// with requeue or a consumer lost before acking is a failure on every
+	// RabbitMQ version; a nack with requeue only up to 4.2. RabbitMQ 4.x
+	// applies a limit of 20 when none is set; 3.x none.
 	DeliveryLimit int
 	// DeadLetterExchange (x-dead-letter-exchange) receives messages that
 	// are rejected without requeue, expire, overflow or reach the delivery

@@ -1,7 +1,9 @@
 package integration
 
 import (
+	"context"
 	"errors"
+	"slices"
 	"testing"
 
 	"github.com/warrenmq/warren"
@@ -10,8 +12,10 @@ import (
 
 // TestQuorumQueueDeliveryLimitDeadLetters declares a quorum queue with
 // QueueOptions' own fields (no hand-written table) and checks that RabbitMQ
-// applied them: a message nacked with requeue more often than the delivery
-// limit allows lands in the dead-letter queue, with the routing key set.
+// applied them: a message rejected with requeue more often than the
+// delivery limit allows lands in the dead-letter queue, with the routing
+// key set. (Reject, not Nack: from RabbitMQ 4.3 a nack does not count
+// towards the limit.)
 func TestQuorumQueueDeliveryLimitDeadLetters(t *testing.T) {
 	b := brokertest.Need(t, broker)
 	ctx := testCtx(t, opTimeout)
@@ -52,8 +56,8 @@ func TestQuorumQueueDeliveryLimitDeadLetters(t *testing.T) {
 		if string(d.Body) != "poison" || d.Redelivered != (i > 0) || d.DeliveryCount() != i {
 			t.Fatalf("delivery %d: %q redelivered=%v DeliveryCount()=%d", i, d.Body, d.Redelivered, d.DeliveryCount())
 		}
-		if err := d.Nack(ctx, true); err != nil {
-			t.Fatalf("Nack %d: %v", i, err)
+		if err := d.Reject(ctx, true); err != nil {
+			t.Fatalf("Reject %d: %v", i, err)
 		}
 	}
 	d := getOne(t, ctx, ch, dlq)
@@ -86,5 +90,55 @@ func TestQuorumQueueDeliveryLimitDeadLetters(t *testing.T) {
 	}
 	if _, err := ch3.QueueDeclare(ctx, q, warren.QueueOptions{Passive: true, Type: warren.QueueQuorum}); err != nil {
 		t.Fatalf("channel unusable after a refused declaration: %v", err)
+	}
+}
+
+// A consumer whose handler keeps failing on a message rejects it each time
+// (basic.reject, requeued): its delivery count rises on every RabbitMQ
+// version, and the quorum queue dead-letters it at the limit instead of
+// redelivering it for ever. (With basic.nack, RabbitMQ 4.3 never counts.)
+func TestAPoisonMessageIsDeadLetteredAtTheDeliveryLimit(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	ctx := testCtx(t, opTimeout)
+	c := dial(t, b.URL)
+	ch := openChannel(t, ctx, c)
+
+	dlq, q := uniqueName(t, "dlq-"), uniqueName(t, "qq-")
+	declareQueue(t, ctx, b, ch, dlq)
+	const limit = 3
+	if _, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{
+		Durable: true, Type: warren.QueueQuorum, DeliveryLimit: limit,
+		Args: warren.Table{"x-dead-letter-exchange": ""}, DeadLetterRoutingKey: dlq,
+	}); err != nil {
+		t.Fatalf("QueueDeclare quorum: %v", err)
+	}
+	deleteQueueLater(t, b, q)
+	if err := ch.Publish(ctx, "", q, warren.Publishing{Body: []byte("poison")}); err != nil {
+		t.Fatal(err)
+	}
+	var counts []int
+	cctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Consume(cctx, q, func(_ context.Context, d *warren.Delivery) error {
+			counts = append(counts, d.DeliveryCount())
+			return errors.New("cannot process")
+		}, warren.ConsumeOptions{Prefetch: 1})
+	}()
+	d := getOne(t, ctx, ch, dlq)
+	stop()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Fatalf("Consume: got %v, want context.Canceled", err)
+	}
+	if string(d.Body) != "poison" {
+		t.Fatalf("dead-lettered %q, want poison", d.Body)
+	}
+	// Handled once and redelivered `limit` times, each with its count.
+	if want := []int{0, 1, 2, 3}; !slices.Equal(counts, want) {
+		t.Fatalf("the handler saw delivery counts %v, want %v", counts, want)
+	}
+	if err := d.Ack(ctx); err != nil {
+		t.Fatal(err)
 	}
 }
