@@ -18,7 +18,7 @@ import (
 // with it every channel, and returns once warren's goroutines have exited.
 type Client struct {
 	cur       atomic.Pointer[session] // the connection now (or the lost one, while reconnecting)
-	endpoints []string                // URLs, in the order they are tried (see DialCluster)
+	endpoints []endpoint              // in the order they are tried (see DialCluster)
 	next      int                     // index into endpoints of the next to dial; Dial, then the supervisor only
 	opts      options
 	events    *dispatcher // state callbacks, in order, on one goroutine; nil without a callback
@@ -37,13 +37,25 @@ type Client struct {
 // s returns the current session.
 func (c *Client) s() *session { return c.cur.Load() }
 
-// Dial opens one AMQP connection to url (amqp:// or amqps://, see
+// Dial opens one AMQP connection to rawURL (amqp:// or amqps://, see
 // https://www.rabbitmq.com/uri-spec.html). ctx bounds the TCP connect, the
 // TLS handshake and the whole AMQP handshake; it is not kept after Dial
 // returns.
 //
-// Errors never contain the password. A refused login is a *ConnectionError
-// with errors.Is(err, ErrAccessRefused).
+// The user and password in rawURL must be percent-encoded (url.UserPassword
+// does it). A URL in which an '@' follows the host is refused: that is the
+// shape of a user or password holding an unescaped '/', '?' or '#', which
+// net/url would split into the port, vhost or query (an '@' in the vhost
+// or a query parameter is written %40). Every problem with the URL, and
+// WithTLS with an amqp:// URL, is found before anything is dialled and
+// reported as an ErrInvalidArgument that says what is wrong in words of
+// its own, quoting no part of the URL.
+//
+// No error, log record or printed value that warren makes holds the
+// password: neither String nor fmt with any verb (%#v included) of a
+// Client, by pointer or by value, or of any other warren value shows it;
+// Endpoint gives the URL without it. A refused login is a
+// *ConnectionError with errors.Is(err, ErrAccessRefused).
 func Dial(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 	o, err := parseOptions(opts)
 	if err != nil {
@@ -52,9 +64,28 @@ func Dial(ctx context.Context, rawURL string, opts ...Option) (*Client, error) {
 	return dialClient(ctx, []string{rawURL}, o)
 }
 
-// dialClient makes a Client for endpoints, tried in the order given.
-func dialClient(ctx context.Context, endpoints []string, o options) (*Client, error) {
+// endpoint is one URL a Client dials, held where fmt cannot print it: the
+// URL may hold a password. fmt prints a Client by reflection for %#v
+// (which does not call String) and for any verb on a dereferenced *Client,
+// and then shows every string it reaches, even one inside a struct behind
+// a pointer (a verb that does not fit a pointer, such as %s, makes fmt
+// print the struct it points to). It prints a func as an address whatever
+// the verb, so the URL lives in a closure.
+type endpoint struct {
+	url func() string
+}
+
+func newEndpoint(rawURL string) endpoint {
+	return endpoint{url: func() string { return rawURL }}
+}
+
+// dialClient makes a Client for urls, tried in the order given.
+func dialClient(ctx context.Context, urls []string, o options) (*Client, error) {
 	o.counters = new(counters)
+	endpoints := make([]endpoint, len(urls))
+	for i, u := range urls {
+		endpoints[i] = newEndpoint(u)
+	}
 	c := &Client{endpoints: endpoints, opts: o, closing: make(chan struct{}), done: make(chan struct{}),
 		loopDone: make(chan struct{}), swapped: make(chan struct{})}
 	var per time.Duration // one endpoint: ctx alone bounds the dial

@@ -16,6 +16,7 @@ import (
 	"strings"
 	"sync/atomic"
 	"time"
+	"unicode"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -24,14 +25,7 @@ import (
 
 // dial opens a session with options o; see Dial.
 func dial(ctx context.Context, rawURL string, o options) (*session, error) {
-	uri, err := amqp.ParseURI(rawURL)
-	if err != nil {
-		return nil, fmt.Errorf("%w: dial: invalid AMQP URL: %v", ErrInvalidArgument, urlError(err))
-	}
-	if err := urlParams(rawURL, &o); err != nil {
-		return nil, err
-	}
-	sasl, err := saslFor(uri)
+	uri, sasl, err := checkURL("dial", rawURL, &o)
 	if err != nil {
 		return nil, err
 	}
@@ -195,7 +189,7 @@ func (c *session) tlsConfig(uri amqp.URI) (*tls.Config, error) {
 	return cfg, nil
 }
 
-func saslFor(uri amqp.URI) ([]amqp.Authentication, error) {
+func saslFor(op string, uri amqp.URI) ([]amqp.Authentication, error) {
 	if len(uri.AuthMechanism) == 0 {
 		return []amqp.Authentication{uri.PlainAuth()}, nil
 	}
@@ -209,36 +203,148 @@ func saslFor(uri amqp.URI) ([]amqp.Authentication, error) {
 		case "EXTERNAL":
 			out = append(out, &amqp.ExternalAuth{})
 		default:
-			return nil, fmt.Errorf("%w: dial: unsupported auth_mechanism %q", ErrInvalidArgument, m)
+			return nil, fmt.Errorf("%w: %s: unsupported auth_mechanism %q", ErrInvalidArgument, op, m)
 		}
 	}
 	return out, nil
 }
 
-// urlParams applies the URL query parameters amqp091-go parses into
-// unexported fields: heartbeat (seconds) overrides WithHeartbeat.
-func urlParams(rawURL string, o *options) error {
+// checkURL parses rawURL and checks everything about it that can be
+// checked without dialling, with options o: the URL's syntax, its query
+// parameters (heartbeat=N is applied to o), its SASL mechanisms, and that
+// WithTLS does not come with an amqp:// URL. Dial and every endpoint of
+// DialCluster go through it before anything is dialled. Its errors wrap
+// ErrInvalidArgument and never hold any part of the URL.
+func checkURL(op, rawURL string, o *options) (amqp.URI, []amqp.Authentication, error) {
+	uri, u, err := parseURL(op, rawURL)
+	if err != nil {
+		return amqp.URI{}, nil, err
+	}
+	if o.tls != nil && uri.Scheme != "amqps" {
+		return amqp.URI{}, nil, fmt.Errorf("%w: %s: WithTLS is set but the URL is amqp://, which does not use TLS: "+
+			"use an amqps:// URL", ErrInvalidArgument, op)
+	}
+	if err := urlParams(op, u, o); err != nil {
+		return amqp.URI{}, nil, err
+	}
+	sasl, err := saslFor(op, uri)
+	if err != nil {
+		return amqp.URI{}, nil, err
+	}
+	return uri, sasl, nil
+}
+
+// parseURL parses rawURL as amqp091-go does (amqp.ParseURI) and as
+// net/url does. It is the only place warren parses a URL, and badURL makes
+// all its errors. Besides what the parsers refuse, it refuses:
+//
+//   - an '@' after the host: the shape of a user or password holding an
+//     unescaped '/', '?' or '#'. net/url then reads the rest of the
+//     userinfo as the port, the vhost, the query or the fragment, and
+//     warren would dial, and name in its errors, whatever that made of
+//     the password (the port, when the password is all digits before the
+//     '/');
+//   - a URL that does not start with amqp:// or amqps://;
+//   - a port outside 1–65535, which amqp091-go would only find out when
+//     dialling.
+func parseURL(op, rawURL string) (amqp.URI, *url.URL, error) {
 	u, err := url.Parse(rawURL)
 	if err != nil {
-		return fmt.Errorf("%w: dial: invalid AMQP URL: %v", ErrInvalidArgument, urlError(err))
+		return amqp.URI{}, nil, badURL(op, rawURL, err)
 	}
+	uri, err := amqp.ParseURI(rawURL)
+	switch {
+	case err != nil:
+	case atAfterHost(rawURL), u.Opaque != "":
+		err = errURLShape
+	case uri.Port < 1 || uri.Port > 65535:
+		err = errPortRange
+	default:
+		return uri, u, nil
+	}
+	return amqp.URI{}, nil, badURL(op, rawURL, err)
+}
+
+var (
+	errURLShape  = errors.New("url shape")  // parseURL's own refusal; badURL says why
+	errPortRange = errors.New("port range") // parseURL's own refusal
+)
+
+const errHeartbeatParam = "URL parameter heartbeat is not a whole number of seconds from 1 to 65535"
+
+// badURL turns the failure to parse rawURL (err: from net/url or
+// amqp.ParseURI, or parseURL's own) into an error wrapping
+// ErrInvalidArgument that says what is wrong in a fixed vocabulary. Both
+// parsers quote the URL or parts of it in their errors (net/url says
+// `invalid port ":Hunter2" after host` when a password holds a '/'), so
+// err is neither wrapped nor quoted, and nothing of rawURL, which may hold
+// a password, goes into the result: err and rawURL are only inspected to
+// choose the words.
+func badURL(op, rawURL string, err error) error {
+	scheme, afterScheme, _ := strings.Cut(rawURL, ":")
+	scheme = strings.ToLower(scheme)
+	var (
+		escErr  url.EscapeError
+		hostErr url.InvalidHostError
+		numErr  *strconv.NumError // amqp.ParseURI's port (its query parameter errors do not wrap)
+	)
+	text := ""
+	if err != nil {
+		text = err.Error()
+	}
+	var problem string
+	switch {
+	case atAfterHost(rawURL):
+		problem = "an '@' follows the host, so the user or password holds an unescaped '/', '?' or '#': " +
+			"percent-encode the user and password (url.UserPassword does); an '@' in the vhost or a query parameter is written %40"
+	case strings.ContainsFunc(rawURL, func(r rune) bool { return unicode.IsSpace(r) || unicode.IsControl(r) }):
+		problem = "the URL holds a space or a control character: percent-encode it (a space is %20)"
+	case (scheme != "amqp" && scheme != "amqps") || !strings.HasPrefix(afterScheme, "//"):
+		problem = "the URL must start with amqp:// or amqps://"
+	case errors.As(err, &escErr):
+		problem = "a '%' does not start a %XX escape: a '%' in the user, password or vhost is written %25"
+	case strings.Contains(text, "invalid userinfo"):
+		problem = "the user or password holds a character that must be percent-encoded (url.UserPassword does)"
+	case errors.As(err, &hostErr), strings.Contains(text, "missing ']'"):
+		problem = "the host is not a valid host name or IP address"
+	case errors.Is(err, errPortRange), errors.As(err, &numErr), strings.Contains(text, "invalid port"):
+		problem = "the port is not a number from 1 to 65535"
+	case strings.HasPrefix(text, "heartbeat"):
+		problem = errHeartbeatParam
+	case strings.HasPrefix(text, "channel_max"):
+		problem = "URL parameter channel_max is not a number from 0 to 65535"
+	case strings.HasPrefix(text, "connection_timeout"):
+		problem = "URL parameter connection_timeout is not a number of milliseconds"
+	default:
+		problem = "the URL cannot be parsed"
+	}
+	return fmt.Errorf("%w: %s: invalid AMQP URL: %s", ErrInvalidArgument, op, problem)
+}
+
+// atAfterHost reports whether an '@' comes after the authority of rawURL
+// ("scheme://authority...", the authority ended by the first '/', '?' or
+// '#').
+func atAfterHost(rawURL string) bool {
+	_, rest, _ := strings.Cut(rawURL, ":")
+	rest, ok := strings.CutPrefix(rest, "//")
+	if !ok {
+		return false
+	}
+	i := strings.IndexAny(rest, "/?#")
+	return i >= 0 && strings.Contains(rest[i:], "@")
+}
+
+// urlParams applies the URL query parameters amqp091-go parses into
+// unexported fields: heartbeat (seconds) overrides WithHeartbeat.
+func urlParams(op string, u *url.URL, o *options) error {
 	if hb := u.Query().Get("heartbeat"); hb != "" {
 		n, err := strconv.Atoi(hb)
 		if err != nil || n < 1 {
-			return fmt.Errorf("%w: dial: URL parameter heartbeat=%q is not a positive number of seconds", ErrInvalidArgument, hb)
+			return fmt.Errorf("%w: %s: invalid AMQP URL: %s", ErrInvalidArgument, op, errHeartbeatParam)
 		}
 		o.heartbeat = time.Duration(n) * time.Second
 	}
 	return nil
-}
-
-// urlError strips the URL (which may hold a password) from a parse error.
-func urlError(err error) error {
-	var ue *url.Error
-	if errors.As(err, &ue) {
-		return ue.Err
-	}
-	return err
 }
 
 // redact renders uri without its password.

@@ -6,11 +6,8 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"net"
-	"net/url"
 	"strings"
 	"time"
-
-	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // EndpointOrder is the order in which a Client with several endpoints
@@ -57,8 +54,10 @@ func WithEndpointOrder(order EndpointOrder) Option {
 // Client.Endpoint, ClientStats.Endpoint, StateEvent.Endpoint and the log
 // say which endpoint is in use.
 //
-// Every URL is checked before anything is dialled: a malformed one is an
-// ErrInvalidArgument, never a failover surprise.
+// Every URL is checked before anything is dialled, as Dial checks its one:
+// a malformed URL, or an amqp:// one with WithTLS, is an ErrInvalidArgument
+// naming the endpoint by its index (never quoting the URL), not a failover
+// surprise.
 func DialCluster(ctx context.Context, urls []string, opts ...Option) (*Client, error) {
 	if len(urls) == 0 {
 		return nil, fmt.Errorf("%w: DialCluster: no endpoints", ErrInvalidArgument)
@@ -68,17 +67,10 @@ func DialCluster(ctx context.Context, urls []string, opts ...Option) (*Client, e
 		return nil, err
 	}
 	for i, u := range urls {
-		uri, err := amqp.ParseURI(u)
-		if err != nil {
-			return nil, fmt.Errorf("%w: DialCluster: endpoint %d: invalid AMQP URL: %v", ErrInvalidArgument, i, urlError(err))
-		}
 		// What dial checks of a URL, checked now for every endpoint.
 		scratch := o
-		if err := urlParams(u, &scratch); err != nil {
-			return nil, fmt.Errorf("DialCluster: endpoint %d: %w", i, err)
-		}
-		if _, err := saslFor(uri); err != nil {
-			return nil, fmt.Errorf("DialCluster: endpoint %d: %w", i, err)
+		if _, _, err := checkURL(fmt.Sprintf("DialCluster: endpoint %d", i), u, &scratch); err != nil {
+			return nil, err
 		}
 	}
 	eps := append([]string(nil), urls...)
@@ -94,9 +86,9 @@ func DialCluster(ctx context.Context, urls []string, opts ...Option) (*Client, e
 //
 //	urls, err := warren.HostURLs("amqp://app:secret@/orders", "rabbit-1", "rabbit-2:5673", "rabbit-3")
 func HostURLs(base string, hosts ...string) ([]string, error) {
-	u, err := url.Parse(base)
-	if err != nil || (u.Scheme != "amqp" && u.Scheme != "amqps") {
-		return nil, fmt.Errorf("%w: HostURLs: base is not an amqp:// or amqps:// URL", ErrInvalidArgument)
+	_, u, err := parseURL("HostURLs: base", base)
+	if err != nil {
+		return nil, err
 	}
 	if len(hosts) == 0 {
 		return nil, fmt.Errorf("%w: HostURLs: no hosts", ErrInvalidArgument)
@@ -140,7 +132,7 @@ func (c *Client) dialNext(ctx context.Context, per time.Duration) (*session, err
 		ctx, cancel = context.WithTimeout(ctx, per)
 		defer cancel()
 	}
-	return dial(ctx, c.endpoints[i], c.opts)
+	return dial(ctx, c.endpoints[i].url(), c.opts)
 }
 
 // dialRound dials each endpoint once, from c.next on, until one accepts.

@@ -49,6 +49,12 @@ func defaultOptions() options {
 // amqps:// URL gets a default configuration (TLS 1.2 or newer, ServerName
 // from the URL). The config is cloned; ServerName is filled from the URL
 // when empty.
+//
+// TLS is chosen by the URL's scheme, not by this option: WithTLS with an
+// amqp:// URL (for Dial, or for any endpoint of DialCluster) is refused
+// before anything is dialled, with an error wrapping ErrInvalidArgument
+// that says to use amqps://, rather than connecting in plaintext and
+// sending the password in the clear.
 func WithTLS(cfg *tls.Config) Option {
 	return func(o *options) error {
 		if cfg == nil {

@@ -242,3 +242,61 @@ func TestTLSWithAWrongServerNameFailsVerification(t *testing.T) {
 		t.Errorf("Dial: got %v (%T), want an error wrapping x509.HostnameError", err, err)
 	}
 }
+
+// WithTLS with an amqp:// URL is refused before anything is dialled,
+// rather than connecting in plaintext and sending the password in the
+// clear: by Dial, and by DialCluster even when a working amqps:// endpoint
+// comes first. The same WithTLS with amqps:// endpoints only carries
+// messages.
+func TestTLSOptionWithAnAMQPURLIsRefusedBeforeDialling(t *testing.T) {
+	faultCheckLeaks(t)
+	b := brokertest.Need(t, broker)
+	cert, pool := tlsTestPKI(t)
+	port := tlsTerminator(t, cert, b.Addr())
+	withTLS := warren.WithTLS(&tls.Config{RootCAs: pool})
+	secure := tlsURL(t, b, "localhost", port, "")
+	plain := b.URL
+	_, pass, _ := strings.Cut(strings.TrimPrefix(plain, "amqp://"), ":")
+	pass, _, _ = strings.Cut(pass, "@")
+
+	refused := func(what string, c *warren.Client, err error) {
+		t.Helper()
+		if c != nil {
+			t.Errorf("%s: got a client (%v), want ErrInvalidArgument", what, c)
+			return
+		}
+		if !errors.Is(err, warren.ErrInvalidArgument) || !strings.Contains(err.Error(), "amqps://") {
+			t.Errorf("%s: got %v, want ErrInvalidArgument saying to use amqps://", what, err)
+		}
+		if pass != "" && strings.Contains(err.Error(), ":"+pass+"@") {
+			t.Errorf("%s: error %q holds the password", what, err)
+		}
+	}
+	c, err := tlsDial(t, plain, withTLS)
+	refused("Dial(amqp://, WithTLS)", c, err)
+
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	begin := time.Now()
+	c, err = warren.DialCluster(ctx, []string{secure, plain}, withTLS, warren.WithEndpointOrder(warren.EndpointsInOrder))
+	if c != nil {
+		_ = c.Close(ctx)
+	}
+	refused("DialCluster(amqps://, amqp://; WithTLS)", c, err)
+	if err != nil && !strings.Contains(err.Error(), "endpoint 1") {
+		t.Errorf("DialCluster: %v, want it to name endpoint 1", err)
+	}
+	if d := time.Since(begin); d > time.Second {
+		t.Errorf("DialCluster took %v to refuse, want no dial at all", d)
+	}
+
+	c, err = warren.DialCluster(ctx, []string{secure, tlsURL(t, b, "127.0.0.1", port, "")}, withTLS)
+	if err != nil {
+		t.Fatalf("DialCluster(amqps://, amqps://; WithTLS): got %v, want a client", err)
+	}
+	defer c.Close(ctx)
+	faultRoundTrip(t, c)
+	if err := c.Close(ctx); err != nil {
+		t.Errorf("Close: got %v, want nil", err)
+	}
+}
