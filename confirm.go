@@ -185,6 +185,12 @@ func newConfirmTracker(st *channel) *confirmTracker {
 // publish writes m and tracks it as c. It runs inside the channel's
 // serialisation point. On error nothing was published and c is unresolved.
 func (t *confirmTracker) publish(m *Message, c *Confirmation) error {
+	// The last check, before anything changes: a Publisher's messages
+	// have been checked without the connection's frame_max.
+	msg, err := t.st.c.wireMessage("basic.publish", m)
+	if err != nil {
+		return err
+	}
 	tag := t.last + 1
 	t.highest.Store(tag) // before the write: the ack may come before it returns
 	t.mu.Lock()
@@ -204,7 +210,6 @@ func (t *confirmTracker) publish(m *Message, c *Confirmation) error {
 	t.sending = c
 	t.mu.Unlock()
 
-	msg := m.Publishing
 	if m.Mandatory {
 		msg.Headers = stamped(msg.Headers, tag)
 	}
@@ -472,7 +477,8 @@ func (ch Channel) publish(ctx context.Context, m *Message, deferred bool) (*Conf
 	if ch.s == nil {
 		return nil, errZeroChannel
 	}
-	if err := checkMessage(op, m); err != nil {
+	m, err := ch.s.c.prepareMessage(op, m)
+	if err != nil {
 		return nil, err
 	}
 	if err := ch.s.publishableIn(Mode(ch.s.mode.Load()), m, deferred); err != nil {
@@ -482,7 +488,7 @@ func (ch Channel) publish(ctx context.Context, m *Message, deferred bool) (*Conf
 		return nil, err
 	}
 	var c *Confirmation
-	err := ch.send(ctx, op, func() error {
+	err = ch.send(ctx, op, func() error {
 		// Checked again inside the serialisation point: the mode can
 		// change only there, and an untracked publish on a confirm
 		// channel would put every later outcome out of step.

@@ -92,6 +92,11 @@ func (c *session) Consume(ctx context.Context, queue string, h Handler, opts Con
 	if err := opts.fill(queue, h); err != nil {
 		return err
 	}
+	args, err := c.checkMethod(op, methodFixed, opts.Args, "queue", queue, "consumer tag", opts.Tag)
+	if err != nil {
+		return err
+	}
+	opts.Args = args // wide ints as int64, in a copy (see checkTable)
 	st, err := c.openChannel(ctx)
 	if err != nil {
 		return err
@@ -146,12 +151,6 @@ func (o *ConsumeOptions) fill(queue string, h Handler) error {
 		return fmt.Errorf("%w: %s: negative Workers", ErrInvalidArgument, op)
 	case o.ShutdownTimeout < 0:
 		return fmt.Errorf("%w: %s: negative ShutdownTimeout", ErrInvalidArgument, op)
-	}
-	if err := checkNames(op, "queue", queue, "consumer tag", o.Tag); err != nil {
-		return err
-	}
-	if o.Args != nil {
-		return checkTable(op, o.Args)
 	}
 	return nil
 }

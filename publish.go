@@ -2,12 +2,22 @@ package warren
 
 import (
 	"context"
-	"fmt"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 // Publishing is a message to publish: properties and body.
+//
+// warren checks it before anything is sent and refuses (ErrInvalidArgument)
+// what would cost the connection or the channel, or arrive changed: a
+// short-string property (ContentType, ContentEncoding, CorrelationId,
+// ReplyTo, Expiration, MessageId, Type, UserId, AppId) over 255 bytes or
+// not UTF-8; an Expiration that is not a non-negative whole number of
+// milliseconds ("60000"); a DeliveryMode other than 0, Transient or
+// Persistent; a Timestamp before 1970 (the AMQP timestamp is unsigned
+// seconds; the fraction of a second is dropped); Headers that are not a
+// valid Table (see Table: a Go int beyond 32 bits goes as an int64); and
+// properties too large for one frame of the connection.
 type Publishing = amqp.Publishing
 
 // Delivery modes for Publishing.DeliveryMode.
@@ -34,33 +44,4 @@ const (
 // closed, because a partly written message cannot be taken back.
 func (ch Channel) Publish(ctx context.Context, exchange, key string, msg Publishing) error {
 	return ch.PublishMessage(ctx, Message{Exchange: exchange, Key: key, Publishing: msg})
-}
-
-// checkMessage refuses a message amqp091-go would fail to encode only after
-// taking the connection down.
-func checkMessage(op string, m *Message) error {
-	return checkPublishing(op, m.Exchange, m.Key, &m.Publishing)
-}
-
-// checkPublishing refuses what amqp091-go would fail to encode only after
-// taking the connection down.
-func checkPublishing(op, exchange, key string, msg *Publishing) error {
-	if len(exchange) > 255 || len(key) > 255 || len(msg.ContentType) > 255 ||
-		len(msg.ContentEncoding) > 255 || len(msg.CorrelationId) > 255 ||
-		len(msg.ReplyTo) > 255 || len(msg.Expiration) > 255 ||
-		len(msg.MessageId) > 255 || len(msg.Type) > 255 ||
-		len(msg.UserId) > 255 || len(msg.AppId) > 255 {
-		return checkNames(op, "exchange", exchange, "routing key", key,
-			"content type", msg.ContentType, "content encoding", msg.ContentEncoding,
-			"correlation id", msg.CorrelationId, "reply-to", msg.ReplyTo,
-			"expiration", msg.Expiration, "message id", msg.MessageId,
-			"type", msg.Type, "user id", msg.UserId, "app id", msg.AppId)
-	}
-	if msg.DeliveryMode > Persistent {
-		return fmt.Errorf("%w: %s: delivery mode %d is neither Transient (1) nor Persistent (2)", ErrInvalidArgument, op, msg.DeliveryMode)
-	}
-	if msg.Headers != nil {
-		return checkTable(op, msg.Headers)
-	}
-	return nil
 }

@@ -88,6 +88,7 @@ func (o QueueOptions) arguments() (Table, error) {
 	}
 	if o.DeadLetterExchange != "" {
 		add(notStream("DeadLetterExchange"))
+		add(shortstrField("DeadLetterExchange", o.DeadLetterExchange))
 		add(put("x-dead-letter-exchange", o.DeadLetterExchange))
 	}
 	if o.DeadLetterRoutingKey != "" {
@@ -95,6 +96,7 @@ func (o QueueOptions) arguments() (Table, error) {
 			add(fmt.Errorf("%w: DeadLetterRoutingKey without a dead-letter exchange (for the default exchange, set Args \"x-dead-letter-exchange\": \"\")", ErrInvalidArgument))
 		}
 		add(notStream("DeadLetterRoutingKey"))
+		add(shortstrField("DeadLetterRoutingKey", o.DeadLetterRoutingKey))
 		add(put("x-dead-letter-routing-key", o.DeadLetterRoutingKey))
 	}
 	switch o.DeadLetterStrategy {
@@ -159,6 +161,16 @@ func (o QueueOptions) arguments() (Table, error) {
 		return nil, nil
 	}
 	return set, nil
+}
+
+// shortstrField refuses an exchange name or routing key that AMQP cannot
+// carry as one (see shortstrProblem). RabbitMQ would take it in the
+// argument, a long string, and then dead-letter to nowhere.
+func shortstrField(field, s string) error {
+	if p := shortstrProblem(s); p != "" {
+		return fmt.Errorf("%w: %s %s", ErrInvalidArgument, field, p)
+	}
+	return nil
 }
 
 func nonNegative(field string, v int64) error {

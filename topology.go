@@ -8,9 +8,38 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// Table is an AMQP field table (arguments, headers). Values must be of the
-// types amqp091-go can encode; warren checks them before anything is sent.
+// Table is an AMQP field table (arguments, headers). warren checks every
+// table before anything is sent, at every depth, and refuses
+// (ErrInvalidArgument) what the wire cannot carry unchanged and what
+// would cost the connection.
+//
+// The value types, and what a reader gets back (amqp091-go, after a round
+// trip through RabbitMQ):
+//
+//   - bool, int8, uint8 (byte), int16, uint16, int32, uint32, int64,
+//     float32, float64, string, []byte, Decimal, nil, Table and []any:
+//     the same type and value. A string is a long string: any bytes, UTF-8
+//     or not, arrive unchanged.
+//   - int: an int32 if the value fits in 32 bits, else an int64. (amqp091-go
+//     alone writes every int as 32 bits, truncated; warren sends a copy of
+//     the table with such an int as an int64, and allocates only then.)
+//   - time.Time: whole seconds (the fraction is dropped), in the reader's
+//     local time zone. Times before 1970 are refused: the AMQP timestamp is
+//     unsigned.
+//   - an empty []any comes back as a nil []any.
+//
+// Refused: uint, uint64 and uintptr (send an int64, or a uint32), other
+// slice and map types ([]string: use []any; map[string]any: use Table),
+// any other type; NaN and ±Inf (RabbitMQ closes the connection); keys that
+// are not AMQP short strings (over 255 bytes, or not UTF-8); tables and
+// arrays nested more than 32 deep, or of more than 8192 entries (amqp091-go
+// consumers cannot read them back and lose their connection); and a table
+// that makes its frame larger than the connection's frame_max.
 type Table = amqp.Table
+
+// Decimal is the AMQP decimal table value, Value × 10^-Scale. Every Scale
+// and Value goes through RabbitMQ unchanged.
+type Decimal = amqp.Decimal
 
 // Queue is the broker's answer to a queue declaration.
 type Queue = amqp.Queue
@@ -118,20 +147,26 @@ type QosOptions struct {
 	Global        bool // RabbitMQ: apply to every consumer on the channel rather than each new one
 }
 
-// ExchangeDeclare declares an exchange of the given kind.
+// ExchangeDeclare declares an exchange of the given kind: one of the
+// Exchange constants, or a plugin's type, named "x-..." by convention.
+// Any other kind is refused (ErrInvalidArgument): RabbitMQ answers an
+// unknown type by closing the whole connection (503 COMMAND_INVALID), as
+// it does for an "x-..." type whose plugin it lacks. A passive declaration
+// does not look at the kind.
 func (ch Channel) ExchangeDeclare(ctx context.Context, name, kind string, opts ExchangeOptions) error {
 	const op = "exchange.declare"
-	if err := checkNames(op, "exchange", name, "kind", kind); err != nil {
+	if err := checkKind(op, kind, opts.Passive); err != nil {
 		return err
 	}
-	if err := checkTable(op, opts.Args); err != nil {
+	args, err := ch.checkMethod(op, methodFixed, opts.Args, "exchange", name, "exchange type", kind)
+	if err != nil {
 		return err
 	}
 	return ch.call(ctx, op, func() error {
 		if opts.Passive {
-			return ch.s.ch.ExchangeDeclarePassive(name, kind, opts.Durable, opts.AutoDelete, opts.Internal, false, opts.Args)
+			return ch.s.ch.ExchangeDeclarePassive(name, kind, opts.Durable, opts.AutoDelete, opts.Internal, false, args)
 		}
-		return ch.s.ch.ExchangeDeclare(name, kind, opts.Durable, opts.AutoDelete, opts.Internal, false, opts.Args)
+		return ch.s.ch.ExchangeDeclare(name, kind, opts.Durable, opts.AutoDelete, opts.Internal, false, args)
 	})
 }
 
@@ -150,10 +185,8 @@ func (ch Channel) ExchangeDelete(ctx context.Context, name string, opts Exchange
 // when their routing key matches key.
 func (ch Channel) ExchangeBind(ctx context.Context, destination, key, source string, args Table) error {
 	const op = "exchange.bind"
-	if err := checkNames(op, "destination", destination, "routing key", key, "source", source); err != nil {
-		return err
-	}
-	if err := checkTable(op, args); err != nil {
+	args, err := ch.checkMethod(op, methodFixed, args, "destination", destination, "routing key", key, "source", source)
+	if err != nil {
 		return err
 	}
 	return ch.call(ctx, op, func() error {
@@ -164,10 +197,8 @@ func (ch Channel) ExchangeBind(ctx context.Context, destination, key, source str
 // ExchangeUnbind removes a binding made by ExchangeBind.
 func (ch Channel) ExchangeUnbind(ctx context.Context, destination, key, source string, args Table) error {
 	const op = "exchange.unbind"
-	if err := checkNames(op, "destination", destination, "routing key", key, "source", source); err != nil {
-		return err
-	}
-	if err := checkTable(op, args); err != nil {
+	args, err := ch.checkMethod(op, methodFixed, args, "destination", destination, "routing key", key, "source", source)
+	if err != nil {
 		return err
 	}
 	return ch.call(ctx, op, func() error {
@@ -189,7 +220,8 @@ func (ch Channel) QueueDeclare(ctx context.Context, name string, opts QueueOptio
 	if err != nil {
 		return Queue{}, fmt.Errorf("warren: %s %q: %w", op, name, err)
 	}
-	if err := checkTable(op, args); err != nil {
+	args, err = ch.checkMethod(op, methodFixed, args, "queue", name)
+	if err != nil {
 		return Queue{}, err
 	}
 	var q Queue
@@ -237,10 +269,8 @@ func (ch Channel) QueuePurge(ctx context.Context, name string) (int, error) {
 // matches key.
 func (ch Channel) QueueBind(ctx context.Context, queue, key, exchange string, args Table) error {
 	const op = "queue.bind"
-	if err := checkNames(op, "queue", queue, "routing key", key, "exchange", exchange); err != nil {
-		return err
-	}
-	if err := checkTable(op, args); err != nil {
+	args, err := ch.checkMethod(op, methodFixed, args, "queue", queue, "exchange", exchange, "routing key", key)
+	if err != nil {
 		return err
 	}
 	return ch.call(ctx, op, func() error {
@@ -251,10 +281,8 @@ func (ch Channel) QueueBind(ctx context.Context, queue, key, exchange string, ar
 // QueueUnbind removes a binding made by QueueBind.
 func (ch Channel) QueueUnbind(ctx context.Context, queue, key, exchange string, args Table) error {
 	const op = "queue.unbind"
-	if err := checkNames(op, "queue", queue, "routing key", key, "exchange", exchange); err != nil {
-		return err
-	}
-	if err := checkTable(op, args); err != nil {
+	args, err := ch.checkMethod(op, methodFixedNoFlags, args, "queue", queue, "exchange", exchange, "routing key", key)
+	if err != nil {
 		return err
 	}
 	return ch.call(ctx, op, func() error {
@@ -275,52 +303,4 @@ func (ch Channel) Qos(ctx context.Context, opts QosOptions) error {
 	return ch.call(ctx, op, func() error {
 		return ch.s.ch.Qos(opts.PrefetchCount, opts.PrefetchSize, opts.Global)
 	})
-}
-
-// checkNames refuses short strings AMQP cannot carry. amqp091-go would fail
-// the write and tear the whole connection down; warren says why instead.
-// pairs alternates a description and a value.
-func checkNames(op string, pairs ...string) error {
-	for i := 0; i+1 < len(pairs); i += 2 {
-		if len(pairs[i+1]) > 255 {
-			return fmt.Errorf("%w: %s: %s is %d bytes; AMQP allows at most 255", ErrInvalidArgument, op, pairs[i], len(pairs[i+1]))
-		}
-	}
-	return nil
-}
-
-func checkTable(op string, t Table) error {
-	if t == nil {
-		return nil
-	}
-	if err := t.Validate(); err != nil {
-		return fmt.Errorf("%w: %s: table: %v", ErrInvalidArgument, op, err)
-	}
-	if err := checkKeys(t); err != nil {
-		return fmt.Errorf("%w: %s: table: %v", ErrInvalidArgument, op, err)
-	}
-	return nil
-}
-
-// checkKeys refuses table keys longer than a short string; Table.Validate
-// checks only the values.
-func checkKeys(v any) error {
-	switch v := v.(type) {
-	case Table:
-		for k, f := range v {
-			if len(k) > 255 {
-				return fmt.Errorf("key of %d bytes; AMQP allows at most 255", len(k))
-			}
-			if err := checkKeys(f); err != nil {
-				return err
-			}
-		}
-	case []any:
-		for _, f := range v {
-			if err := checkKeys(f); err != nil {
-				return err
-			}
-		}
-	}
-	return nil
 }
