@@ -566,7 +566,7 @@ type shortstrCall struct {
 func shortstrCalls() []shortstrCall {
 	calls := []shortstrCall{
 		{api: "QueueDeclare", field: "queue", want: fb.QueueDeclare, do: func(ctx context.Context, e *checkEnv, s string) error {
-			_, err := e.ch.QueueDeclare(ctx, s, QueueOptions{})
+			_, err := e.ch.QueueDeclare(ctx, s, QueueOptions{Durable: true})
 			return err
 		}},
 		{api: "QueueDeclare passive", field: "queue", want: fb.QueueDeclare, do: func(ctx context.Context, e *checkEnv, s string) error {
@@ -574,15 +574,15 @@ func shortstrCalls() []shortstrCall {
 			return err
 		}},
 		{api: "QueueDeclare args", field: "arguments", want: fb.QueueDeclare, do: func(ctx context.Context, e *checkEnv, s string) error {
-			_, err := e.ch.QueueDeclare(ctx, "q", QueueOptions{Args: Table{s: int32(1)}})
+			_, err := e.ch.QueueDeclare(ctx, "q", QueueOptions{Durable: true, Args: Table{s: int32(1)}})
 			return err
 		}},
 		{api: "QueueDeclare DeadLetterExchange", field: "DeadLetterExchange", want: fb.QueueDeclare, do: func(ctx context.Context, e *checkEnv, s string) error {
-			_, err := e.ch.QueueDeclare(ctx, "q", QueueOptions{DeadLetterExchange: s})
+			_, err := e.ch.QueueDeclare(ctx, "q", QueueOptions{Durable: true, DeadLetterExchange: s})
 			return err
 		}},
 		{api: "QueueDeclare DeadLetterRoutingKey", field: "DeadLetterRoutingKey", want: fb.QueueDeclare, do: func(ctx context.Context, e *checkEnv, s string) error {
-			_, err := e.ch.QueueDeclare(ctx, "q", QueueOptions{DeadLetterExchange: "dlx", DeadLetterRoutingKey: s})
+			_, err := e.ch.QueueDeclare(ctx, "q", QueueOptions{Durable: true, DeadLetterExchange: "dlx", DeadLetterRoutingKey: s})
 			return err
 		}},
 		{api: "QueueDelete", field: "queue", want: mQueueDelete, do: func(ctx context.Context, e *checkEnv, s string) error {
@@ -805,7 +805,10 @@ func TestWideIntsReachTheWireAsInt64OnEveryPath(t *testing.T) {
 		shortstrs int
 		bits      bool
 	}{
-		{"QueueDeclare", func(a Table) error { _, err := e.ch.QueueDeclare(ctx, "q", QueueOptions{Args: a}); return err }, 1, true},
+		{"QueueDeclare", func(a Table) error {
+			_, err := e.ch.QueueDeclare(ctx, "q", QueueOptions{Durable: true, Args: a})
+			return err
+		}, 1, true},
 		{"ExchangeDeclare", func(a Table) error {
 			return e.ch.ExchangeDeclare(ctx, "x", ExchangeHeaders, ExchangeOptions{Args: a})
 		}, 2, true},
@@ -841,7 +844,7 @@ func TestNonFiniteFloatsAreRefusedWhereverATableGoes(t *testing.T) {
 			for _, path := range publishPaths {
 				errs = append(errs, path.pub(ctx, e, Message{Key: "q", Publishing: Publishing{Headers: tbl}}))
 			}
-			_, err := e.ch.QueueDeclare(ctx, "q", QueueOptions{Args: tbl})
+			_, err := e.ch.QueueDeclare(ctx, "q", QueueOptions{Durable: true, Args: tbl})
 			errs = append(errs, err,
 				e.ch.ExchangeDeclare(ctx, "x", ExchangeHeaders, ExchangeOptions{Args: tbl}),
 				e.ch.QueueBind(ctx, "q", "rk", "x", tbl),
@@ -908,7 +911,10 @@ func TestFramesBeyondFrameMaxAreRefused(t *testing.T) {
 		what string
 		do   func(args Table) error
 	}{
-		{"QueueDeclare", func(a Table) error { _, err := e.ch.QueueDeclare(ctx, "q", QueueOptions{Args: a}); return err }},
+		{"QueueDeclare", func(a Table) error {
+			_, err := e.ch.QueueDeclare(ctx, "q", QueueOptions{Durable: true, Args: a})
+			return err
+		}},
 		{"ExchangeDeclare", func(a Table) error {
 			return e.ch.ExchangeDeclare(ctx, "x", ExchangeHeaders, ExchangeOptions{Args: a})
 		}},

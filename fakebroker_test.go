@@ -206,7 +206,7 @@ func testCrossingClose(t *testing.T, channelMax uint16, v crossing) {
 	if channelMax == 1 && ch2.ID() != ch.ID() {
 		t.Fatalf("with channel_max 1 the id must be reused: got %d, want %d", ch2.ID(), ch.ID())
 	}
-	if q, err := ch2.QueueDeclare(ctx, "q", warren.QueueOptions{}); err != nil || q.Name != "q" {
+	if q, err := ch2.QueueDeclare(ctx, "q", warren.QueueOptions{Durable: true}); err != nil || q.Name != "q" {
 		t.Fatalf("QueueDeclare on the new channel: got %v, %v; want q, nil", q.Name, err)
 	}
 	if err := client.Err(); err != nil {
@@ -353,7 +353,7 @@ func TestChannelClosedWhileAnRPCWaitsReturnsTheTypedError(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Channel after the channel error: %v", err)
 	}
-	if _, err := other.QueueDeclare(ctx, "q", warren.QueueOptions{}); err != nil {
+	if _, err := other.QueueDeclare(ctx, "q", warren.QueueOptions{Durable: true}); err != nil {
 		t.Fatalf("QueueDeclare on another channel: %v", err)
 	}
 	if err := client.Close(ctx); err != nil {
@@ -508,7 +508,7 @@ func TestMultipleAndOutOfOrderConfirmsResolveEachPublishOnce(t *testing.T) {
 		}
 		confs = append(confs, c)
 	}
-	if _, err := ch.QueueDeclare(ctx, "sync", warren.QueueOptions{}); err != nil {
+	if _, err := ch.QueueDeclare(ctx, "sync", warren.QueueOptions{Durable: true}); err != nil {
 		t.Fatalf("QueueDeclare: %v", err)
 	}
 	for _, c := range confs {
@@ -631,7 +631,7 @@ func TestHardConnectionCloseReachesEveryChannelAndWaitingCall(t *testing.T) {
 			if err != nil {
 				t.Fatalf("PublishDeferred: %v", err)
 			}
-			_, rpcErr := rpcCh.QueueDeclare(ctx, "q", warren.QueueOptions{}) // answered by connection.close
+			_, rpcErr := rpcCh.QueueDeclare(ctx, "q", warren.QueueOptions{Durable: true}) // answered by connection.close
 
 			check := func(what string, err error) {
 				t.Helper()
@@ -657,7 +657,7 @@ func TestHardConnectionCloseReachesEveryChannelAndWaitingCall(t *testing.T) {
 				waitFor(t, "channel Err", time.Second, func() bool { return ch.Err() != nil })
 				check(fmt.Sprintf("channel %d Err", ch.ID()), ch.Err())
 			}
-			_, err = idle.QueueDeclare(ctx, "q", warren.QueueOptions{})
+			_, err = idle.QueueDeclare(ctx, "q", warren.QueueOptions{Durable: true})
 			check("QueueDeclare after the close", err)
 			_, err = client.Channel(ctx)
 			check("Channel after the close", err)
@@ -687,7 +687,7 @@ func TestSilentBrokerIsDetectedWithinTwoHeartbeats(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Channel: %v", err)
 	}
-	_, rpcErr := ch.QueueDeclare(ctx, "q", warren.QueueOptions{})
+	_, rpcErr := ch.QueueDeclare(ctx, "q", warren.QueueOptions{Durable: true})
 	detected := time.Now()
 	waitDone(t, "client.Done", client.Done(), time.Second)
 	took := detected.Sub(<-silentSince)
@@ -845,7 +845,7 @@ func TestMalformedInputFailsTheConnectionOrIsDocumentedAsTolerated(t *testing.T)
 			if err != nil {
 				t.Fatalf("Channel: %v", err)
 			}
-			_, rpcErr := ch.QueueDeclare(ctx, "q", warren.QueueOptions{})
+			_, rpcErr := ch.QueueDeclare(ctx, "q", warren.QueueOptions{Durable: true})
 
 			if len(tc.want) == 0 {
 				if rpcErr != nil {
@@ -949,7 +949,7 @@ func TestChannelFlowOffIsAnsweredAndPublishesWaitUntilItResumes(t *testing.T) {
 	if waited := time.Since(start); waited < 100*time.Millisecond {
 		t.Errorf("Publish while the flow is off returned after %v, before its ctx ended", waited)
 	}
-	if _, err := ch.QueueDeclare(ctx, "sync", warren.QueueOptions{}); err != nil {
+	if _, err := ch.QueueDeclare(ctx, "sync", warren.QueueOptions{Durable: true}); err != nil {
 		t.Fatalf("QueueDeclare: %v", err) // the broker checks that no publish came first
 	}
 
@@ -976,7 +976,7 @@ func TestChannelFlowOffWithFlowFailRefusesPublishesAtOnce(t *testing.T) {
 	if !errors.Is(err, warren.ErrBlocked) || errors.Is(err, context.DeadlineExceeded) || errors.Is(err, warren.ErrOutcomeUnknown) {
 		t.Fatalf("Publish with FlowFail while the flow is off: got %v, want ErrBlocked at once", err)
 	}
-	if _, err := ch.QueueDeclare(ctx, "sync", warren.QueueOptions{}); err != nil {
+	if _, err := ch.QueueDeclare(ctx, "sync", warren.QueueOptions{Durable: true}); err != nil {
 		t.Fatalf("QueueDeclare: %v", err)
 	}
 	close(resume)
@@ -1102,7 +1102,7 @@ func TestPublishOnAStoppedFlowReturnsTheCloseOfItsChannel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Channel: %v", err)
 	}
-	if _, err := ch.QueueDeclare(ctx, "sync", warren.QueueOptions{}); err != nil {
+	if _, err := ch.QueueDeclare(ctx, "sync", warren.QueueOptions{Durable: true}); err != nil {
 		t.Fatalf("QueueDeclare: %v", err)
 	}
 	waitDone(t, "channel.flow active=false", off, testBound)
@@ -1189,7 +1189,7 @@ func TestConnectionBlockedMakesPublishesWaitOrFailAndUnblockedResumes(t *testing
 			if !errors.Is(err, warren.ErrBlocked) || errors.Is(err, context.DeadlineExceeded) != wantCtx || errors.Is(err, warren.ErrOutcomeUnknown) {
 				t.Fatalf("Publish while blocked (%v): got %v, want ErrBlocked (with DeadlineExceeded: %v), not sent", policy, err, wantCtx)
 			}
-			if _, err := ch.QueueDeclare(ctx, "sync", warren.QueueOptions{}); err != nil {
+			if _, err := ch.QueueDeclare(ctx, "sync", warren.QueueOptions{Durable: true}); err != nil {
 				t.Fatalf("QueueDeclare while blocked: %v", err) // RPCs are not publishes: they go through
 			}
 
@@ -1412,7 +1412,7 @@ func TestWrongReplyTypeToAnRPCDoesNotLeakTheChannel(t *testing.T) {
 	if err != nil {
 		t.Fatalf("Channel: %v", err)
 	}
-	_, err = ch.QueueDeclare(ctx, "q", warren.QueueOptions{})
+	_, err = ch.QueueDeclare(ctx, "q", warren.QueueOptions{Durable: true})
 	if err == nil {
 		t.Fatalf("QueueDeclare answered with basic.qos-ok: got nil error")
 	}

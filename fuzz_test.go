@@ -138,7 +138,7 @@ func hostileClient(t *testing.T, client *warren.Client, mode byte) {
 	cancel()
 	if err == nil && mode&hostileDeclare != 0 {
 		ctx, cancel := wait()
-		_, _ = ch.QueueDeclare(ctx, "q", warren.QueueOptions{}) // the broker sends its bytes meanwhile
+		_, _ = ch.QueueDeclare(ctx, "q", warren.QueueOptions{Durable: true}) // the broker sends its bytes meanwhile
 		cancel()
 	}
 	if conf != nil {
@@ -150,7 +150,7 @@ func hostileClient(t *testing.T, client *warren.Client, mode byte) {
 		// Whatever the bytes did, a connection that is still up must work.
 		ctx, cancel := wait()
 		if ch2, err := client.Channel(ctx); err == nil {
-			_, _ = ch2.QueueDeclare(ctx, "q2", warren.QueueOptions{})
+			_, _ = ch2.QueueDeclare(ctx, "q2", warren.QueueOptions{Durable: true})
 			_ = ch2.Close(ctx)
 		}
 		_ = ch.Close(ctx)

@@ -7,6 +7,7 @@ package warren_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -70,5 +71,70 @@ func TestOpensAfterAnUnansweredOpenStillEndWithTheirCtx(t *testing.T) {
 	defer cancel()
 	if err := client.Close(ctx); !errors.Is(err, context.DeadlineExceeded) {
 		t.Errorf("Close with no close-ok: got %v, want an error wrapping context.DeadlineExceeded", err)
+	}
+}
+
+// What a broker would answer with a connection close, or apply other than
+// asked, is refused before sending, by the version the broker reports; the
+// fake broker answers nothing but the opens, so a frame sent would fail
+// the test (it expects none).
+func TestQosAndDeclarationsABrokerVersionWouldPunishAreRefusedBeforeSending(t *testing.T) {
+	for _, v := range []string{"3.10.8", "4.3.6"} {
+		t.Run(v, func(t *testing.T) {
+			sent := make(chan string, 16)
+			client := startFake(t, fb.Config{RabbitMQ: v}, func(c *fb.Conn) {
+				openOK(c)
+				for {
+					m, err := c.Next()
+					if err != nil {
+						return
+					}
+					if m.ID == fb.ChannelClose {
+						c.Send(m.Channel, fb.ChannelCloseOK, nil)
+						continue
+					}
+					if m.ID == fb.ConnectionClose {
+						c.Send(0, fb.ConnectionCloseOK, nil)
+						return
+					}
+					sent <- m.String()
+				}
+			})
+			ctx := testCtx(t)
+			if got := client.ServerVersion(); got != v {
+				t.Fatalf("ServerVersion: got %q, want %q", got, v)
+			}
+			ch, err := client.Channel(ctx)
+			if err != nil {
+				t.Fatalf("Channel: %v", err)
+			}
+			// Refused on every version, all problems at once.
+			err = ch.Qos(ctx, warren.QosOptions{PrefetchCount: 70000, PrefetchSize: 1})
+			if !errors.Is(err, warren.ErrInvalidArgument) || !strings.Contains(err.Error(), "prefetch count 70000") || !strings.Contains(err.Error(), "prefetch size 1") {
+				t.Errorf("Qos with a bad count and size: got %v, want ErrInvalidArgument naming both", err)
+			}
+			_, err = ch.QueueDeclare(ctx, "q", warren.QueueOptions{})
+			if !errors.Is(err, warren.ErrInvalidArgument) {
+				t.Errorf("QueueDeclare transient non-exclusive: got %v, want ErrInvalidArgument", err)
+			}
+			if v >= "4" {
+				err = ch.Qos(ctx, warren.QosOptions{PrefetchCount: 10, Global: true})
+				if !errors.Is(err, warren.ErrInvalidArgument) || !strings.Contains(err.Error(), "per consumer") {
+					t.Errorf("Qos Global on %s: got %v, want ErrInvalidArgument", v, err)
+				}
+				_, err = ch.QueueDeclare(ctx, "q", warren.QueueOptions{Durable: true, Args: warren.Table{"x-queue-master-locator": "client-local"}})
+				if !errors.Is(err, warren.ErrInvalidArgument) {
+					t.Errorf("x-queue-master-locator on %s: got %v, want ErrInvalidArgument", v, err)
+				}
+			}
+			if err := ch.Err(); err != nil {
+				t.Errorf("channel after refusals: %v", err)
+			}
+			select {
+			case m := <-sent:
+				t.Fatalf("a refused call sent %s", m)
+			default:
+			}
+		})
 	}
 }

@@ -173,6 +173,64 @@ func shortstrField(field, s string) error {
 	return nil
 }
 
+// removedArgs are queue arguments of features RabbitMQ 4.0 removed
+// (classic queue mirroring and its master locator): a 4.x broker answers
+// them with 541 INTERNAL_ERROR, which closes the whole connection.
+var removedArgs = []string{"x-queue-master-locator", "x-ha-policy", "x-ha-nodes", "x-ha-params"}
+
+// refused returns why a declaration of these options would cost more than
+// the channel on broker v, or nil: a deprecated queue kind that RabbitMQ
+// 4.3 denies with a connection close, or an argument a 4.x broker answers
+// the same way or refuses. A passive declaration sends no flags or
+// arguments that matter, and is never refused.
+func (o QueueOptions) refused(v brokerVersion) error {
+	if o.Passive {
+		return nil
+	}
+	var errs []error
+	typ := o.Type
+	if s, ok := o.Args["x-queue-type"].(string); ok && typ == QueueDefault {
+		typ = QueueType(s)
+	}
+	if !o.Durable && !o.Exclusive && !o.AllowTransient && (typ == QueueDefault || typ == QueueClassic) {
+		errs = append(errs, fmt.Errorf("%w: a queue that is neither Durable nor Exclusive (transient, non-exclusive) is deprecated: RabbitMQ 4.3 denies it by default by closing the whole connection; make it Durable (with Expires or AutoDelete to clean up) or Exclusive, or set AllowTransient", ErrInvalidArgument))
+	}
+	if v.atLeast(4, 0) {
+		for _, k := range removedArgs {
+			if _, ok := o.Args[k]; ok {
+				errs = append(errs, fmt.Errorf("%w: argument %q was removed in RabbitMQ 4.0 (this broker is %s and would close the connection)", ErrInvalidArgument, k, v))
+			}
+		}
+		if n, ok := tableInt(o.Args["x-queue-version"]); ok && n != 2 {
+			errs = append(errs, fmt.Errorf("%w: x-queue-version %d: RabbitMQ 4.x (this broker is %s) has only version 2 classic queues", ErrInvalidArgument, n, v))
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// tableInt reads an integer table value of any width.
+func tableInt(v any) (int64, bool) {
+	switch n := v.(type) {
+	case int:
+		return int64(n), true
+	case int8:
+		return int64(n), true
+	case int16:
+		return int64(n), true
+	case int32:
+		return int64(n), true
+	case int64:
+		return n, true
+	case uint8:
+		return int64(n), true
+	case uint16:
+		return int64(n), true
+	case uint32:
+		return int64(n), true
+	}
+	return 0, false
+}
+
 func nonNegative(field string, v int64) error {
 	if v < 0 {
 		return fmt.Errorf("%w: %s %d is negative", ErrInvalidArgument, field, v)

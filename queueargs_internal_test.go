@@ -130,3 +130,50 @@ func TestQueueOptionsArgumentsReportsEveryProblem(t *testing.T) {
 		}
 	}
 }
+
+func TestQueueOptionsRefusedBeforeSending(t *testing.T) {
+	v310, v43 := parseBrokerVersion("3.10.8"), parseBrokerVersion("4.3.6")
+	for _, tc := range []struct {
+		name string
+		opts QueueOptions
+		v    brokerVersion
+		want string // "" when accepted
+	}{
+		{"zero: transient non-exclusive", QueueOptions{}, v310, "neither Durable nor Exclusive"},
+		{"auto-delete is still transient", QueueOptions{AutoDelete: true}, v43, "neither Durable nor Exclusive"},
+		{"server-named transient", QueueOptions{Args: Table{"x-expires": int32(1000)}}, v43, "neither Durable nor Exclusive"},
+		{"durable", QueueOptions{Durable: true}, v43, ""},
+		{"exclusive", QueueOptions{Exclusive: true}, v43, ""},
+		{"opted in", QueueOptions{AllowTransient: true}, v43, ""},
+		{"passive", QueueOptions{Passive: true}, v43, ""},
+		{"master locator on 4.3", QueueOptions{Durable: true, Args: Table{"x-queue-master-locator": "min-masters"}}, v43, `"x-queue-master-locator" was removed in RabbitMQ 4.0`},
+		{"master locator on 3.10", QueueOptions{Durable: true, Args: Table{"x-queue-master-locator": "min-masters"}}, v310, ""},
+		{"ha policy on 4.3", QueueOptions{Durable: true, Args: Table{"x-ha-policy": "all"}}, v43, `"x-ha-policy" was removed`},
+		{"queue version 1 on 4.3", QueueOptions{Durable: true, Args: Table{"x-queue-version": int32(1)}}, v43, "x-queue-version 1"},
+		{"queue version 2 on 4.3", QueueOptions{Durable: true, Args: Table{"x-queue-version": int32(2)}}, v43, ""},
+		{"queue version 1 on 3.10", QueueOptions{Durable: true, Args: Table{"x-queue-version": int32(1)}}, v310, ""},
+		{"unknown broker version", QueueOptions{Durable: true, Args: Table{"x-queue-master-locator": "x"}}, brokerVersion{}, ""},
+	} {
+		err := tc.opts.refused(tc.v)
+		switch {
+		case tc.want == "" && err != nil:
+			t.Errorf("%s: got %v, want accepted", tc.name, err)
+		case tc.want != "" && (!errors.Is(err, ErrInvalidArgument) || !strings.Contains(err.Error(), tc.want)):
+			t.Errorf("%s: got %v, want ErrInvalidArgument saying %q", tc.name, err, tc.want)
+		}
+	}
+}
+
+func TestParseBrokerVersion(t *testing.T) {
+	for in, want := range map[string]brokerVersion{
+		"4.3.6": {4, 3, 6}, "3.10.8": {3, 10, 8}, "4.3.0-rc.1": {4, 3, 0}, "4.1": {4, 1, 0},
+		"": {}, "x.y": {}, "4": {},
+	} {
+		if got := parseBrokerVersion(in); got != want {
+			t.Errorf("parseBrokerVersion(%q) = %v, want %v", in, got, want)
+		}
+	}
+	if !parseBrokerVersion("4.3.6").atLeast(4, 3) || parseBrokerVersion("4.2.9").atLeast(4, 3) || (brokerVersion{}).atLeast(0, 0) {
+		t.Error("atLeast: wrong")
+	}
+}

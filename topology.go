@@ -2,6 +2,7 @@ package warren
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -62,8 +63,20 @@ type ExchangeOptions struct {
 	Args       Table // optional arguments, e.g. "alternate-exchange"
 }
 
-// QueueOptions are the flags and arguments of queue.declare. The zero value
-// declares a transient, non-exclusive, non-auto-deleted classic queue.
+// QueueOptions are the flags and arguments of queue.declare.
+//
+// A queue must be Durable or Exclusive, unless AllowTransient says
+// otherwise: the zero value (a transient, non-exclusive classic queue) is a
+// deprecated RabbitMQ feature that RabbitMQ 4.3 denies by default, and a
+// broker that denies it closes the whole connection (541), so warren
+// refuses it before sending. For a temporary queue, use Exclusive (deleted
+// with the connection) or Durable with Expires (deleted once unused).
+//
+// Arguments of features RabbitMQ 4.0 removed are refused before sending
+// when the broker reports 4.0 or later, which would close the connection
+// (x-queue-master-locator, x-ha-*) or the channel (x-queue-version other
+// than 2); older brokers get them as given. x-queue-mode is accepted and
+// ignored by RabbitMQ 3.12 and later (every classic queue is lazy).
 //
 // The common x- arguments have fields of their own (zero: not set); warren
 // turns them into the arguments table and refuses, before anything is sent,
@@ -83,6 +96,11 @@ type QueueOptions struct {
 	Exclusive  bool  // used only by this connection, deleted when it closes
 	Passive    bool  // only check that it exists (404 NOT_FOUND if not); every other field is then ignored
 	Args       Table // other arguments; one also set by a field below is refused
+
+	// AllowTransient declares a queue that is neither Durable nor
+	// Exclusive, a deprecated feature (transient_nonexcl_queues) that
+	// RabbitMQ 4.3 denies by default: only for brokers known to permit it.
+	AllowTransient bool
 
 	// Type is x-queue-type. Quorum and stream queues are replicated across
 	// a cluster's nodes and must be Durable, neither Exclusive nor
@@ -142,9 +160,23 @@ type QueueDeleteOptions struct {
 
 // QosOptions are the settings of basic.qos.
 type QosOptions struct {
-	PrefetchCount int  // unacknowledged deliveries the broker may send; 0 = unlimited
-	PrefetchSize  int  // unacknowledged bytes; 0 = unlimited (RabbitMQ rejects anything else)
-	Global        bool // RabbitMQ: apply to every consumer on the channel rather than each new one
+	// PrefetchCount is how many unacknowledged deliveries the broker may
+	// send to each consumer started on the channel afterwards, 0..65535;
+	// 0 means unlimited.
+	PrefetchCount int
+	// PrefetchSize must be 0: RabbitMQ does not implement a prefetch in
+	// bytes and answers anything else by closing the whole connection
+	// (540 NOT_IMPLEMENTED), so warren refuses it before sending.
+	PrefetchSize int
+	// Global asks RabbitMQ to share PrefetchCount among all the channel's
+	// consumers instead of giving each its own.
+	//
+	// Deprecated: global QoS is a deprecated RabbitMQ feature. From
+	// RabbitMQ 4.3 the broker accepts the flag but applies the limit per
+	// consumer, not what the caller asked for, so warren refuses Global
+	// before sending when the broker reports 4.3 or later; older brokers
+	// get it as today. Use a per-consumer PrefetchCount.
+	Global bool
 }
 
 // ExchangeDeclare declares an exchange of the given kind: one of the
@@ -216,6 +248,9 @@ func (ch Channel) QueueDeclare(ctx context.Context, name string, opts QueueOptio
 	args, err := opts.arguments()
 	if err == nil && name == "" && !opts.Passive && (opts.Type == QueueQuorum || opts.Type == QueueStream) {
 		err = fmt.Errorf("%w: a %s queue needs a name (the broker names only classic queues)", ErrInvalidArgument, opts.Type)
+	}
+	if err == nil && ch.s != nil {
+		err = opts.refused(ch.s.c.broker())
 	}
 	if err != nil {
 		return Queue{}, fmt.Errorf("warren: %s %q: %w", op, name, err)
@@ -292,13 +327,26 @@ func (ch Channel) QueueUnbind(ctx context.Context, queue, key, exchange string, 
 
 // Qos sets how many unacknowledged deliveries the broker may send to this
 // channel's consumers.
+//
+// Every problem with opts is reported at once, before anything is sent: a
+// PrefetchCount outside 0..65535, a PrefetchSize other than 0, and Global
+// on a broker that reports RabbitMQ 4.3 or later (see QosOptions).
 func (ch Channel) Qos(ctx context.Context, opts QosOptions) error {
 	const op = "basic.qos"
+	var errs []error
 	if opts.PrefetchCount < 0 || opts.PrefetchCount > 0xFFFF {
-		return fmt.Errorf("%w: %s: prefetch count %d is outside 0..65535", ErrInvalidArgument, op, opts.PrefetchCount)
+		errs = append(errs, fmt.Errorf("%w: %s: prefetch count %d is outside 0..65535", ErrInvalidArgument, op, opts.PrefetchCount))
 	}
-	if opts.PrefetchSize < 0 || int64(opts.PrefetchSize) > 0xFFFFFFFF {
-		return fmt.Errorf("%w: %s: prefetch size %d is outside 0..4294967295", ErrInvalidArgument, op, opts.PrefetchSize)
+	if opts.PrefetchSize != 0 {
+		errs = append(errs, fmt.Errorf("%w: %s: prefetch size %d: RabbitMQ supports only 0 and closes the connection (540 NOT_IMPLEMENTED) for anything else", ErrInvalidArgument, op, opts.PrefetchSize))
+	}
+	if opts.Global && ch.s != nil {
+		if v := ch.s.c.broker(); v.atLeast(4, 3) {
+			errs = append(errs, fmt.Errorf("%w: %s: Global: RabbitMQ %s denies global QoS and would apply the limit per consumer instead; set a per-consumer PrefetchCount", ErrInvalidArgument, op, v))
+		}
+	}
+	if len(errs) > 0 {
+		return errors.Join(errs...)
 	}
 	return ch.call(ctx, op, func() error {
 		return ch.s.ch.Qos(opts.PrefetchCount, opts.PrefetchSize, opts.Global)

@@ -4,7 +4,7 @@ go 1.26
 
 require (
 	github.com/jackc/puddle/v2 v2.2.3
-	github.com/rabbitmq/amqp091-go v1.16.0
+	github.com/rabbitmq/amqp091-go v1.17.0
 	github.com/wagslane/go-rabbitmq v0.15.0
 	github.com/warrenmq/warren v0.0.0
 )

@@ -228,7 +228,7 @@ func TestConfirmNackPathQueueWithRejectPublishOverflow(t *testing.T) {
 	c := dial(t, b.URL)
 	ch := confirmChannel(t, ctx, c)
 	q := uniqueName(t, "full-")
-	if _, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Args: warren.Table{
+	if _, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true, Args: warren.Table{
 		"x-max-length": int32(5), "x-overflow": "reject-publish"}}); err != nil {
 		t.Fatal(err)
 	}
@@ -611,7 +611,7 @@ func TestPublisherReportsEveryOutcomeAndBatchResultsAreInInputOrder(t *testing.T
 	ch := openChannel(t, ctx, c)
 	q, full := uniqueName(t, "q-"), uniqueName(t, "full-")
 	declareQueue(t, ctx, b, ch, q)
-	if _, err := ch.QueueDeclare(ctx, full, warren.QueueOptions{Args: warren.Table{
+	if _, err := ch.QueueDeclare(ctx, full, warren.QueueOptions{Durable: true, Args: warren.Table{
 		"x-max-length": int32(1), "x-overflow": "reject-publish"}}); err != nil {
 		t.Fatal(err)
 	}

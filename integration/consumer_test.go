@@ -230,7 +230,7 @@ func TestConsumeQueueDeletedUnderARunningConsumerIsErrConsumerCancelled(t *testi
 	c := dial(t, b.URL)
 	ch := openChannel(t, ctx, c)
 	q := uniqueName(t, "q-")
-	if _, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{}); err != nil {
+	if _, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true}); err != nil {
 		t.Fatal(err)
 	}
 	fillNumbered(t, ctx, c, q, 5)

@@ -99,10 +99,11 @@ func TestPreconditionFailedClosesOnlyTheChannelThatCausedIt(t *testing.T) {
 		sentinel: warren.ErrPreconditionFailed,
 		code:     warren.CodePreconditionFailed,
 		provoke: func(a warren.Channel) error {
-			_, err := a.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true})
+			// declareQueue made it durable, not auto-delete.
+			_, err := a.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true, AutoDelete: true})
 			return err
 		},
-		texts: []string{"PRECONDITION_FAILED", "durable", q},
+		texts: []string{"PRECONDITION_FAILED", "auto_delete", q},
 	})
 }
 
@@ -119,7 +120,7 @@ func TestResourceLockedClosesOnlyTheChannelThatCausedIt(t *testing.T) {
 		sentinel: warren.ErrResourceLocked,
 		code:     warren.CodeResourceLocked,
 		provoke: func(a warren.Channel) error {
-			_, err := a.QueueDeclare(ctx, q, warren.QueueOptions{})
+			_, err := a.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true})
 			return err
 		},
 		texts: []string{"RESOURCE_LOCKED", q},
@@ -140,7 +141,7 @@ func TestAccessRefusedClosesOnlyTheChannelThatCausedIt(t *testing.T) {
 		sentinel: warren.ErrAccessRefused,
 		code:     warren.CodeAccessRefused,
 		provoke: func(a warren.Channel) error {
-			_, err := a.QueueDeclare(ctx, forbidden, warren.QueueOptions{})
+			_, err := a.QueueDeclare(ctx, forbidden, warren.QueueOptions{Durable: true})
 			return err
 		},
 		texts:  []string{"ACCESS_REFUSED", forbidden, user},

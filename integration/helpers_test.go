@@ -85,11 +85,13 @@ func openChannel(t *testing.T, ctx context.Context, c *warren.Client) warren.Cha
 	return ch
 }
 
-// declareQueue declares a non-exclusive queue named name on ch and deletes
-// it (over a connection of its own) when the test ends.
+// declareQueue declares a durable, non-exclusive queue named name on ch
+// and deletes it (over a connection of its own) when the test ends.
+// (Durable: a transient non-exclusive queue is a deprecated kind RabbitMQ
+// 4.3 denies; see QueueOptions.)
 func declareQueue(t *testing.T, ctx context.Context, b *brokertest.Broker, ch warren.Channel, name string) {
 	t.Helper()
-	if _, err := ch.QueueDeclare(ctx, name, warren.QueueOptions{}); err != nil {
+	if _, err := ch.QueueDeclare(ctx, name, warren.QueueOptions{Durable: true}); err != nil {
 		t.Fatalf("QueueDeclare(%q): %v", name, err)
 	}
 	deleteQueueLater(t, b, name)

@@ -46,7 +46,7 @@ func TestInvalidArgumentsAreRefusedAndLoseNothing(t *testing.T) {
 	}
 
 	long := strings.Repeat("q", 256)
-	_, err := ch.QueueDeclare(ctx, long, warren.QueueOptions{})
+	_, err := ch.QueueDeclare(ctx, long, warren.QueueOptions{Durable: true})
 	wantInvalid(t, "QueueDeclare with a 256-byte name", err)
 	stillWorks("a 256-byte queue name")
 
@@ -57,7 +57,7 @@ func TestInvalidArgumentsAreRefusedAndLoseNothing(t *testing.T) {
 		t.Errorf("QueueDeclare with a 255-byte name: got %v, want nil", err)
 	}
 
-	_, err = ch.QueueDeclare(ctx, uniqueName(t, ""), warren.QueueOptions{Args: warren.Table{"x-bad": struct{ A int }{1}}})
+	_, err = ch.QueueDeclare(ctx, uniqueName(t, ""), warren.QueueOptions{Durable: true, Args: warren.Table{"x-bad": struct{ A int }{1}}})
 	wantInvalid(t, "QueueDeclare with a struct in its arguments", err)
 	stillWorks("a struct table argument")
 

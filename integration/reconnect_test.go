@@ -307,7 +307,7 @@ func TestReconnectRedeclaresTopologyAndReportsItsFailure(t *testing.T) {
 			if calls.Add(1) == 3 {
 				return errors.New("declarations refused on purpose")
 			}
-			_, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{})
+			_, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true})
 			return err
 		}))
 	direct := dial(t, r.b.URL)

@@ -224,21 +224,21 @@ func TestShortStringsThatAreNotUTF8AreRefusedAndTheConnectionStaysOpen(t *testin
 		what string
 		do   func() error
 	}{
-		{"QueueDeclare name", func() error { _, err := ch.QueueDeclare(ctx, bad, warren.QueueOptions{}); return err }},
+		{"QueueDeclare name", func() error { _, err := ch.QueueDeclare(ctx, bad, warren.QueueOptions{Durable: true}); return err }},
 		{"QueueDeclare passive name", func() error {
 			_, err := ch.QueueDeclare(ctx, bad, warren.QueueOptions{Passive: true})
 			return err
 		}},
 		{"QueueDeclare argument key", func() error {
-			_, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Args: warren.Table{bad: int32(1)}})
+			_, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true, Args: warren.Table{bad: int32(1)}})
 			return err
 		}},
 		{"QueueDeclare nested argument key", func() error {
-			_, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Args: warren.Table{"x-n": warren.Table{bad: 1}}})
+			_, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true, Args: warren.Table{"x-n": warren.Table{bad: 1}}})
 			return err
 		}},
 		{"QueueDeclare DeadLetterExchange", func() error {
-			_, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{DeadLetterExchange: bad})
+			_, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true, DeadLetterExchange: bad})
 			return err
 		}},
 		{"QueueDelete", func() error { _, err := ch.QueueDelete(ctx, bad, warren.QueueDeleteOptions{}); return err }},

@@ -18,6 +18,7 @@ import (
 	"log"
 	"net/url"
 	"os"
+	"strconv"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -77,7 +78,11 @@ func run() error {
 	if err != nil {
 		return err
 	}
-	q, err := ch.QueueDeclare(ctx, "", warren.QueueOptions{AutoDelete: false, Durable: false})
+	// Durable: it outlives each cut (an exclusive queue would go with its
+	// connection), and Expires deletes it if the example dies before its
+	// own cleanup.
+	q, err := ch.QueueDeclare(ctx, "warren-example-reconnect-"+strconv.FormatInt(time.Now().UnixNano(), 36),
+		warren.QueueOptions{Durable: true, Expires: 10 * time.Minute})
 	if err != nil {
 		return err
 	}

@@ -40,6 +40,10 @@ type Config struct {
 	Heartbeat  uint16 // seconds; 0 offers none (the client's proposal wins)
 	User       string // "guest"
 	Password   string // "guest"
+	// RabbitMQ, when set, makes the broker report itself as RabbitMQ of
+	// this version ("4.3.6") in connection.start; otherwise as product
+	// "fakebroker" version "0.0.0".
+	RabbitMQ string
 }
 
 func (c Config) withDefaults() Config {
@@ -250,9 +254,13 @@ func (c *Conn) handshake() error {
 		_, _ = c.nc.Write([]byte(ProtocolHeader))
 		return fmt.Errorf("protocol header %q, want %q", hdr, ProtocolHeader)
 	}
+	product, version := "fakebroker", "0.0.0"
+	if c.cfg.RabbitMQ != "" {
+		product, version = "RabbitMQ", c.cfg.RabbitMQ
+	}
 	props := map[string]any{
-		"product": "fakebroker",
-		"version": "0.0.0",
+		"product": product,
+		"version": version,
 		"capabilities": map[string]any{
 			"publisher_confirms":     true,
 			"basic.nack":             true,

@@ -54,9 +54,11 @@ func newFixture(ctx context.Context, opts Options, selected []string) (f *fixtur
 	if err != nil {
 		return nil, fmt.Errorf("fill channel: %w", err)
 	}
-	// Not exclusive (other connections consume from it), deleted at close;
-	// x-expires removes it should the program die before that.
-	q, err := f.adminCh.QueueDeclare(fmt.Sprintf("warrenbench-consume-%d", os.Getpid()), false, false, false, false,
+	// Not exclusive (other connections consume from it), so durable (a
+	// transient non-exclusive queue is a kind RabbitMQ 4.3 denies; its
+	// messages stay transient), deleted at close; x-expires removes it
+	// should the program die before that.
+	q, err := f.adminCh.QueueDeclare(fmt.Sprintf("warrenbench-consume-%d", os.Getpid()), true, false, false, false,
 		amqp.Table{"x-expires": int32(10 * time.Minute / time.Millisecond)})
 	if err != nil {
 		return nil, fmt.Errorf("declaring the queue: %w", err)
