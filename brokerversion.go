@@ -47,6 +47,11 @@ func (v brokerVersion) atLeast(major, minor int) bool {
 	return v.known() && (v.major > major || v.major == major && v.minor >= minor)
 }
 
+// atLeastPatch reports whether v is known and at least major.minor.patch.
+func (v brokerVersion) atLeastPatch(major, minor, patch int) bool {
+	return v.atLeast(major, minor) && (v.major > major || v.minor > minor || v.patch >= patch)
+}
+
 func (v brokerVersion) String() string {
 	if !v.known() {
 		return "unknown"

@@ -149,7 +149,7 @@ func TestEveryTableValueTypeAtEveryDepth(t *testing.T) {
 		{"int below int32", -1 << 40, ""},
 		{"float32", float32(1.5), ""},
 		{"float32 max", float32(math.MaxFloat32), ""},
-		{"float64", -0.0, ""},
+		{"float64 negative zero", math.Copysign(0, -1), ""},
 		{"float64 smallest", math.SmallestNonzeroFloat64, ""},
 		{"float32 NaN", float32(math.NaN()), "NaN"},
 		{"float32 +Inf", float32(math.Inf(1)), "Inf"},

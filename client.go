@@ -240,6 +240,8 @@ func (c *Client) NewPublisher(ctx context.Context, opts PublisherOptions) (*Publ
 //     or nacked, everything unstarted returns to the queue; the error wraps
 //     ctx.Err() (and ErrShutdownTimeout if handlers were still running);
 //   - ErrConsumerCancelled (wrapped) when the broker cancelled the consumer;
+//   - an error matching ErrAckTimeout when the broker gave up waiting for
+//     an ack (see ErrAckTimeout for its two shapes);
 //   - the typed cause (*ChannelError, *ConnectionError) when the channel or
 //     connection closed under it; unacked messages return to the queue;
 //   - the typed error of basic.qos or basic.consume if consuming could not
@@ -251,11 +253,20 @@ func (c *Client) NewPublisher(ctx context.Context, opts PublisherOptions) (*Publ
 // With WithReconnect, a consumer whose connection is lost subscribes again
 // on the next connection (its unacked messages were returned to the queue
 // by the broker and are delivered again, Redelivered set), until ctx ends or
-// the Client does.
+// the Client does. So does a consumer the broker gave up on for an ack
+// timeout (ErrAckTimeout: AckTimeout or the broker's consumer_timeout),
+// at once on the same connection; without WithReconnect, Consume returns
+// that error.
 func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts ConsumeOptions) error {
 	for {
 		s := c.s()
 		err := s.Consume(ctx, queue, h, opts)
+		if c.opts.reconnect != nil && ctx.Err() == nil && errors.Is(err, ErrAckTimeout) {
+			// The broker gave up on a slow handler and requeued its
+			// messages; the connection is fine: subscribe again.
+			c.opts.logger.Warn("warren: consumer timed out by the broker; subscribing again", "queue", queue, "err", err)
+			continue
+		}
 		if c.opts.reconnect == nil || ctx.Err() != nil || !IsConnectionLevel(err) || errors.Is(err, ErrClientClosed) {
 			return err
 		}

@@ -19,6 +19,25 @@ import (
 // channel were fine.
 var ErrConsumerCancelled = errors.New("warren: consumer cancelled by the broker")
 
+// ErrAckTimeout is matched (errors.Is) by the error of a consumer whose
+// broker gave up waiting for an acknowledgement (RabbitMQ's consumer
+// timeout: ConsumeOptions.AckTimeout, or the broker's consumer_timeout,
+// 30 minutes by default). It has two shapes, depending on the broker:
+//
+//   - up to RabbitMQ 4.2, and for classic queues, the broker closes the
+//     channel: a *ChannelError with code 406 (so also ErrPreconditionFailed)
+//     whose text says "delivery acknowledgement ... timed out";
+//   - from RabbitMQ 4.3, on quorum queues, the broker cancels just the
+//     consumer (basic.cancel) and leaves the channel open: the error also
+//     matches ErrConsumerCancelled. warren tells this cancel from others
+//     (a deleted queue, say) only when AckTimeout is set: the consumer held
+//     an unacknowledged delivery and its queue still exists.
+//
+// Either way the broker returned the unacknowledged messages to the queue:
+// the handlers' ctx is cancelled at once, since their acks can no longer
+// count.
+var ErrAckTimeout = errors.New("warren: delivery acknowledgement timed out (consumer timeout)")
+
 // ErrShutdownTimeout is wrapped by Consume's error when handlers were still
 // running at the end of the shutdown bound. Their messages return to the
 // queue and will be delivered again.
@@ -77,6 +96,16 @@ type ConsumeOptions struct {
 	// OnPanic, if set, is called (on the worker) with what a handler
 	// panicked with and the stack; the panic is also logged.
 	OnPanic func(d *Delivery, v any, stack []byte)
+	// AckTimeout, if set, is how long the broker waits for the ack of a
+	// delivery before it gives up on the consumer (the consumer argument
+	// x-consumer-timeout, whole milliseconds; default: the broker's
+	// consumer_timeout, 30 minutes). Consume then ends with an error
+	// matching ErrAckTimeout, and with WithReconnect the Client subscribes
+	// again at once. RabbitMQ honours it from 3.11.15; warren refuses it
+	// before sending on an older broker, which would ignore it. RabbitMQ
+	// 4.x accepts it on quorum queues only: a classic queue refuses it
+	// with 406 PRECONDITION_FAILED (its timeout is the broker's).
+	AckTimeout time.Duration
 }
 
 const (
@@ -97,6 +126,17 @@ func (c *session) Consume(ctx context.Context, queue string, h Handler, opts Con
 		return err
 	}
 	opts.Args = args // wide ints as int64, in a copy (see checkTable)
+	if opts.AckTimeout > 0 {
+		if v := c.broker(); v.known() && !v.atLeastPatch(3, 11, 15) {
+			return fmt.Errorf("%w: %s: AckTimeout: RabbitMQ %s ignores a consumer's x-consumer-timeout (3.11.15 and later honour it); set consumer_timeout on the broker instead", ErrInvalidArgument, op, v)
+		}
+		withTimeout := make(Table, len(opts.Args)+1)
+		for k, v := range opts.Args {
+			withTimeout[k] = v
+		}
+		withTimeout["x-consumer-timeout"] = opts.AckTimeout.Milliseconds()
+		opts.Args = withTimeout
+	}
 	st, err := c.openChannel(ctx)
 	if err != nil {
 		return err
@@ -151,6 +191,11 @@ func (o *ConsumeOptions) fill(queue string, h Handler) error {
 		return fmt.Errorf("%w: %s: negative Workers", ErrInvalidArgument, op)
 	case o.ShutdownTimeout < 0:
 		return fmt.Errorf("%w: %s: negative ShutdownTimeout", ErrInvalidArgument, op)
+	case o.AckTimeout < 0 || o.AckTimeout%time.Millisecond != 0:
+		return fmt.Errorf("%w: %s: AckTimeout %v: must be a positive whole number of milliseconds", ErrInvalidArgument, op, o.AckTimeout)
+	}
+	if _, dup := o.Args["x-consumer-timeout"]; dup && o.AckTimeout != 0 {
+		return fmt.Errorf("%w: %s: x-consumer-timeout is set both in Args and by AckTimeout", ErrInvalidArgument, op)
 	}
 	return nil
 }
@@ -199,7 +244,7 @@ func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) er
 	select {
 	case tag := <-cs.cancels:
 		cs.halt()
-		err = fmt.Errorf("warren: consume %q: %w (consumer tag %q)", cs.queue, ErrConsumerCancelled, tag)
+		err = cs.cancelled(tag, deliveries, &running)
 	case <-cs.closed:
 		cs.halt()
 		err = cs.st.awaitCause("basic.consume")
@@ -207,7 +252,7 @@ func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) er
 		// The deliveries ended without our cancel: the broker cancelled
 		// the consumer, or the channel or connection closed.
 		cs.halt()
-		err = cs.endReason()
+		err = cs.endReason(deliveries, &running)
 	case <-ctx.Done():
 		// Shutdown: take nothing new, cancel, let in-flight handlers
 		// finish. With manual acks, deliveries not yet started stay
@@ -223,6 +268,11 @@ func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) er
 		cs.mu.Unlock()
 		ccancel()
 		err = fmt.Errorf("warren: consume %q: stopped: %w", cs.queue, ctx.Err())
+	}
+	if errors.Is(err, ErrAckTimeout) {
+		// The broker took the unacked messages back: the handlers' acks
+		// can no longer count, so their work is void.
+		hcancel()
 	}
 	bound := time.NewTimer(cs.opts.ShutdownTimeout)
 	defer bound.Stop()
@@ -245,16 +295,45 @@ func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) er
 func (cs *consumer) halt() { cs.halted.Do(func() { close(cs.stop) }) }
 
 // endReason says why the deliveries ended when Consume's ctx did not.
-func (cs *consumer) endReason() error {
+func (cs *consumer) endReason(deliveries <-chan amqp.Delivery, running *atomic.Int64) error {
 	select {
 	case tag := <-cs.cancels:
-		return fmt.Errorf("warren: consume %q: %w (consumer tag %q)", cs.queue, ErrConsumerCancelled, tag)
+		return cs.cancelled(tag, deliveries, running)
 	default:
 	}
 	if err := cs.st.awaitCause("basic.consume"); err != nil {
 		return err
 	}
 	return fmt.Errorf("warren: consume %q: deliveries ended", cs.queue)
+}
+
+// cancelled returns the error for the broker's basic.cancel of the
+// consumer: ErrAckTimeout as well as ErrConsumerCancelled when it was the
+// broker's consumer timeout (RabbitMQ 4.3+ on quorum queues cancels the
+// consumer rather than closing the channel). AMQP's basic.cancel carries no
+// reason; with AckTimeout set, warren takes a cancel while it held an
+// unacknowledged delivery, of a queue that still exists, for a timeout.
+func (cs *consumer) cancelled(tag string, deliveries <-chan amqp.Delivery, running *atomic.Int64) error {
+	if cs.opts.AckTimeout > 0 && !cs.opts.AutoAck && (running.Load() > 0 || len(deliveries) > 0) && cs.queueExists() {
+		return fmt.Errorf("warren: consume %q: %w: the broker cancelled the consumer (tag %q) after a delivery went unacknowledged for AckTimeout %v (%w); its unacked messages return to the queue",
+			cs.queue, ErrAckTimeout, tag, cs.opts.AckTimeout, ErrConsumerCancelled)
+	}
+	return fmt.Errorf("warren: consume %q: %w (consumer tag %q)", cs.queue, ErrConsumerCancelled, tag)
+}
+
+// queueExists checks, on a channel of its own, that the consumer's queue is
+// still there.
+func (cs *consumer) queueExists() bool {
+	ctx, cancel := context.WithTimeout(context.Background(), cs.c.opts.closeTimeout)
+	defer cancel()
+	st, err := cs.c.openChannel(ctx)
+	if err != nil {
+		return false
+	}
+	ch := Channel{s: st}
+	defer ch.Close(ctx)
+	_, err = ch.QueueDeclare(ctx, cs.queue, QueueOptions{Passive: true})
+	return err == nil
 }
 
 // work runs handlers for deliveries until they end (it then returns true)

@@ -194,8 +194,13 @@ func (e *ChannelError) Error() string {
 	return fmt.Sprintf("warren: %s on channel %d: channel closed by broker: %d %s", e.Op, e.ChannelID, int(e.Code), replyText(e.Code, e.Reason))
 }
 
-// Is reports whether target is the reply-code sentinel for e.Code.
+// Is reports whether target is the reply-code sentinel for e.Code, or
+// ErrAckTimeout for the broker's consumer-timeout close (406, "delivery
+// acknowledgement on channel N timed out").
 func (e *ChannelError) Is(target error) bool {
+	if target == ErrAckTimeout {
+		return e.Code == CodePreconditionFailed && strings.Contains(e.Reason, "delivery acknowledgement") && strings.Contains(e.Reason, "timed out")
+	}
 	ce, ok := target.(*codeError)
 	return ok && ce.code == e.Code
 }

@@ -7,6 +7,7 @@ package warren_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -136,5 +137,34 @@ func TestQosAndDeclarationsABrokerVersionWouldPunishAreRefusedBeforeSending(t *t
 			default:
 			}
 		})
+	}
+}
+
+func TestErrAckTimeoutMatchesTheBrokersTimeoutCloseAndNoOther406(t *testing.T) {
+	timeout := &warren.ChannelError{ChannelID: 1, Code: 406, Reason: "PRECONDITION_FAILED - delivery acknowledgement on channel 1 timed out. Timeout value used: 2000 ms. This timeout value can be configured, see consumers doc guide to learn more"}
+	if !errors.Is(timeout, warren.ErrAckTimeout) || !errors.Is(timeout, warren.ErrPreconditionFailed) {
+		t.Errorf("the consumer-timeout close: errors.Is ErrAckTimeout = %v, ErrPreconditionFailed = %v; want both", errors.Is(timeout, warren.ErrAckTimeout), errors.Is(timeout, warren.ErrPreconditionFailed))
+	}
+	other := &warren.ChannelError{ChannelID: 1, Code: 406, Reason: "PRECONDITION_FAILED - unknown delivery tag 1"}
+	if errors.Is(other, warren.ErrAckTimeout) {
+		t.Error("another 406 matches ErrAckTimeout")
+	}
+	if errors.Is(fmt.Errorf("x: %w", warren.ErrConsumerCancelled), warren.ErrAckTimeout) {
+		t.Error("a plain consumer cancel matches ErrAckTimeout")
+	}
+}
+
+func TestAckTimeoutMustBeWholeMillisecondsAndNotAlsoInArgs(t *testing.T) {
+	client := startFake(t, fb.Config{RabbitMQ: "4.3.6"}, serve)
+	ctx := testCtx(t)
+	h := func(context.Context, *warren.Delivery) error { return nil }
+	for _, o := range []warren.ConsumeOptions{
+		{AckTimeout: -time.Second},
+		{AckTimeout: 1500 * time.Microsecond},
+		{AckTimeout: time.Second, Args: warren.Table{"x-consumer-timeout": int64(1000)}},
+	} {
+		if err := client.Consume(ctx, "q", h, o); !errors.Is(err, warren.ErrInvalidArgument) {
+			t.Errorf("Consume with AckTimeout %v, Args %v: got %v, want ErrInvalidArgument", o.AckTimeout, o.Args, err)
+		}
 	}
 }
