@@ -257,10 +257,23 @@ func (c *Client) NewPublisher(ctx context.Context, opts PublisherOptions) (*Publ
 // timeout (ErrAckTimeout: AckTimeout or the broker's consumer_timeout),
 // at once on the same connection; without WithReconnect, Consume returns
 // that error.
-func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts ConsumeOptions) error {
+func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts ConsumeOptions) (err error) {
+	fl := new(flight)
+	defer func() {
+		// A lost subscription left its handlers running, their ctx
+		// cancelled; wait for them here, once, bounded (a shutdown by ctx
+		// has waited already).
+		bound := opts.ShutdownTimeout
+		if bound <= 0 {
+			bound = defaultShutdownTimeout
+		}
+		if n := fl.wait(bound); n > 0 && !errors.Is(err, ErrShutdownTimeout) {
+			err = fmt.Errorf("%w; %d handlers still running (%w)", err, n, ErrShutdownTimeout)
+		}
+	}()
 	for {
 		s := c.s()
-		err := s.Consume(ctx, queue, h, opts)
+		err := s.Consume(ctx, queue, h, opts, fl)
 		if c.opts.reconnect != nil && ctx.Err() == nil && errors.Is(err, ErrAckTimeout) {
 			// The broker gave up on a slow handler and requeued its
 			// messages; the connection is fine: subscribe again.

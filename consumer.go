@@ -52,7 +52,12 @@ var ErrShutdownTimeout = errors.New("warren: handlers still running at the end o
 // it alone. A panic is recovered and treated as an error.
 //
 // ctx is not Consume's ctx: it stays valid while Consume shuts down, so an
-// in-flight handler can finish, and ends at the shutdown bound.
+// in-flight handler can finish, and ends at the shutdown bound. It ends at
+// once when the consumer's channel or connection is lost, or the broker
+// cancels or times out the consumer: the broker has returned the delivery
+// to the queue, and Ack, Nack and Reject return an error wrapping
+// ErrDeliveryVoid. (With WithReconnect the consumer subscribes again at
+// once; it does not wait for such handlers.)
 //
 // Delivery is at least once: a message whose ack did not reach the broker
 // (the handler was still running at the shutdown bound, the connection
@@ -91,7 +96,10 @@ type ConsumeOptions struct {
 	DeadLetterOnError bool
 	// ShutdownTimeout bounds how long in-flight handlers may run after ctx
 	// ends (default 30 s); then their ctx is cancelled and the channel is
-	// closed, returning their messages to the queue.
+	// closed, returning their messages to the queue. When the consumer
+	// ends for another reason (lost channel or connection, broker cancel),
+	// the handlers' ctx is cancelled at once, and Consume waits at most
+	// this long for them before it returns.
 	ShutdownTimeout time.Duration
 	// OnPanic, if set, is called (on the worker) with what a handler
 	// panicked with and the stack; the panic is also logged.
@@ -115,8 +123,9 @@ const (
 
 var consumerSeq atomic.Uint64
 
-// Consume: see Client.Consume.
-func (c *session) Consume(ctx context.Context, queue string, h Handler, opts ConsumeOptions) error {
+// Consume: see Client.Consume. fl holds the handlers of every subscription
+// of one Client.Consume.
+func (c *session) Consume(ctx context.Context, queue string, h Handler, opts ConsumeOptions, fl *flight) error {
 	const op = "basic.consume"
 	if err := opts.fill(queue, h); err != nil {
 		return err
@@ -141,7 +150,7 @@ func (c *session) Consume(ctx context.Context, queue string, h Handler, opts Con
 	if err != nil {
 		return err
 	}
-	cs := &consumer{c: c, st: st, queue: queue, h: h, opts: opts,
+	cs := &consumer{c: c, st: st, queue: queue, h: h, opts: opts, flight: fl,
 		cancels: make(chan string, 4), stop: make(chan struct{})}
 	defer cs.closeChannel()
 
@@ -211,40 +220,74 @@ type consumer struct {
 	// mu serialises every operation on the channel once workers run: their
 	// acks, and the cancel at shutdown.
 	mu      sync.Mutex
+	flight  *flight     // the handlers of the Client.Consume this subscription belongs to
 	cancels chan string // the broker's basic.cancel, from amqp091-go
 	closed  chan *amqp.Error
 	stop    chan struct{} // closed (by halt) when no new deliveries may be taken
 	halted  sync.Once
 }
 
+// flight is the handlers of one Client.Consume, across its subscriptions.
+// A subscription whose channel or connection is gone returns at once, its
+// handlers' ctx cancelled (their deliveries are void: the broker has
+// returned them to the queue); only the end of Client.Consume waits for
+// handlers still running, bounded by ShutdownTimeout.
+type flight struct {
+	wg      sync.WaitGroup
+	running atomic.Int64 // handlers running now
+	gaveUp  atomic.Bool  // a wait reached its bound: later waits return at once
+}
+
+// wait waits at most d for every handler to return, and reports how many
+// were still running when it gave up (0: all returned).
+func (f *flight) wait(d time.Duration) int64 {
+	if f.gaveUp.Load() {
+		return f.running.Load()
+	}
+	done := make(chan struct{})
+	go func() { f.wg.Wait(); close(done) }()
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-done:
+		return 0
+	case <-t.C:
+		f.gaveUp.Store(true)
+		return f.running.Load()
+	}
+}
+
 func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) error {
 	// Handlers get a ctx that survives Consume's ctx, so that in-flight
-	// work can finish; it ends at the shutdown bound.
+	// work can finish at shutdown; it ends at the shutdown bound, or at
+	// once when the subscription is lost.
 	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
 	defer hcancel()
+	fl := cs.flight
+	running := &fl.running
+	// ended and workersDone are this subscription's.
 	var wg sync.WaitGroup
-	var running atomic.Int64
 	ended := make(chan struct{}) // closed by the first worker to see the deliveries end
 	var endOnce sync.Once
 	// The workers are not the client's goroutines: Client.Close must not
 	// wait on a handler that ignores its ctx.
 	for i := 0; i < cs.opts.Workers; i++ {
 		wg.Add(1)
+		fl.wg.Add(1)
 		go func() {
+			defer fl.wg.Done()
 			defer wg.Done()
-			if cs.work(hctx, deliveries, &running) {
+			if cs.work(hctx, deliveries, running) {
 				endOnce.Do(func() { close(ended) })
 			}
 		}()
 	}
-	workersDone := make(chan struct{})
-	go func() { wg.Wait(); close(workersDone) }()
 
 	var err error
 	select {
 	case tag := <-cs.cancels:
 		cs.halt()
-		err = cs.cancelled(tag, deliveries, &running)
+		err = cs.cancelled(tag, deliveries, running)
 	case <-cs.closed:
 		cs.halt()
 		err = cs.st.awaitCause("basic.consume")
@@ -252,7 +295,7 @@ func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) er
 		// The deliveries ended without our cancel: the broker cancelled
 		// the consumer, or the channel or connection closed.
 		cs.halt()
-		err = cs.endReason(deliveries, &running)
+		err = cs.endReason(deliveries, running)
 	case <-ctx.Done():
 		// Shutdown: take nothing new, cancel, let in-flight handlers
 		// finish. With manual acks, deliveries not yet started stay
@@ -269,20 +312,20 @@ func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) er
 		ccancel()
 		err = fmt.Errorf("warren: consume %q: stopped: %w", cs.queue, ctx.Err())
 	}
-	if errors.Is(err, ErrAckTimeout) {
-		// The broker took the unacked messages back: the handlers' acks
-		// can no longer count, so their work is void.
+	if ctx.Err() == nil {
+		// Lost: the channel or connection is gone, the broker cancelled
+		// the consumer, or timed it out. The broker has the unacked
+		// messages back (or will once the channel closes, next): the
+		// handlers' acks can no longer count, so their ctx ends now and
+		// nothing waits for them here (see flight).
+		cs.halt()
 		hcancel()
+		return err
 	}
-	bound := time.NewTimer(cs.opts.ShutdownTimeout)
-	defer bound.Stop()
-	select {
-	case <-workersDone:
-	case <-bound.C:
+	if n := fl.wait(cs.opts.ShutdownTimeout); n > 0 {
 		if cs.opts.AutoAck {
 			cs.halt() // whatever is still buffered is lost: AutoAck
 		}
-		n := running.Load()
 		hcancel()
 		// The channel closes next; the unfinished handlers' messages go
 		// back to the queue. Their later acks fail harmlessly.

@@ -163,6 +163,9 @@ func (d *Delivery) settle(ctx context.Context, fn func() error) error {
 		// Nothing reached the socket (or the channel is gone, and with it
 		// every delivery it carried): a retry is judged afresh.
 		d.settled.Store(unsettled)
+		if d.ch.s.cause.Load() != nil && !errors.Is(err, ErrReleased) {
+			return fmt.Errorf("%w (delivery tag %d on channel %d): %w", ErrDeliveryVoid, d.DeliveryTag, d.ch.ID(), err)
+		}
 		return err
 	}
 	d.settled.Store(settled)

@@ -174,6 +174,13 @@ var (
 	// ErrReleased is returned by operations on a pooled Channel after its
 	// lease was released (the channel may already serve another goroutine).
 	ErrReleased = errors.New("warren: channel used after its lease was released")
+
+	// ErrDeliveryVoid is wrapped, with the channel's cause, by Ack, Nack
+	// or Reject of a Delivery whose channel is gone (closed, lost with its
+	// connection, poisoned): the broker returned the message to its queue
+	// when the channel closed, and will deliver it again, so no settlement
+	// of this Delivery can count any more.
+	ErrDeliveryVoid = errors.New("warren: delivery void: its channel is gone and the broker has returned the message to the queue")
 )
 
 // ChannelError reports that the broker closed a channel (a soft error such as
