@@ -8,7 +8,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
+	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -166,5 +169,51 @@ func TestAckTimeoutMustBeWholeMillisecondsAndNotAlsoInArgs(t *testing.T) {
 		if err := client.Consume(ctx, "q", h, o); !errors.Is(err, warren.ErrInvalidArgument) {
 			t.Errorf("Consume with AckTimeout %v, Args %v: got %v, want ErrInvalidArgument", o.AckTimeout, o.Args, err)
 		}
+	}
+}
+
+func TestSeveralStateCallbacksAreAllCalledInTheOrderGiven(t *testing.T) {
+	var mu sync.Mutex
+	var got []string
+	record := func(name string) func(warren.StateEvent) {
+		return func(e warren.StateEvent) {
+			mu.Lock()
+			got = append(got, name+":"+e.State.String())
+			mu.Unlock()
+		}
+	}
+	client := startFake(t, fb.Config{}, serve, warren.WithStateCallback(record("a")), warren.WithStateCallback(record("b")))
+	if err := client.Close(testCtx(t)); err != nil {
+		t.Fatalf("Close: %v", err)
+	}
+	mu.Lock()
+	defer mu.Unlock()
+	want := []string{"a:connected", "b:connected", "a:closed", "b:closed"}
+	if !slices.Equal(got, want) {
+		t.Fatalf("callbacks saw %v, want %v", got, want)
+	}
+}
+
+// A broker that accepts every connection and then closes it for a limit
+// (530 NOT_ALLOWED, as a per-node channel limit does) is not hammered:
+// each such loss counts as a failure, so the reconnects back off instead of
+// restarting from MinBackoff after every successful dial.
+func TestABrokerThatClosesEveryNewConnectionForALimitIsNotHammered(t *testing.T) {
+	var dials atomic.Int32
+	startFake(t, fb.Config{}, func(c *fb.Conn) {
+		if dials.Add(1) == 1 {
+			time.Sleep(100 * time.Millisecond) // let Dial return first
+		}
+		c.CloseConnection(530, "NOT_ALLOWED - number of channels opened on node has reached the maximum allowed limit of (5)")
+		serve(c)
+	}, warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 50 * time.Millisecond, MaxBackoff: 400 * time.Millisecond}))
+	time.Sleep(2 * time.Second)
+	n := dials.Load()
+	t.Logf("%d dials in 2 s against a broker closing every new connection", n)
+	// Backing off (full jitter, waits up to 50, 100, 200, 400, 400... ms)
+	// makes about a dozen; restarting from MinBackoff after every
+	// successful dial made several hundred.
+	if n > 40 {
+		t.Fatalf("%d dials in 2 s: the reconnects did not back off", n)
 	}
 }

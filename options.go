@@ -24,7 +24,7 @@ type options struct {
 	flowPolicy   FlowPolicy    // what publishes do while the broker pauses publishing
 	metrics      MetricsHook   // per-event figures, every field optional
 	reconnect    *ReconnectPolicy
-	onState      func(StateEvent)
+	onState      []func(StateEvent)
 	topology     func(context.Context, Channel) error
 	order        EndpointOrder // DialCluster: the order endpoints are tried in
 	counters     *counters     // shared by a Client's connections; set by dialClient

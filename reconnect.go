@@ -2,6 +2,7 @@ package warren
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"math/rand/v2"
 	"sync"
@@ -15,12 +16,29 @@ import (
 // each attempt dials the next endpoint, the first one the endpoint after
 // the lost connection's; the wait comes only after a whole round of them
 // has failed, n counting rounds. MaxAttempts counts dials.
+//
+// A connection that is lost before it has been up for StableAfter, or that
+// the broker closes for a limit (530 NOT_ALLOWED: a per-node or per-user
+// channel limit, a connection limit), counts as a failure too: the next
+// reconnect waits the backoff of the failures so far instead of dialling at
+// once, so a broker that accepts connections and then closes them is not
+// hammered with handshakes (the churn RabbitMQ's guides warn against). The
+// backoff starts again from MinBackoff only after a connection has stayed
+// up for StableAfter.
 type ReconnectPolicy struct {
 	MinBackoff  time.Duration // default 100 ms
 	MaxBackoff  time.Duration // default 30 s
 	MaxAttempts int           // consecutive failed dials before the Client gives up (0: never)
 	DialTimeout time.Duration // bound on one dial (default 30 s)
+	// StableAfter is how long a connection must stay up before a loss
+	// counts as a fresh start (default 10 s: far beyond the few
+	// milliseconds in which a limit closes a new connection, and within
+	// the time an operator expects a flapping link to be noticed).
+	StableAfter time.Duration
 }
+
+// defaultStableAfter: see ReconnectPolicy.StableAfter.
+const defaultStableAfter = 10 * time.Second
 
 // defaultDialTimeout bounds one dial of several endpoints when there is no
 // ReconnectPolicy to say otherwise.
@@ -50,7 +68,7 @@ const defaultDialTimeout = 30 * time.Second
 // Close stops reconnecting.
 func WithReconnect(p ReconnectPolicy) Option {
 	return func(o *options) error {
-		if p.MinBackoff < 0 || p.MaxBackoff < 0 || p.MaxAttempts < 0 || p.DialTimeout < 0 {
+		if p.MinBackoff < 0 || p.MaxBackoff < 0 || p.MaxAttempts < 0 || p.DialTimeout < 0 || p.StableAfter < 0 {
 			return fmt.Errorf("%w: WithReconnect: negative value in %+v", ErrInvalidArgument, p)
 		}
 		if p.MinBackoff == 0 {
@@ -64,6 +82,9 @@ func WithReconnect(p ReconnectPolicy) Option {
 		}
 		if p.DialTimeout == 0 {
 			p.DialTimeout = defaultDialTimeout
+		}
+		if p.StableAfter == 0 {
+			p.StableAfter = defaultStableAfter
 		}
 		o.reconnect = &p
 		return nil
@@ -158,12 +179,16 @@ type StateEvent struct {
 // WithStateCallback calls fn for every state change, in order, on one
 // goroutine of warren's (never on amqp091-go's frame reader, so a slow fn
 // delays only later callbacks). StateClosed is the last call.
+//
+// Callbacks compose: given several times, every fn is called for every
+// event, in the order the options were given (a metrics hook and a logger
+// can both listen).
 func WithStateCallback(fn func(StateEvent)) Option {
 	return func(o *options) error {
 		if fn == nil {
 			return fmt.Errorf("%w: WithStateCallback: nil function", ErrInvalidArgument)
 		}
-		o.onState = fn
+		o.onState = append(o.onState, fn)
 		return nil
 	}
 }
@@ -171,15 +196,15 @@ func WithStateCallback(fn func(StateEvent)) Option {
 // dispatcher delivers events to fn in order on its own goroutine, without
 // ever blocking the sender.
 type dispatcher struct {
-	fn    func(StateEvent)
+	fns   []func(StateEvent) // called in order for each event
 	mu    sync.Mutex
 	queue []StateEvent
 	wake  chan struct{}
 	done  chan struct{} // closed once StateClosed has been delivered
 }
 
-func newDispatcher(fn func(StateEvent)) *dispatcher {
-	d := &dispatcher{fn: fn, wake: make(chan struct{}, 1), done: make(chan struct{})}
+func newDispatcher(fns []func(StateEvent)) *dispatcher {
+	d := &dispatcher{fns: fns, wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go d.run()
 	return d
 }
@@ -206,7 +231,9 @@ func (d *dispatcher) run() {
 			e := d.queue[0]
 			d.queue = d.queue[1:]
 			d.mu.Unlock()
-			d.fn(e)
+			for _, fn := range d.fns {
+				fn(e)
+			}
 			if e.State == StateClosed {
 				return
 			}
@@ -245,6 +272,8 @@ func (c *Client) finish(err error) {
 // per the policy or ends the Client.
 func (c *Client) supervise() {
 	defer close(c.loopDone)
+	up := time.Now() // when the current connection was put in place
+	unstable := 0    // connections in a row lost before they were stable
 	for {
 		s := c.s()
 		select {
@@ -264,13 +293,19 @@ func (c *Client) supervise() {
 			c.finish(cause)
 			return
 		}
-		ns, attempt, err := c.redial()
+		if time.Since(up) < c.opts.reconnect.StableAfter || errors.Is(cause, ErrNotAllowed) {
+			unstable++
+		} else {
+			unstable = 0
+		}
+		ns, attempt, err := c.redial(unstable)
 		if err != nil {
 			c.finish(err)
 			return
 		}
 		terr := c.declareTopology(ns)
 		c.swap(ns)
+		up = time.Now()
 		select {
 		case <-c.closing:
 			// Close began while the dial finished: it closes c.s(),
@@ -325,7 +360,10 @@ func (c *Client) live(ctx context.Context) (*session, error) {
 }
 
 // redial dials until it succeeds, Close begins, or the policy gives up.
-func (c *Client) redial() (*session, int, error) {
+// After unstable connections in a row that did not last (see
+// ReconnectPolicy), it waits their backoff before the first dial, and
+// counts them in every later backoff.
+func (c *Client) redial(unstable int) (*session, int, error) {
 	p := c.opts.reconnect
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -338,6 +376,19 @@ func (c *Client) redial() (*session, int, error) {
 		case <-stop:
 		}
 	}()
+	wait := func(d time.Duration) bool {
+		t := time.NewTimer(d)
+		defer t.Stop()
+		select {
+		case <-t.C:
+			return true
+		case <-ctx.Done():
+			return false
+		}
+	}
+	if unstable > 0 && !wait(p.backoff(unstable)) {
+		return nil, 0, ErrClientClosed
+	}
 	n := len(c.endpoints)
 	for attempt := 1; ; attempt++ {
 		s, err := c.dialNext(ctx, p.DialTimeout)
@@ -354,11 +405,7 @@ func (c *Client) redial() (*session, int, error) {
 		if attempt%n != 0 {
 			continue // the next endpoint at once; the backoff waits after a whole round
 		}
-		t := time.NewTimer(p.backoff(attempt / n))
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			t.Stop()
+		if !wait(p.backoff(attempt/n + unstable)) {
 			return nil, attempt, ErrClientClosed
 		}
 	}
