@@ -229,22 +229,12 @@ func (ch *channel) suspect() bool {
 }
 
 // closeWhenIdle closes the channel (generation gen) once no operation is
-// running on it: a pool discards a channel released mid-operation, and the
-// operation must finish (or fail with the connection) first.
+// running on it, however long that takes: a pool discards a channel
+// released mid-operation, and the operation must finish (or fail with the
+// connection) first. It returns once the channel is closed (the close-ok
+// wait is bounded by the close timeout) or gone with its connection.
 func (ch *channel) closeWhenIdle(gen uint64) {
-	t := time.NewTicker(time.Millisecond)
-	defer t.Stop()
-	for {
-		if err := ch.close(context.Background(), gen); !errors.Is(err, ErrConcurrentUse) {
-			return
-		}
-		select {
-		case <-t.C:
-		case <-ch.c.dead:
-			ch.c.forget(ch)
-			return
-		}
-	}
+	_ = ch.closeIdle(context.Background(), gen)
 }
 
 // setCause records err as the reason the channel is unusable unless one is
@@ -426,11 +416,24 @@ func (ch *channel) send(ctx context.Context, op string, gen uint64, fn func() er
 // closing the same channel (the simultaneous-close race): it never hangs,
 // and it returns nil for a clean close or the reason the channel had
 // already ended — the broker's *ChannelError, the *ConnectionError, or the
-// *PoisonedError. Every call returns the first call's result.
+// *PoisonedError.
 //
-// ctx bounds the wait for the broker's close-ok (default 10 s without a
-// deadline, see WithCloseTimeout); if it ends first, Close returns the
-// context error and the channel finishes closing in the background.
+// Close is safe to call from any goroutine, any number of times at once:
+// the first call closes the channel and every call returns that close's
+// result, or its own context error if its ctx ends while the close is still
+// in progress. Unlike the channel's other operations, Close never returns
+// ErrConcurrentUse: like database/sql's Conn.Close, a Close that finds
+// another goroutine's operation running on the channel waits for it to end
+// (an AMQP channel cannot be closed under a running operation without
+// garbling the wire), and then closes the channel; cancel that operation's
+// ctx to make it end sooner. If ctx ends while the operation is still
+// running, Close returns the context error and the channel is closed in the
+// background as soon as the operation ends.
+//
+// ctx bounds Close, the wait for the broker's close-ok included (default
+// 10 s without a deadline, see WithCloseTimeout); if it ends first, Close
+// returns the context error and the channel finishes closing in the
+// background.
 func (ch Channel) Close(ctx context.Context) error {
 	if ch.s == nil {
 		return errZeroChannel
@@ -438,25 +441,112 @@ func (ch Channel) Close(ctx context.Context) error {
 	return ch.s.close(ctx, ch.gen)
 }
 
+// close: see Channel.Close.
 func (ch *channel) close(ctx context.Context, gen uint64) error {
-	if ch.gen.Load() != gen {
-		return fmt.Errorf("%w (channel %d, close)", ErrReleased, ch.id)
+	ctx, cancel := withDefaultTimeout(ctx, ch.c.opts.closeTimeout)
+	defer cancel()
+	return ch.closeIdle(ctx, gen)
+}
+
+// Bounds of the pause between two looks at a channel that Close waits to
+// find idle. (Operations do not signal their end: that would cost every
+// operation for the sake of a rare Close.)
+const (
+	closePollMin = 100 * time.Microsecond
+	closePollMax = 5 * time.Millisecond
+)
+
+// closeIdle closes the channel (for a handle of generation gen) as soon as
+// no operation is running on it, or waits for the close already under way,
+// bounded by ctx. If ctx ends while another goroutine's operation still
+// runs, the close is left to a goroutine of the client's (closeWhenIdle).
+func (ch *channel) closeIdle(ctx context.Context, gen uint64) error {
+	if done, err := ch.tryClose(ctx, gen); done {
+		return err
 	}
-	if !ch.busy.CompareAndSwap(false, true) {
-		return fmt.Errorf("%w (channel %d, close)", ErrConcurrentUse, ch.id)
+	d := closePollMin
+	t := time.NewTimer(d)
+	defer t.Stop()
+	for {
+		select {
+		case <-t.C:
+		case <-ch.c.dead: // tryClose finishes now: nothing is left to send
+		case <-ctx.Done():
+			// Unreachable from closeWhenIdle: its ctx never ends.
+			ch.c.goTracked(func() { ch.closeWhenIdle(gen) }) // or the connection is closing, and the channel with it
+			return fmt.Errorf("warren: close of channel %d: waiting for an operation in progress: %w", ch.id, ctx.Err())
+		}
+		if done, err := ch.tryClose(ctx, gen); done {
+			return err
+		}
+		d = min(2*d, closePollMax)
+		t.Reset(d)
 	}
-	defer ch.exit()
+}
+
+// tryClose makes one attempt to close the channel for a handle of
+// generation gen: it closes it if no operation is running, or waits
+// (bounded by ctx) for the result of a close already under way. done is
+// false when another goroutine's operation (not a Close) holds the channel.
+//
+// A close is claimed (closed set) only by the goroutine holding the
+// serialisation point, so a pool sees a closing channel as busy and never
+// hands it out again; the exception is a channel whose connection has
+// ended, where nothing is left to send.
+func (ch *channel) tryClose(ctx context.Context, gen uint64) (done bool, err error) {
 	if ch.gen.Load() != gen {
-		return fmt.Errorf("%w (channel %d, close)", ErrReleased, ch.id)
+		return true, fmt.Errorf("%w (channel %d, close)", ErrReleased, ch.id)
+	}
+	if ch.busy.CompareAndSwap(false, true) {
+		if ch.gen.Load() != gen {
+			ch.exit()
+			return true, fmt.Errorf("%w (channel %d, close)", ErrReleased, ch.id)
+		}
+		ch.mu.Lock()
+		claimed := !ch.closed
+		ch.closed = true
+		ch.mu.Unlock()
+		if claimed {
+			defer ch.exit()
+			return true, ch.closeClaimed(ctx)
+		}
+		ch.exit()
+		return true, ch.closeResult(ctx)
 	}
 	ch.mu.Lock()
 	if ch.closed {
 		ch.mu.Unlock()
-		<-ch.closeDone
-		return ch.closeErr
+		return true, ch.closeResult(ctx) // another Close holds the channel
 	}
-	ch.closed = true
+	if ch.c.isDead.Load() {
+		ch.closed = true
+		ch.mu.Unlock()
+		return true, ch.closeClaimed(ctx)
+	}
 	ch.mu.Unlock()
+	return false, nil
+}
+
+// closeResult waits for the close under way, bounded by ctx, and returns
+// its result.
+func (ch *channel) closeResult(ctx context.Context) error {
+	select {
+	case <-ch.closeDone:
+	default:
+		select {
+		case <-ch.closeDone:
+		case <-ctx.Done():
+			return fmt.Errorf("warren: close of channel %d: waiting for the close in progress: %w", ch.id, ctx.Err())
+		}
+	}
+	ch.mu.Lock()
+	defer ch.mu.Unlock()
+	return ch.closeErr
+}
+
+// closeClaimed closes the channel for the caller that claimed the close,
+// records the result and wakes every other Close.
+func (ch *channel) closeClaimed(ctx context.Context) error {
 	ch.markGone() // nothing waits for the flow of a closed channel
 
 	err := ch.unusable("close")

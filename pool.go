@@ -83,8 +83,8 @@ type PoolStats struct {
 // that changed mode, or that is released while still in use, is closed
 // instead of reused, and replaced on demand.
 //
-// A Pool is safe for concurrent use. Close stops new leases and closes the
-// channels.
+// A Pool is safe for concurrent use, Close included. Close stops new leases
+// and closes the channels.
 type Pool struct {
 	c      *session // the connection the pool was made on
 	client *Client  // set when the pool follows the client across reconnects
@@ -137,6 +137,7 @@ func (c *session) newPool(ctx context.Context, opts PoolOptions, client *Client)
 		Max:     opts.Size,
 		Open:    p.open,
 		Destroy: p.destroy,
+		Drained: p.unregister,
 	})
 
 	c.mu.Lock()
@@ -409,14 +410,27 @@ func (p *Pool) Stats() PoolStats {
 }
 
 // Close makes new Acquire calls fail with ErrPoolClosed, waits up to ctx
-// for leased channels to be released, and closes the pool's channels.
-// It is idempotent.
+// for leased channels to be released, and closes the pool's channels. It
+// returns nil once every channel is closed and its number given back to the
+// client; if ctx ends first, it returns the context error (wrapped, with
+// how many channels are still leased) and the pool goes on closing each
+// channel as it is released.
+//
+// Close is idempotent and safe to call from any number of goroutines at
+// once: every call waits for the same work and returns nil when it is done,
+// or its own context error if its ctx ends first.
 func (p *Pool) Close(ctx context.Context) error {
 	p.closed.Store(true)
 	if err := p.core.Close(ctx); err != nil {
 		return fmt.Errorf("warren: pool close: %d channels still leased: %w", p.core.Stats().InUse, err)
 	}
-	// Every channel is back: give the channel numbers back to the client.
+	return nil
+}
+
+// unregister gives the pool's channel numbers back to the client. The core
+// calls it once, when the closed pool's last channel is closed (before any
+// Close returns nil), also when every Close gave up waiting.
+func (p *Pool) unregister() {
 	c := p.c
 	c.mu.Lock()
 	if _, ok := c.pools[p]; ok {
@@ -424,7 +438,6 @@ func (p *Pool) Close(ctx context.Context) error {
 		c.pooled -= p.opts.Size
 	}
 	c.mu.Unlock()
-	return nil
 }
 
 // poolSet is the client's registry of pools, failed together when the

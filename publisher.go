@@ -85,10 +85,15 @@ type Publisher struct {
 	closing chan struct{} // closed when no new requests are taken
 	abort   chan struct{} // closed when Close's ctx ended: give up on confirms
 	once    sync.Once
-	abortMu sync.Once
 	mu      sync.RWMutex // held shared while sending on queue; exclusively to close it
 	closed  bool
-	running sync.WaitGroup
+
+	workers     atomic.Int32  // worker goroutines not yet ended
+	workersDone chan struct{} // closed when the last worker ends
+
+	closeStarted atomic.Bool   // set by the first Close
+	closeDone    chan struct{} // closed when the first Close has finished
+	closeErr     error         // the first Close's result, written before closeDone is closed
 
 	pending                                                                atomic.Int64
 	acked, nacked, unroutable, unknown, notPublished, republished, renewed atomic.Int64
@@ -137,18 +142,21 @@ func (c *session) newPublisher(ctx context.Context, opts PublisherOptions, clien
 		queue:   make(chan *pubReq, opts.Window),
 		closing: make(chan struct{}),
 		abort:   make(chan struct{}),
+
+		workersDone: make(chan struct{}),
+		closeDone:   make(chan struct{}),
 	}
 	if opts.Channels > 1 {
 		p.spill = make(chan *pubReq, (opts.Channels-1)*opts.Window)
 	}
+	p.workers.Store(int32(opts.Channels))
 	for i := 0; i < opts.Channels; i++ {
 		q := p.queue
 		if i > 0 {
 			q = p.spill
 		}
-		p.running.Add(1)
 		if !c.goTracked(func() { p.work(q) }) {
-			p.running.Done()
+			p.workersEnded(int32(opts.Channels - i)) // this one and the ones never started
 			p.shutdown()
 			_ = pool.Close(context.Background())
 			return nil, ErrClientClosed
@@ -358,7 +366,7 @@ const (
 // tracker. Requests already queued behind the first are published as one
 // burst: one socket write for all of them.
 func (p *Publisher) work(queue chan *pubReq) {
-	defer p.running.Done()
+	defer p.workersEnded(1)
 	w := &pubWorker{p: p, slots: make(chan struct{}, p.opts.Window)}
 	dead := p.c.dead // the end of the publisher's connection, or of its client
 	if p.pool.client != nil {
@@ -596,28 +604,66 @@ func (p *Publisher) shutdown() {
 	})
 }
 
+// workersEnded counts n workers out; the last one closes workersDone.
+func (p *Publisher) workersEnded(n int32) {
+	if p.workers.Add(-n) == 0 {
+		close(p.workersDone)
+	}
+}
+
 // Close stops taking new messages, publishes the ones already queued, waits
 // until every sent message has been answered, and closes the publisher's
 // channels. If ctx ends first, the channels are closed at once and the
 // unanswered messages resolve as outcome unknown; Close then returns the
-// context error. Close is idempotent.
+// context error.
+//
+// Close is idempotent and safe to call from any number of goroutines at
+// once: the first call closes the publisher, bounded by its ctx, and every
+// call returns the first call's result. A call whose ctx ends while that
+// close is still in progress returns its own context error; the close goes
+// on, bounded by the first call's ctx.
 func (p *Publisher) Close(ctx context.Context) error {
+	if !p.closeStarted.CompareAndSwap(false, true) {
+		select {
+		case <-p.closeDone:
+		default:
+			select {
+			case <-p.closeDone:
+			case <-ctx.Done():
+				return fmt.Errorf("warren: publisher close: waiting for the close in progress: %w", ctx.Err())
+			}
+		}
+		return p.closeErr
+	}
+	p.closeErr = p.close(ctx)
+	close(p.closeDone)
+	return p.closeErr
+}
+
+// close is the first Close's work.
+func (p *Publisher) close(ctx context.Context) error {
 	p.shutdown()
-	done := make(chan struct{})
-	go func() { p.running.Wait(); close(done) }()
 	var err error
 	select {
-	case <-done:
+	case <-p.workersDone:
 	case <-ctx.Done():
 		err = fmt.Errorf("warren: publisher close: unanswered messages resolved as outcome unknown: %w", ctx.Err())
-		p.abortMu.Do(func() { close(p.abort) })
+		close(p.abort)
 		// A worker stuck in a socket write (a blocked broker) ends with
 		// the connection; do not wait for it longer than a close may take.
 		t := time.NewTimer(p.c.opts.closeTimeout)
 		defer t.Stop()
 		select {
-		case <-done:
+		case <-p.workersDone:
 		case <-t.C:
+			// Close the pool once the workers have released their
+			// channels. If the client is closing, the channels end with
+			// its connection.
+			pool := p.pool
+			pool.sess().goTracked(func() {
+				<-p.workersDone
+				_ = pool.Close(context.Background())
+			})
 			return err
 		}
 	}

@@ -34,6 +34,12 @@ type Config[T any] struct {
 	// Destroy disposes of a resource the pool no longer holds. It is called
 	// without the pool's lock and may block; Pool.Close waits for it.
 	Destroy func(T)
+	// Drained, if set, is called once, without the pool's lock, when the
+	// pool is closed and every resource has been destroyed (every Destroy
+	// has returned): by whichever call finished the last of that work,
+	// whether or not a Close is still waiting. Close calls waiting then
+	// return after it.
+	Drained func()
 }
 
 // Stats is a snapshot of the pool's counters.
@@ -55,15 +61,20 @@ type Stats struct {
 type Pool[T any] struct {
 	cfg Config[T]
 
-	mu       sync.Mutex // guards following
-	idle     []T        // stack: the most recently used on top
-	open     int        // resources open or being opened
-	inUse    int
-	waiters  queue[T]
-	failErr  error // set by Fail: every Acquire returns it
-	closed   bool
-	stats    Stats
-	destroys sync.WaitGroup
+	mu         sync.Mutex // guards following
+	idle       []T        // stack: the most recently used on top
+	open       int        // resources open or being opened
+	inUse      int
+	waiters    queue[T]
+	failErr    error // set by Fail: every Acquire returns it
+	closed     bool
+	destroying int  // Destroy calls counted and not yet returned
+	isDrained  bool // closed, nothing open, nothing being destroyed: drained is (about to be) closed
+	stats      Stats
+
+	// drained is closed once the pool is closed and its last resource is
+	// destroyed. Made by New: Close's callers all wait on it.
+	drained chan struct{}
 
 	waiterPool sync.Pool // *waiter[T]
 }
@@ -81,7 +92,7 @@ type waiter[T any] struct {
 
 // New returns an empty pool.
 func New[T any](cfg Config[T]) *Pool[T] {
-	p := &Pool[T]{cfg: cfg}
+	p := &Pool[T]{cfg: cfg, drained: make(chan struct{})}
 	p.waiterPool.New = func() any { return &waiter[T]{c: make(chan grant[T], 1)} }
 	return p
 }
@@ -160,7 +171,7 @@ func (p *Pool[T]) pass(g grant[T]) {
 	case g.open:
 		p.mu.Lock()
 		p.freeSlotLocked()
-		p.mu.Unlock()
+		p.unlock()
 	default:
 		p.Release(g.res)
 	}
@@ -172,7 +183,7 @@ func (p *Pool[T]) openNew(ctx context.Context) (T, error) {
 	p.mu.Lock()
 	if err != nil {
 		p.freeSlotLocked()
-		p.mu.Unlock()
+		p.unlock()
 		var zero T
 		return zero, err
 	}
@@ -180,6 +191,7 @@ func (p *Pool[T]) openNew(ctx context.Context) (T, error) {
 	if p.closed {
 		p.inUse--
 		p.open--
+		p.destroyingLocked(1)
 		p.mu.Unlock()
 		p.destroy(r)
 		var zero T
@@ -245,6 +257,7 @@ func (p *Pool[T]) Release(r T) {
 	if p.closed || p.failErr != nil {
 		p.inUse--
 		p.open--
+		p.destroyingLocked(1)
 		p.mu.Unlock()
 		p.destroy(r)
 		return
@@ -268,10 +281,13 @@ func (p *Pool[T]) Release(r T) {
 // goes to the first waiter, who opens a replacement. The slot is freed only
 // after Destroy returns, so no more than Max resources ever exist at once.
 func (p *Pool[T]) Discard(r T) {
+	p.mu.Lock()
+	p.destroyingLocked(1)
+	p.mu.Unlock()
 	p.destroy(r)
 	p.mu.Lock()
 	p.freeSlotLocked()
-	p.mu.Unlock()
+	p.unlock()
 }
 
 // Warm opens resources until at least n are idle or open, bounded by Max.
@@ -305,6 +321,7 @@ func (p *Pool[T]) Fail(err error) {
 	idle := p.idle
 	p.idle = nil
 	p.open -= len(idle)
+	p.destroyingLocked(len(idle))
 	ws := p.waiters.drain()
 	p.mu.Unlock()
 	for _, w := range ws {
@@ -315,51 +332,85 @@ func (p *Pool[T]) Fail(err error) {
 	}
 }
 
-// Close makes Acquire fail with ErrClosed, destroys idle resources, waits up
-// to ctx for leased ones to come back (they are destroyed on Release) and
-// for every Destroy to finish. It returns ctx's error if leases were still
-// out when ctx ended.
+// Close makes Acquire fail with ErrClosed, destroys idle resources (in
+// parallel, each on a goroutine of its own), and waits up to ctx for leased
+// ones to come back (they are destroyed on Release) and for every Destroy
+// to finish. It returns nil once that is all done, or ctx's error if ctx
+// ends first; the pool then finishes draining as the destroys end and the
+// leases come back, whether or not anyone waits.
+//
+// Close is safe to call from any number of goroutines at once and any
+// number of times: the first call starts the close, and every call waits
+// for the same drain.
 func (p *Pool[T]) Close(ctx context.Context) error {
 	p.mu.Lock()
-	p.closed = true
-	idle := p.idle
-	p.idle = nil
-	p.open -= len(idle)
-	ws := p.waiters.drain()
-	p.mu.Unlock()
+	var (
+		idle []T
+		ws   []*waiter[T]
+	)
+	if !p.closed {
+		p.closed = true
+		idle = p.idle
+		p.idle = nil
+		p.open -= len(idle)
+		p.destroyingLocked(len(idle))
+		ws = p.waiters.drain()
+	}
+	p.unlock() // drained already when nothing was open
 	for _, w := range ws {
 		w.c <- grant[T]{err: ErrClosed}
 	}
 	for _, r := range idle {
-		p.destroy(r)
+		// Not on this goroutine: a slow Destroy must not hold this
+		// caller past its ctx, nor make the others wait for one after
+		// another.
+		go p.destroy(r)
 	}
-	t := time.NewTicker(time.Millisecond)
-	defer t.Stop()
-	for {
-		p.mu.Lock()
-		out := p.open
-		p.mu.Unlock()
-		if out == 0 {
-			break
-		}
-		select {
-		case <-t.C:
-		case <-ctx.Done():
-			return ctx.Err()
-		}
+	select {
+	case <-p.drained:
+		return nil
+	default:
 	}
-	p.destroys.Wait()
-	return nil
+	select {
+	case <-p.drained:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
 }
 
+// destroyingLocked counts n resources about to be destroyed. It must be
+// called in the same critical section that stops counting them as open,
+// so that the pool never looks drained while a Destroy is still to come.
+func (p *Pool[T]) destroyingLocked(n int) {
+	p.destroying += n
+	p.stats.Destroyed += int64(n)
+}
+
+// destroy disposes of r, already counted by destroyingLocked.
 func (p *Pool[T]) destroy(r T) {
-	p.mu.Lock()
-	p.stats.Destroyed++
-	p.destroys.Add(1)
-	p.mu.Unlock()
-	defer p.destroys.Done()
 	if p.cfg.Destroy != nil {
 		p.cfg.Destroy(r)
+	}
+	p.mu.Lock()
+	p.destroying--
+	p.unlock()
+}
+
+// unlock releases mu. If that ends the drain of a closed pool (nothing
+// open, nothing being destroyed), it then runs the Drained hook and wakes
+// every Close: once, by whichever call did the last of the work.
+func (p *Pool[T]) unlock() {
+	last := p.closed && !p.isDrained && p.open == 0 && p.destroying == 0
+	if last {
+		p.isDrained = true
+	}
+	p.mu.Unlock()
+	if last {
+		if p.cfg.Drained != nil {
+			p.cfg.Drained()
+		}
+		close(p.drained)
 	}
 }
 

@@ -28,6 +28,9 @@ type fakeOpener struct {
 	maxSeen   atomic.Int64
 	failEvery int64 // every n-th Open fails; 0 = never
 	delay     time.Duration
+	// destroyDelay is how long Destroy takes; the resource counts as
+	// alive until it returns.
+	destroyDelay time.Duration
 }
 
 func (f *fakeOpener) config() Config[*res] {
@@ -59,6 +62,9 @@ func (f *fakeOpener) config() Config[*res] {
 		Destroy: func(r *res) {
 			if !r.alive.CompareAndSwap(true, false) {
 				panic("resource destroyed twice")
+			}
+			if f.destroyDelay > 0 {
+				time.Sleep(f.destroyDelay)
 			}
 			f.open.Add(-1)
 		},
@@ -298,6 +304,184 @@ func TestCloseWaitsForLeasesUpToItsContext(t *testing.T) {
 	p.Release(r)
 	if err := p.Close(ctx); err != nil {
 		t.Fatalf("second Close: %v", err)
+	}
+	if n := f.open.Load(); n != 0 {
+		t.Errorf("got %d alive after Close, want 0", n)
+	}
+}
+
+func TestCloseFromFiftyGoroutinesAtOnceReturnsNilToEachOnlyOnceEveryResourceIsDestroyed(t *testing.T) {
+	// Destroys that take a while and leases that come back while the
+	// closers wait: each Close must return only after the same work (every
+	// resource destroyed, every Destroy returned), never race, never panic.
+	for round := range 20 {
+		f := &fakeOpener{max: 8, destroyDelay: 200 * time.Microsecond}
+		p := New(f.config())
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		var leased []*res
+		for range 8 {
+			r, err := p.Acquire(ctx)
+			if err != nil {
+				cancel()
+				t.Fatal(err)
+			}
+			leased = append(leased, r)
+		}
+		for _, r := range leased[:4] {
+			p.Release(r) // idle: Close destroys them
+		}
+		const closers = 50
+		start := make(chan struct{})
+		errs := make(chan error, closers)
+		early := make(chan int64, closers) // resources alive when a Close returned nil
+		var wg sync.WaitGroup
+		for range closers {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				err := p.Close(ctx)
+				if n := f.open.Load(); err == nil && n != 0 {
+					early <- n
+				}
+				errs <- err
+			}()
+		}
+		for i, r := range leased[4:] {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				<-start
+				time.Sleep(time.Duration(i) * 300 * time.Microsecond)
+				if i%2 == 0 {
+					p.Release(r)
+				} else {
+					p.Discard(r)
+				}
+			}()
+		}
+		close(start)
+		wg.Wait()
+		cancel()
+		close(errs)
+		close(early)
+		for err := range errs {
+			if err != nil {
+				t.Errorf("round %d: Close: got %v, want nil", round, err)
+			}
+		}
+		for n := range early {
+			t.Errorf("round %d: Close returned nil with %d resources not yet destroyed, want 0", round, n)
+		}
+		if n := f.open.Load(); n != 0 {
+			t.Errorf("round %d: got %d alive after every Close, want 0", round, n)
+		}
+		if s := p.Stats(); s.Open != 0 || s.InUse != 0 || s.Idle != 0 || s.Destroyed != 8 {
+			t.Errorf("round %d: got %+v, want 0 open, 0 in use, 0 idle, 8 destroyed", round, s)
+		}
+		if t.Failed() {
+			return
+		}
+	}
+}
+
+func TestCloseCallersWhoseContextEndsGiveUpAloneAndTheDrainStillCompletes(t *testing.T) {
+	f := &fakeOpener{max: 2}
+	var drained atomic.Int64
+	cfg := f.config()
+	cfg.Drained = func() {
+		if n := f.open.Load(); n != 0 {
+			t.Errorf("Drained ran with %d resources alive, want 0", n)
+		}
+		drained.Add(1)
+	}
+	p := New(cfg)
+	ctx := context.Background()
+	r, _ := p.Acquire(ctx)
+	short, cancel := context.WithTimeout(ctx, 20*time.Millisecond)
+	defer cancel()
+	long, lcancel := context.WithTimeout(ctx, 10*time.Second)
+	defer lcancel()
+	longErr := make(chan error, 1)
+	go func() { longErr <- p.Close(long) }()
+	if err := p.Close(short); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Close with a short ctx while a lease is out: got %v, want DeadlineExceeded", err)
+	}
+	select {
+	case err := <-longErr:
+		t.Fatalf("Close with a long ctx returned %v while the lease was still out, want it to wait", err)
+	default:
+	}
+	if n := drained.Load(); n != 0 {
+		t.Fatalf("Drained ran %d times while a lease was out, want 0", n)
+	}
+	p.Release(r)
+	select {
+	case err := <-longErr:
+		if err != nil {
+			t.Errorf("Close with a long ctx: got %v, want nil once the lease came back", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Close with a long ctx: still waiting 5 s after the last lease came back")
+	}
+	if n := drained.Load(); n != 1 {
+		t.Errorf("Drained ran %d times, want once", n)
+	}
+	if err := p.Close(short); err != nil {
+		t.Errorf("Close after the drain, with an ended ctx: got %v, want nil (nothing left to wait for)", err)
+	}
+	if n := drained.Load(); n != 1 {
+		t.Errorf("Drained ran %d times after another Close, want once", n)
+	}
+}
+
+func TestTheDrainCompletesWithoutACloseWaitingForIt(t *testing.T) {
+	f := &fakeOpener{max: 1, destroyDelay: time.Millisecond}
+	done := make(chan struct{})
+	cfg := f.config()
+	cfg.Drained = func() { close(done) }
+	p := New(cfg)
+	ctx := context.Background()
+	r, _ := p.Acquire(ctx)
+	gone, cancel := context.WithCancel(ctx)
+	cancel()
+	if err := p.Close(gone); !errors.Is(err, context.Canceled) {
+		t.Fatalf("Close with an ended ctx while a lease is out: got %v, want Canceled", err)
+	}
+	p.Release(r) // destroyed: the last resource, nobody waiting
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("Drained: not run 5 s after the last lease came back, want it run by that Release")
+	}
+	if n := f.open.Load(); n != 0 {
+		t.Errorf("got %d alive, want 0", n)
+	}
+}
+
+func TestCloseIsBoundedByItsContextWhileIdleResourcesAreSlowToDestroy(t *testing.T) {
+	f := &fakeOpener{max: 4, destroyDelay: 300 * time.Millisecond}
+	p := New(f.config())
+	ctx := context.Background()
+	if err := p.Warm(ctx, 4); err != nil {
+		t.Fatal(err)
+	}
+	short, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+	defer cancel()
+	start := time.Now()
+	err := p.Close(short)
+	if d := time.Since(start); !errors.Is(err, context.DeadlineExceeded) || d > 250*time.Millisecond {
+		t.Errorf("Close with a 50 ms ctx while 4 idle resources take 300 ms each to destroy: got %v after %v, want DeadlineExceeded after about 50 ms", err, d)
+	}
+	long, lcancel := context.WithTimeout(ctx, 5*time.Second)
+	defer lcancel()
+	start = time.Now()
+	if err := p.Close(long); err != nil {
+		t.Fatalf("second Close: got %v, want nil", err)
+	}
+	// In parallel: about one Destroy's time, not four.
+	if d := time.Since(start); d > 900*time.Millisecond {
+		t.Errorf("second Close: returned after %v, want the 4 destroys run in parallel (about 300 ms)", d)
 	}
 	if n := f.open.Load(); n != 0 {
 		t.Errorf("got %d alive after Close, want 0", n)
