@@ -187,6 +187,14 @@ func equalStates(a, b []warren.State) bool {
 // (zero lost), every failure is reported to its caller, and duplicates
 // (redeliveries of messages whose ack was lost with a connection) are
 // counted.
+//
+// The cuts are tied to the publishers' progress, not to the clock: each
+// lands while they publish, and a quarter of the messages go out after the
+// last one. The consumer is stopped only once it has consumed a message
+// published after the last cut, that is once it has subscribed again on
+// the connection that replaced the last one cut: stopping it while it
+// handles a cut would race its ctx against the connection loss, and the
+// test would be checking which of the two Consume saw first.
 func TestReconnectPublisherPoolAndConsumerCarryOnAcrossCuts(t *testing.T) {
 	r := newFaultRig(t)
 	ctx := testCtx(t, 2*opTimeout)
@@ -217,9 +225,11 @@ func TestReconnectPublisherPoolAndConsumerCarryOnAcrossCuts(t *testing.T) {
 		}, warren.ConsumeOptions{Workers: 4, Prefetch: 50})
 	}()
 
-	const goroutines, each = 8, 400
+	const goroutines, each, cuts = 8, 400, 3
+	const total = goroutines * each
 	var acked sync.Map
-	var failures, unknown atomic.Int64
+	var failures, unknown, returned atomic.Int64
+	var firstFailure atomic.Pointer[error]
 	var wg sync.WaitGroup
 	for g := 0; g < goroutines; g++ {
 		wg.Add(1)
@@ -237,19 +247,41 @@ func TestReconnectPublisherPoolAndConsumerCarryOnAcrossCuts(t *testing.T) {
 					unknown.Add(1)
 				default:
 					failures.Add(1)
+					firstFailure.CompareAndSwap(nil, &err)
+				}
+				// The cuts: as the publishes that have returned pass a
+				// quarter, a half and three quarters of the total, while
+				// the other goroutines' publishes are in flight.
+				if n := returned.Add(1); n%(total/(cuts+1)) == 0 && n < total {
+					r.proxy.CutAll()
 				}
 			}
 		}()
 	}
-	for i := 0; i < 3; i++ {
-		time.Sleep(300 * time.Millisecond)
-		r.proxy.CutAll()
-	}
 	wg.Wait()
 
+	// A Consume that returned by itself stopped consuming: with
+	// WithReconnect it must subscribe again after every cut.
+	consumerRunning := func() {
+		t.Helper()
+		select {
+		case err := <-consumeDone:
+			t.Fatalf("Consume returned before its ctx ended: %v; with WithReconnect it must subscribe again after a cut", err)
+		default:
+		}
+	}
+	// Published after the last cut: consumed only by a subscription on
+	// the connection that replaced the last one cut.
+	const marker = "after-the-cuts"
+	if err := pub.Publish(ctx, "", q, warren.Publishing{DeliveryMode: warren.Persistent, Body: []byte(marker)}); err != nil {
+		consumerRunning()
+		t.Fatalf("Publish after the cuts: %v", err)
+	}
 	nAcked := 0
 	acked.Range(func(_, _ any) bool { nAcked++; return true })
-	eventually(t, ctx, "every acked message consumed", func() string {
+	acked.Store(marker, true)
+	eventually(t, ctx, "every acked message consumed, the one published after the cuts included", func() string {
+		consumerRunning()
 		mu.Lock()
 		defer mu.Unlock()
 		missing := 0
@@ -260,7 +292,7 @@ func TestReconnectPublisherPoolAndConsumerCarryOnAcrossCuts(t *testing.T) {
 			return true
 		})
 		if missing > 0 {
-			return fmt.Sprintf("%d of %d acked messages not consumed yet", missing, nAcked)
+			return fmt.Sprintf("%d of %d acked messages not consumed yet (the one published after the cuts consumed: %v)", missing, nAcked+1, consumed[marker] > 0)
 		}
 		return ""
 	})
@@ -270,11 +302,14 @@ func TestReconnectPublisherPoolAndConsumerCarryOnAcrossCuts(t *testing.T) {
 	}
 	mu.Lock()
 	dups := extraCopies(consumed)
-	t.Logf("%d published: %d acked, %d unknown, %d failed; %d distinct consumed, %d duplicates (redelivered after a lost ack)",
-		goroutines*each, nAcked, unknown.Load(), failures.Load(), len(consumed), dups)
+	t.Logf("%d published across %d cuts: %d acked, %d unknown, %d failed; %d distinct consumed (and the one published after the cuts), %d duplicates (redelivered after a lost ack); %d reconnects",
+		total, cuts, nAcked, unknown.Load(), failures.Load(), len(consumed)-1, dups, c.Stats().Reconnects)
 	mu.Unlock()
-	if nAcked < goroutines*each/2 {
-		t.Errorf("only %d of %d publishes acked across 3 cuts", nAcked, goroutines*each)
+	if p := firstFailure.Load(); p != nil {
+		t.Logf("first failed publish: %v", *p)
+	}
+	if nAcked < total/2 {
+		t.Errorf("only %d of %d publishes acked across %d cuts", nAcked, total, cuts)
 	}
 	// The pool works on the current connection.
 	if err := pool.Do(ctx, func(ch warren.Channel) error {
