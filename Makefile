@@ -3,6 +3,13 @@
 #   make test  runs every test, against a real RabbitMQ (a private node it starts)
 GO ?= go
 
+# testcontainers-go must connect to 127.0.0.1, never to the default gateway
+# it guesses when it believes it runs in a container, and must not start
+# Ryuk (its image cannot be pulled). integration/containers_test.go sets
+# both itself too.
+export TESTCONTAINERS_HOST_OVERRIDE := 127.0.0.1
+export TESTCONTAINERS_RYUK_DISABLED := true
+
 .PHONY: run test vet
 
 run:
@@ -14,6 +21,32 @@ test:
 	@# The three-node cluster test prints its failover times and counts (-v).
 	cd integration && $(GO) test -race -count=1 -timeout 15m -run '^TestCluster' -v .
 	cd otelwarren && $(GO) test -race -count=1 -timeout 10m ./...
+
+# The broker matrix: RabbitMQ versions the integration suite, the cluster
+# test and the examples run against, each in containers started by
+# testcontainers-go from the image warren-rabbitmq:VERSION (built by
+# .ci/brokers.sh from Debian packages) or the one named by
+# WARREN_RABBITMQ_IMAGE_3_10 / WARREN_RABBITMQ_IMAGE_4_3.
+#
+#   make brokers      set up the Docker engine and every version's image (idempotent)
+#   make test-3.10    the integration suite and the cluster test against 3.10
+#   make test-4.3     the same against 4.3
+#   make test-matrix  both
+BROKER_VERSIONS ?= 3.10 4.3
+BROKER_TESTS := $(addprefix test-,$(BROKER_VERSIONS))
+
+.PHONY: brokers test-matrix $(BROKER_TESTS)
+brokers:
+	.ci/brokers.sh $(BROKER_VERSIONS)
+
+test-matrix: $(BROKER_TESTS)
+
+# AMQP_URL is emptied so that the version asked for is the one tested.
+$(BROKER_TESTS): test-%:
+	.ci/brokers.sh $*
+	cd integration && AMQP_URL= WARREN_BROKER=$* $(GO) test -race -count=1 -timeout 30m -skip '^TestCluster' ./...
+	@# The three-node cluster test prints its failover times and counts (-v).
+	cd integration && AMQP_URL= WARREN_BROKER=$* $(GO) test -race -count=1 -timeout 15m -run '^TestCluster' -v .
 
 vet:
 	test -z "$$(gofmt -l . | tee /dev/stderr)"

@@ -15,14 +15,22 @@ import (
 	"github.com/warrenmq/warren/internal/brokertest"
 )
 
-// startCluster starts a three-node cluster of private nodes for one test
-// and stops it when the test ends. Without a rabbitmq-server installation
-// the test is skipped, unless CI requires a broker.
+// startCluster starts a three-node cluster for one test and stops it when
+// the test ends: containers of the version WARREN_BROKER names, on a
+// network of their own, or else private nodes. Without a rabbitmq-server
+// installation (or Docker engine) the test is skipped, unless a broker is
+// required (CI, WARREN_BROKER).
 func startCluster(t *testing.T) *brokertest.Cluster {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	defer cancel()
-	cl, err := brokertest.StartCluster(ctx, 3)
+	var cl *brokertest.Cluster
+	var err error
+	if v := brokertest.WantedVersion(); v != "" {
+		cl, err = startContainerCluster(ctx, v, 3)
+	} else {
+		cl, err = brokertest.StartCluster(ctx, 3)
+	}
 	if err != nil {
 		if brokertest.Required() {
 			t.Fatalf("starting a 3-node cluster: %v", err)
@@ -37,6 +45,9 @@ func startCluster(t *testing.T) *brokertest.Cluster {
 		}
 	})
 	t.Logf("3-node cluster up in %v: %v", cl.BootTime().Round(time.Millisecond), cl.URLs())
+	for _, b := range cl.Nodes {
+		t.Logf("  %s", b)
+	}
 	return cl
 }
 

@@ -7,11 +7,15 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"net"
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 
 	"github.com/warrenmq/warren"
 	"github.com/warrenmq/warren/internal/brokertest"
@@ -121,21 +125,23 @@ func deleteQueueLater(t *testing.T, b *brokertest.Broker, name string) {
 	})
 }
 
-// needPrivate ends the test unless the broker is a private node that Ctl can
-// control: a skip normally, a failure when a broker is required.
+// needPrivate ends the test unless the broker is one whose node Ctl can
+// control (a private node, or a container through the Docker engine): a
+// skip normally, a failure when a broker is required.
 func needPrivate(t *testing.T, b *brokertest.Broker) {
 	t.Helper()
-	if b.Private() {
+	if b.Controllable() {
 		return
 	}
-	msg := fmt.Sprintf("needs a private node controllable with rabbitmqctl; the broker is %s", b)
+	msg := fmt.Sprintf("needs a broker controllable with rabbitmqctl (a private node or a container); the broker is %s", b)
 	if brokertest.Required() {
 		t.Fatal(msg)
 	}
 	t.Skip(msg)
 }
 
-// ctl runs rabbitmqctl on the private node and fails the test if it fails.
+// ctl runs rabbitmqctl against the broker's node and fails the test if it
+// fails.
 func ctl(t *testing.T, b *brokertest.Broker, args ...string) string {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), ctlTimeout)
@@ -265,7 +271,7 @@ func eventually(t *testing.T, ctx context.Context, what string, check func() str
 	}
 }
 
-// addUser creates a user on the private node with the given permissions on
+// addUser creates a user on the broker with the given permissions on
 // vhost "/" and deletes it when the test ends.
 func addUser(t *testing.T, b *brokertest.Broker, user, pass, configure, write, read string) {
 	t.Helper()
@@ -372,6 +378,115 @@ func extraCopies[K comparable](counts map[K]int) int {
 	n := 0
 	for _, c := range counts {
 		n += max(c-1, 0)
+	}
+	return n
+}
+
+// serverVersion is the RabbitMQ version a broker reports in the server
+// properties of its connection.start ("version": "4.3.6").
+type serverVersion struct {
+	Major, Minor, Patch int
+	Raw                 string
+}
+
+func (v serverVersion) String() string { return v.Raw }
+
+// AtLeast reports whether v is major.minor or later.
+func (v serverVersion) AtLeast(major, minor int) bool {
+	return v.Major > major || v.Major == major && v.Minor >= minor
+}
+
+// matches reports whether v is of the release series want ("4.3": 4.3.x;
+// "4": 4.x).
+func (v serverVersion) matches(want string) bool {
+	return v.Raw == want || strings.HasPrefix(v.Raw, want+".")
+}
+
+// parseServerVersion parses "MAJOR.MINOR[.PATCH][suffix]".
+func parseServerVersion(raw string) (serverVersion, error) {
+	v := serverVersion{Raw: raw}
+	parts := strings.SplitN(raw, ".", 3)
+	if len(parts) < 2 {
+		return v, fmt.Errorf("server version %q is not MAJOR.MINOR[.PATCH]", raw)
+	}
+	nums := []*int{&v.Major, &v.Minor, &v.Patch}
+	for i, p := range parts {
+		if i == 2 { // the patch may carry a suffix: "4.3.6+1", "4.3.0-rc.1"
+			p = p[:len(p)-len(strings.TrimLeft(p, "0123456789"))]
+		}
+		n, err := strconv.Atoi(p)
+		if err != nil {
+			return v, fmt.Errorf("server version %q is not MAJOR.MINOR[.PATCH]", raw)
+		}
+		*nums[i] = n
+	}
+	return v, nil
+}
+
+// readServerVersion dials url with amqp091-go and reads the version from
+// the connection's server properties.
+func readServerVersion(ctx context.Context, url string) (serverVersion, error) {
+	var d net.Dialer
+	conn, err := amqp.DialConfig(url, amqp.Config{Dial: func(network, addr string) (net.Conn, error) {
+		ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+		defer cancel()
+		return d.DialContext(ctx, network, addr)
+	}})
+	if err != nil {
+		return serverVersion{}, fmt.Errorf("reading the server version: %w", err)
+	}
+	defer conn.Close()
+	raw, ok := conn.Properties["version"].(string)
+	if !ok {
+		return serverVersion{}, fmt.Errorf("reading the server version: server properties carry no version string: %v", conn.Properties["version"])
+	}
+	return parseServerVersion(raw)
+}
+
+var versions sync.Map // broker URL -> serverVersion
+
+// brokerVersion returns the RabbitMQ version of b from its server
+// properties, read once per broker. It fails the test (never skips it) when
+// the version cannot be read or parsed.
+func brokerVersion(t testing.TB, b *brokertest.Broker) serverVersion {
+	t.Helper()
+	if v, ok := versions.Load(b.URL); ok {
+		return v.(serverVersion)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	v, err := readServerVersion(ctx, b.URL)
+	if err != nil {
+		t.Fatalf("broker %s: %v", b, err)
+	}
+	versions.Store(b.URL, v)
+	return v
+}
+
+// brokerAtLeast reports whether b runs RabbitMQ major.minor or later, and
+// logs the version and why the test asks: a test whose expectations depend
+// on the version says so in its output.
+func brokerAtLeast(t testing.TB, b *brokertest.Broker, major, minor int, why string) bool {
+	t.Helper()
+	v := brokerVersion(t, b)
+	at := v.AtLeast(major, minor)
+	t.Logf("RabbitMQ %s (>= %d.%d: %v): %s", v, major, minor, at, why)
+	return at
+}
+
+// castToConsumerChannels makes every broker channel process that has a
+// consumer handle method (an Erlang record tuple such as
+// "{'basic.ack', 9999, false}") as if its client had sent it, with
+// rabbitmqctl eval, and returns how many channels it reached. It works on
+// RabbitMQ 3.x and 4.x: it makes the cast rabbit_channel:do/2 made on 3.x,
+// which 4.x removed.
+func castToConsumerChannels(t *testing.T, b *brokertest.Broker, method string) int {
+	t.Helper()
+	out := ctl(t, b, "eval", `length([gen_server2:cast(P, {method, `+method+`, none, noflow}) || P <- rabbit_channel:list(), `+
+		`proplists:get_value(consumer_count, rabbit_channel:info(P, [consumer_count])) > 0]).`)
+	n, err := strconv.Atoi(strings.TrimSpace(out))
+	if err != nil {
+		t.Fatalf("rabbitmqctl eval printed %q, want a count of channels", out)
 	}
 	return n
 }

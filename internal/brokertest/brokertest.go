@@ -4,16 +4,24 @@
 // [Find] tries, in order:
 //
 //  1. the AMQP_URL environment variable, if set;
-//  2. only with [Options.TryLocalDefault]: the local default broker
+//  2. when WARREN_BROKER ([VersionEnv]) names a RabbitMQ version such as
+//     "4.3", for tests (not with TryLocalDefault): a broker of that version
+//     from the container provider registered with
+//     [RegisterContainerProvider], and nothing else;
+//  3. only with [Options.TryLocalDefault]: the local default broker
 //     amqp://guest:guest@127.0.0.1:5672/, if it answers the AMQP protocol
 //     header within about a second;
-//  3. a private RabbitMQ node started from the local rabbitmq-server
+//  4. a private RabbitMQ node started from the local rabbitmq-server
 //     installation on free loopback ports, with its own temporary
 //     directories (see [StartNode]);
-//  4. a container provider registered with [RegisterContainerProvider].
+//  5. the container provider, with its default version.
 //
 // If all of them fail, Find returns an error wrapping [ErrNoBroker] that
 // lists what was tried and why each step failed.
+//
+// Fault tests control the broker's node with [Broker.Ctl] and the methods
+// built on it: a private node directly, a container through the
+// [Controller] its provider sets.
 //
 // Test packages normally call [RunMain] from TestMain and [Need] at the top
 // of every test that needs a broker. When [Required] reports true (on CI), a
@@ -42,8 +50,9 @@ import (
 var ErrNoBroker = errors.New("brokertest: no RabbitMQ broker found")
 
 // ErrNotPrivate is returned by [Broker.Ctl] and the wrappers over it when the
-// broker is not a private node started by this package.
-var ErrNotPrivate = errors.New("brokertest: broker is not a private node")
+// broker cannot be controlled: it is neither a private node started by this
+// package nor a broker with a [Controller] (see [Broker.Controllable]).
+var ErrNotPrivate = errors.New("brokertest: broker is neither a private node nor controllable")
 
 // LocalDefaultURL is the URL of the local default broker probed when
 // [Options.TryLocalDefault] is set.
@@ -62,12 +71,17 @@ type Broker struct {
 	// Source says in human-readable form which broker this is, for example
 	// "AMQP_URL" or "private node warren-123-1@localhost on 127.0.0.1:41234".
 	Source string
-	// Node is the Erlang node name of a private node, "" otherwise.
+	// Node is the Erlang node name of a private node or of a controllable
+	// container's node, "" otherwise.
 	Node string
 	// OnStop, if set, is called once by [Broker.Stop]. A container provider
 	// registered with [RegisterContainerProvider] uses it to terminate its
 	// container.
 	OnStop func(ctx context.Context) error
+	// Control, if set, controls the node of a broker this package did not
+	// start (a container); see [Broker.Controllable]. A private node
+	// ignores it.
+	Control Controller
 
 	node *node // nil unless this is a private node
 
@@ -170,6 +184,10 @@ type Options struct {
 	// Logf receives a line saying which broker was used. nil logs to
 	// standard error.
 	Logf func(format string, args ...any)
+	// Check, if set, vets the broker Find found (for example its version);
+	// when it fails, Find stops that broker and returns the error, wrapping
+	// [ErrNoBroker].
+	Check func(ctx context.Context, b *Broker) error
 
 	// For this package's tests.
 	sbinDir   string // if set, use this sbin dir instead of looking for the installation
@@ -184,23 +202,29 @@ func (o Options) logf(format string, args ...any) {
 	fmt.Fprintf(os.Stderr, format+"\n", args...)
 }
 
+// ContainerProvider starts a RabbitMQ broker of the given version ("3.10",
+// "4.3"; "" for the provider's default) in a container.
+type ContainerProvider func(ctx context.Context, version string) (*Broker, error)
+
 var (
 	providerMu sync.Mutex
-	provider   func(ctx context.Context) (*Broker, error)
+	provider   ContainerProvider
 )
 
 // RegisterContainerProvider registers a function that starts a broker in a
-// container. [Find] calls it when no private node could be started. The
-// returned Broker needs URL and Source; it may set OnStop to terminate the
-// container when [Broker.Stop] is called. A later registration replaces an
-// earlier one; nil unregisters.
-func RegisterContainerProvider(p func(ctx context.Context) (*Broker, error)) {
+// container. [Find] calls it when [VersionEnv] names a version, and
+// otherwise when no private node could be started. The returned Broker
+// needs URL and Source; it may set OnStop to terminate the container when
+// [Broker.Stop] is called, and Control and Node so that fault tests can
+// control it. A later registration replaces an earlier one; nil
+// unregisters.
+func RegisterContainerProvider(p ContainerProvider) {
 	providerMu.Lock()
 	defer providerMu.Unlock()
 	provider = p
 }
 
-func containerProvider() func(ctx context.Context) (*Broker, error) {
+func containerProvider() ContainerProvider {
 	providerMu.Lock()
 	defer providerMu.Unlock()
 	return provider
@@ -214,6 +238,14 @@ func Find(ctx context.Context, opts Options) (*Broker, error) {
 	b, err := find(ctx, opts)
 	if err != nil {
 		return nil, err
+	}
+	if opts.Check != nil {
+		if err := opts.Check(ctx, b); err != nil {
+			sctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), stopTimeout)
+			defer cancel()
+			b.Stop(sctx)
+			return nil, fmt.Errorf("%w: %s was found but is not fit: %w", ErrNoBroker, b, err)
+		}
 	}
 	if b.Private() {
 		opts.logf("brokertest: using %s (started in %.1fs)", b, b.BootTime().Seconds())
@@ -242,6 +274,12 @@ func find(ctx context.Context, opts Options) (*Broker, error) {
 		}
 		tried = append(tried, "AMQP_URL: not set")
 
+		// Programs (TryLocalDefault) have no container provider: for them
+		// AMQP_URL or the local default broker stands for the version.
+		if v := WantedVersion(); v != "" && !opts.TryLocalDefault {
+			return fromProvider(ctx, v)
+		}
+
 		if opts.TryLocalDefault {
 			addr := localDefaultAddr
 			if opts.localAddr != "" {
@@ -267,14 +305,9 @@ func find(ctx context.Context, opts Options) (*Broker, error) {
 	if !opts.ForcePrivate {
 		if p := containerProvider(); p == nil {
 			tried = append(tried, "container provider: none registered")
-		} else if b, err := p(ctx); err != nil {
+		} else if b, err := callProvider(ctx, p, ""); err != nil {
 			fail("container provider", err)
-		} else if b == nil || b.URL == "" {
-			fail("container provider", errors.New("returned no broker URL"))
 		} else {
-			if b.Source == "" {
-				b.Source = "container"
-			}
 			return b, nil
 		}
 	}
@@ -283,6 +316,35 @@ func find(ctx context.Context, opts Options) (*Broker, error) {
 		msg:  ErrNoBroker.Error() + "; tried: " + strings.Join(tried, "; "),
 		errs: errs,
 	}
+}
+
+// fromProvider returns a broker of RabbitMQ version v from the container
+// provider, which must be registered.
+func fromProvider(ctx context.Context, v string) (*Broker, error) {
+	p := containerProvider()
+	if p == nil {
+		return nil, fmt.Errorf("%w: %s=%s asks for RabbitMQ %s in a container, and no container provider is registered (the integration tests register one)",
+			ErrNoBroker, VersionEnv, v, v)
+	}
+	b, err := callProvider(ctx, p, v)
+	if err != nil {
+		return nil, fmt.Errorf("%w: %s=%s: container provider: %w", ErrNoBroker, VersionEnv, v, err)
+	}
+	return b, nil
+}
+
+func callProvider(ctx context.Context, p ContainerProvider, v string) (*Broker, error) {
+	b, err := p(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	if b == nil || b.URL == "" {
+		return nil, errors.New("brokertest: returned no broker URL")
+	}
+	if b.Source == "" {
+		b.Source = "container"
+	}
+	return b, nil
 }
 
 // noBrokerError is the error find returns. Its message lists every step
@@ -298,15 +360,19 @@ func (e *noBrokerError) Error() string { return e.msg }
 func (e *noBrokerError) Unwrap() []error { return append([]error{ErrNoBroker}, e.errs...) }
 
 // Required reports whether a missing broker must fail tests rather than skip
-// them. It is true when WARREN_REQUIRE_BROKER is "1" or "true", or when CI is
-// set to anything but "", "0" or "false". WARREN_REQUIRE_BROKER set to "0"
-// or "false" overrides CI.
+// them. It is true when WARREN_REQUIRE_BROKER is "1" or "true", when
+// WARREN_BROKER ([VersionEnv]) asks for a version, or when CI is set to
+// anything but "", "0" or "false". WARREN_REQUIRE_BROKER set to "0" or
+// "false" overrides the other two.
 func Required() bool {
 	switch strings.ToLower(strings.TrimSpace(os.Getenv("WARREN_REQUIRE_BROKER"))) {
 	case "1", "true":
 		return true
 	case "0", "false":
 		return false
+	}
+	if WantedVersion() != "" {
+		return true
 	}
 	switch strings.ToLower(strings.TrimSpace(os.Getenv("CI"))) {
 	case "", "0", "false":

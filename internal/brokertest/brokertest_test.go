@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -348,6 +349,7 @@ func TestFindNoBroker(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	t.Setenv("AMQP_URL", "")
+	t.Setenv(VersionEnv, "")
 
 	b, err := Find(ctx, Options{
 		TryLocalDefault: true,
@@ -373,10 +375,13 @@ func TestContainerProvider(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	t.Setenv("AMQP_URL", "")
+	t.Setenv(VersionEnv, "")
 	t.Cleanup(func() { RegisterContainerProvider(nil) })
 
 	stops := 0
-	RegisterContainerProvider(func(ctx context.Context) (*Broker, error) {
+	var asked []string
+	RegisterContainerProvider(func(ctx context.Context, version string) (*Broker, error) {
+		asked = append(asked, version)
 		return &Broker{
 			URL:    "amqp://guest:guest@127.0.0.1:1/",
 			OnStop: func(context.Context) error { stops++; return nil },
@@ -400,11 +405,73 @@ func TestContainerProvider(t *testing.T) {
 		t.Errorf("Find with ForcePrivate: %v, want ErrNoBroker", err)
 	}
 
-	errBoom := errors.New("docker is not running")
-	RegisterContainerProvider(func(ctx context.Context) (*Broker, error) { return nil, errBoom })
+	if !slices.Equal(asked, []string{""}) {
+		t.Errorf("provider asked for versions %q, want only the default", asked)
+	}
+	RegisterContainerProvider(func(ctx context.Context, version string) (*Broker, error) { return nil, errBoom })
 	_, err = Find(ctx, Options{Logf: t.Logf, sbinDir: missingSbin(t)})
 	if !errors.Is(err, ErrNoBroker) || !errors.Is(err, errBoom) || !strings.Contains(err.Error(), errBoom.Error()) {
 		t.Errorf("Find with a failing provider: %v", err)
+	}
+}
+
+var errBoom = errors.New("docker is not running")
+
+// WARREN_BROKER asks the container provider for that version and nothing
+// else: no private node, no fallback, and a missing provider is an error.
+func TestFindWantedVersion(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	t.Setenv("AMQP_URL", "")
+	t.Setenv(VersionEnv, "4.3")
+	t.Setenv("CI", "")
+	t.Setenv("WARREN_REQUIRE_BROKER", "")
+	t.Cleanup(func() { RegisterContainerProvider(nil) })
+	if !Required() {
+		t.Error("Required() = false with WARREN_BROKER set, want true")
+	}
+
+	RegisterContainerProvider(nil)
+	// A sbin dir that would work must not be used: the version decides.
+	_, err := Find(ctx, Options{Logf: t.Logf, sbinDir: "/nonexistent/but/unused"})
+	if !errors.Is(err, ErrNoBroker) || !strings.Contains(err.Error(), "no container provider") {
+		t.Errorf("Find without a provider: %v, want ErrNoBroker saying no provider is registered", err)
+	}
+
+	var asked []string
+	RegisterContainerProvider(func(ctx context.Context, version string) (*Broker, error) {
+		asked = append(asked, version)
+		return &Broker{URL: "amqp://guest:guest@127.0.0.1:1/"}, nil
+	})
+	b, err := Find(ctx, Options{Logf: t.Logf})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Source != "container" || !slices.Equal(asked, []string{"4.3"}) {
+		t.Errorf("Find = %v after asking for %q, want a container of 4.3", b, asked)
+	}
+
+	// A failing provider is a failure, with no fallback.
+	RegisterContainerProvider(func(ctx context.Context, version string) (*Broker, error) { return nil, errBoom })
+	if _, err := Find(ctx, Options{Logf: t.Logf}); !errors.Is(err, ErrNoBroker) || !errors.Is(err, errBoom) {
+		t.Errorf("Find with a failing provider: %v, want ErrNoBroker wrapping the provider's error", err)
+	}
+
+	// Programs have no provider: for them the version changes nothing.
+	_, err = Find(ctx, Options{TryLocalDefault: true, Logf: t.Logf, sbinDir: missingSbin(t), localAddr: closedAddr(t)})
+	if err == nil || !strings.Contains(err.Error(), "local default broker") || !strings.Contains(err.Error(), "private node") {
+		t.Errorf("Find with TryLocalDefault: %v, want the usual steps tried", err)
+	}
+
+	// AMQP_URL still wins; Check can refuse what was found.
+	t.Setenv("AMQP_URL", "amqp://guest:guest@127.0.0.1:1/")
+	stopped := false
+	_, err = Find(ctx, Options{Logf: t.Logf, Check: func(_ context.Context, b *Broker) error {
+		b.OnStop = func(context.Context) error { stopped = true; return nil }
+		return errBoom
+	}})
+	if !errors.Is(err, ErrNoBroker) || !errors.Is(err, errBoom) || !stopped {
+		t.Errorf("Find with a failing Check: %v (stopped %v), want ErrNoBroker wrapping the check's error, broker stopped", err, stopped)
 	}
 }
 
@@ -499,6 +566,7 @@ func TestRequired(t *testing.T) {
 		{"", "true", true},
 		{"true", "0", false},
 	} {
+		t.Setenv(VersionEnv, "")
 		t.Setenv("CI", tc.ci)
 		t.Setenv("WARREN_REQUIRE_BROKER", tc.require)
 		if got := Required(); got != tc.want {
@@ -508,6 +576,7 @@ func TestRequired(t *testing.T) {
 }
 
 func TestNeed(t *testing.T) {
+	t.Setenv(VersionEnv, "")
 	t.Setenv("CI", "")
 	t.Setenv("WARREN_REQUIRE_BROKER", "")
 	var sub *testing.T

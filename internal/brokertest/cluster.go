@@ -14,12 +14,13 @@ import (
 // clusterPoll is how often WaitRunning asks for the cluster status.
 const clusterPoll = 250 * time.Millisecond
 
-// Cluster is a RabbitMQ cluster of private nodes started by [StartCluster].
+// Cluster is a RabbitMQ cluster of private nodes started by [StartCluster],
+// or of controllable brokers (containers) joined by [NewCluster].
 //
-// StopNode, KillNode, StartNode and Stop may be called from several
-// goroutines; they run one at a time. Controlling a node through its
-// [Broker] (Ctl, StopApp, StartApp) at the same time as StopNode, KillNode
-// or StartNode on the same node is not supported.
+// StopNode, KillNode, StartNode, Disconnect, Connect and Stop may be called
+// from several goroutines; they run one at a time. Controlling a node
+// through its [Broker] (Ctl, StopApp, StartApp) at the same time as
+// StopNode, KillNode or StartNode on the same node is not supported.
 type Cluster struct {
 	// Nodes are the cluster's nodes. The others joined Nodes[0].
 	Nodes []*Broker
@@ -89,6 +90,43 @@ func startCluster(ctx context.Context, n int, opts Options) (*Cluster, error) {
 	return c, nil
 }
 
+// NewCluster joins brokers that run but are not clustered yet, such as
+// containers started on one network, into one cluster, as StartCluster
+// joins its private nodes: nodes[1:] join nodes[0], and NewCluster returns
+// when "rabbitmqctl cluster_status" reports all of them running and every
+// AMQP listener answers. Each broker must be controllable (a private node,
+// or a [Broker.Control]) and name its Erlang node in Broker.Node, and the
+// nodes must share an Erlang cookie.
+//
+// The cluster owns the brokers: [Cluster.Stop] stops them, and so does
+// NewCluster when it fails.
+func NewCluster(ctx context.Context, nodes []*Broker) (*Cluster, error) {
+	start := time.Now()
+	c := &Cluster{Nodes: slices.Clone(nodes)}
+	var err error
+	if len(nodes) == 0 {
+		err = errors.New("brokertest: a cluster needs at least one node")
+	}
+	for _, b := range nodes {
+		switch {
+		case b == nil:
+			err = errors.New("brokertest: NewCluster: nil broker")
+		case !b.Controllable() || b.Node == "":
+			err = fmt.Errorf("brokertest: NewCluster: %s is not controllable or has no node name", b)
+		}
+	}
+	c.Nodes = slices.DeleteFunc(c.Nodes, func(b *Broker) bool { return b == nil })
+	if err == nil {
+		err = c.join(ctx)
+	}
+	if err != nil {
+		c.Stop(ctx)
+		return nil, err
+	}
+	c.booted = time.Since(start)
+	return c, nil
+}
+
 // join joins Nodes[1:] to Nodes[0] and waits until the cluster reports them
 // all running.
 func (c *Cluster) join(ctx context.Context) error {
@@ -104,7 +142,7 @@ func (c *Cluster) join(ctx context.Context) error {
 		return err
 	}
 	for _, b := range c.Nodes {
-		if err := b.node.waitAMQP(ctx); err != nil {
+		if err := b.waitAMQP(ctx); err != nil {
 			return err
 		}
 	}
@@ -143,11 +181,12 @@ func (c *Cluster) Stop(ctx context.Context) error {
 	return c.stopErr
 }
 
-// StopNode stops node i's Erlang VM ("rabbitmqctl stop", or SIGKILL if that
-// does not end it in time) and waits for it to exit: its AMQP clients lose
-// their connections and its AMQP port refuses new ones. The node's name,
-// directory and ports stay reserved for [Cluster.StartNode], and the other
-// nodes keep it as a (stopped) cluster member.
+// StopNode stops node i's Erlang VM ("rabbitmqctl stop" on a private node,
+// `docker stop` on a container; SIGKILL if that does not end it in time)
+// and waits for it to exit: its AMQP clients lose their connections and its
+// AMQP port refuses new ones. The node's name, data and ports stay reserved
+// for [Cluster.StartNode], and the other nodes keep it as a (stopped)
+// cluster member.
 //
 // To stop only the RabbitMQ application and keep the Erlang VM, use
 // Nodes[i].StopApp. StopNode of a stopped node does nothing.
@@ -157,10 +196,10 @@ func (c *Cluster) StopNode(ctx context.Context, i int) error {
 		return err
 	}
 	defer c.mu.Unlock()
-	if n.exited() {
-		return nil
+	if running, err := n.NodeRunning(ctx); err != nil || !running {
+		return err
 	}
-	return n.halt(ctx)
+	return n.StopNode(ctx)
 }
 
 // KillNode kills node i's Erlang VM with SIGKILL, as a crash would, and
@@ -173,10 +212,12 @@ func (c *Cluster) KillNode(i int) error {
 		return err
 	}
 	defer c.mu.Unlock()
-	if n.exited() {
-		return nil
+	ctx, cancel := context.WithTimeout(context.Background(), killWait)
+	defer cancel()
+	if running, err := n.NodeRunning(ctx); err != nil || !running {
+		return err
 	}
-	return n.kill()
+	return n.KillNode(ctx)
 }
 
 // StartNode starts node i again after [Cluster.StopNode] or
@@ -194,31 +235,65 @@ func (c *Cluster) StartNode(ctx context.Context, i int) error {
 		return err
 	}
 	defer c.mu.Unlock()
-	if !n.exited() {
-		return fmt.Errorf("brokertest: node %s is still running", n.name)
-	}
-	start := time.Now()
-	if err := n.launch(ctx); err != nil {
-		n.kill()
+	b := c.Nodes[i]
+	running, err := n.NodeRunning(ctx)
+	if err != nil {
 		return err
 	}
-	n.booted = time.Since(start)
-	return nil
+	if running {
+		return fmt.Errorf("brokertest: node %s is still running", b.Node)
+	}
+	if err := n.StartNode(ctx); err != nil {
+		return err
+	}
+	return b.waitAMQP(ctx)
 }
 
-// lockNode locks c.mu and returns node i, or returns an error with c.mu
-// unlocked.
-func (c *Cluster) lockNode(i int) (*node, error) {
+// Disconnect cuts node i off from the other nodes (and from its clients),
+// as a network partition would, until [Cluster.Connect]; the node keeps
+// running. It returns [ErrUnsupported] unless the node's controller is a
+// [Partitioner] (a container on the cluster's network).
+func (c *Cluster) Disconnect(ctx context.Context, i int) error {
+	n, err := c.lockNode(i)
+	if err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	p, ok := n.(Partitioner)
+	if !ok {
+		return fmt.Errorf("%w: disconnecting %s", ErrUnsupported, c.Nodes[i])
+	}
+	return p.Disconnect(ctx)
+}
+
+// Connect joins node i to the cluster's network again after
+// [Cluster.Disconnect].
+func (c *Cluster) Connect(ctx context.Context, i int) error {
+	n, err := c.lockNode(i)
+	if err != nil {
+		return err
+	}
+	defer c.mu.Unlock()
+	p, ok := n.(Partitioner)
+	if !ok {
+		return fmt.Errorf("%w: connecting %s", ErrUnsupported, c.Nodes[i])
+	}
+	return p.Connect(ctx)
+}
+
+// lockNode locks c.mu and returns the controller of node i, or returns an
+// error with c.mu unlocked.
+func (c *Cluster) lockNode(i int) (Controller, error) {
 	if i < 0 || i >= len(c.Nodes) {
 		return nil, fmt.Errorf("brokertest: no node %d in a cluster of %d", i, len(c.Nodes))
 	}
 	c.mu.Lock()
-	n := c.Nodes[i].node
-	if c.stopped || n.stopped.Load() {
+	b := c.Nodes[i]
+	if c.stopped || b.isStopped() || (b.node != nil && b.node.stopped.Load()) {
 		c.mu.Unlock()
-		return nil, fmt.Errorf("brokertest: node %s is stopped for good", n.name)
+		return nil, fmt.Errorf("brokertest: node %s is stopped for good", b.Node)
 	}
-	return n, nil
+	return b.controller(), nil
 }
 
 // RunningNodes returns the names of the nodes in which the RabbitMQ

@@ -447,38 +447,38 @@ func (n *node) halt(ctx context.Context) error {
 	return n.kill()
 }
 
-// Ctl runs the installation's inner rabbitmqctl with "-n NODE args..." as
-// the node's own user environment (same HOME, so same Erlang cookie) and
-// returns its combined output. On failure the error includes the output.
-// Ctl returns [ErrNotPrivate] for brokers that are not private nodes.
+// Ctl runs rabbitmqctl with args against the broker's node and returns its
+// combined output. On failure the error includes the output. On a private
+// node it runs the installation's inner rabbitmqctl with "-n NODE args..."
+// in the node's own user environment (same HOME, so same Erlang cookie); on
+// a container, its [Controller] runs it inside the container. Ctl returns
+// [ErrNotPrivate] for brokers that cannot be controlled.
 func (b *Broker) Ctl(ctx context.Context, args ...string) (string, error) {
-	if !b.Private() {
+	c := b.controller()
+	if c == nil {
 		return "", ErrNotPrivate
 	}
-	if b.node.stopped.Load() {
-		return "", fmt.Errorf("brokertest: node %s is stopped", b.Node)
-	}
-	return b.node.run(ctx, args...)
+	return c.Ctl(ctx, args...)
 }
 
-// StopApp stops the RabbitMQ application on a private node ("rabbitmqctl
-// stop_app"), leaving the Erlang node running: the AMQP listener closes and
-// every client connection is dropped.
+// StopApp stops the RabbitMQ application on a controllable node
+// ("rabbitmqctl stop_app"), leaving the Erlang node running: the AMQP
+// listener closes and every client connection is dropped.
 func (b *Broker) StopApp(ctx context.Context) error {
 	_, err := b.Ctl(ctx, "stop_app")
 	return err
 }
 
-// StartApp starts the RabbitMQ application on a private node ("rabbitmqctl
-// start_app") and waits until its AMQP listener answers again.
+// StartApp starts the RabbitMQ application on a controllable node
+// ("rabbitmqctl start_app") and waits until its AMQP listener answers again.
 func (b *Broker) StartApp(ctx context.Context) error {
 	if _, err := b.Ctl(ctx, "start_app"); err != nil {
 		return err
 	}
-	return b.node.waitAMQP(ctx)
+	return b.waitAMQP(ctx)
 }
 
-// Restart restarts the RabbitMQ application on a private node: StopApp, then
+// Restart restarts the RabbitMQ application on a controllable node: StopApp, then
 // StartApp. Client connections are dropped; durable entities survive.
 func (b *Broker) Restart(ctx context.Context) error {
 	if err := b.StopApp(ctx); err != nil {
