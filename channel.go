@@ -18,8 +18,10 @@ import (
 // through one serialisation point, so frames of different operations never
 // interleave and replies are never handed to the wrong caller; a goroutine
 // that calls in while another call is in progress gets ErrConcurrentUse
-// instead of garbling the wire. Use a Pool to share channels between
-// goroutines.
+// instead of garbling the wire. Close is the exception: it may be called
+// from any goroutine, waits for an operation in progress, and once it waits
+// no new operation may start (they get ErrChannelClosed). Use a Pool to
+// share channels between goroutines.
 //
 // Every blocking operation takes a context. An RPC abandoned because its
 // context ended leaves the channel in an unknown state (the reply may still
@@ -61,6 +63,7 @@ type channel struct {
 	flowDue   atomic.Int32  // channel.flow frames read whose flow-ok is not yet written
 	flowWant  atomic.Bool   // the last channel.flow read said active
 	busy      atomic.Bool   // the serialisation point: true while an operation runs
+	closeWait atomic.Bool   // a Close waits for the running operation: no new one may start
 	writing   atomic.Uint64 // the sequence number of the send writing now, 0, or writeAborted: see send
 	wseq      atomic.Uint64 // numbers sends
 	wdone     atomic.Value  // <-chan struct{}: Done of the ctx of the latest send with one (see stall.go)
@@ -172,6 +175,12 @@ func (ch *channel) enter(ctx context.Context, op string, gen uint64) error {
 	if ch.gen.Load() != gen {
 		ch.busy.Store(false)
 		return fmt.Errorf("%w (channel %d, %s)", ErrReleased, ch.id, op)
+	}
+	if ch.closeWait.Load() {
+		// A Close is waiting for the channel: an operation started now
+		// would make it wait for ever behind a busy goroutine.
+		ch.busy.Store(false)
+		return fmt.Errorf("%w (channel %d, %s: a Close is waiting for the channel)", ErrChannelClosed, ch.id, op)
 	}
 	if ch.suspect() {
 		if err := ch.unusable(op); err != nil {
@@ -315,6 +324,9 @@ func (ch *channel) result(op string, err error) error {
 			ch.setCause(ch.classify(ae, true))
 		}
 		return ch.unusable(op)
+	}
+	if cerr := ch.c.dyingConn(op, err); cerr != nil {
+		return withOp(ch.setCause(cerr), op)
 	}
 	return fmt.Errorf("warren: %s on channel %d: %w", op, ch.id, err)
 }
@@ -464,6 +476,7 @@ func (ch *channel) closeIdle(ctx context.Context, gen uint64) error {
 	if done, err := ch.tryClose(ctx, gen); done {
 		return err
 	}
+	ch.closeWait.Store(true) // no new operation may overtake this Close
 	d := closePollMin
 	t := time.NewTimer(d)
 	defer t.Stop()

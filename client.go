@@ -195,8 +195,16 @@ func (c *Client) Close(ctx context.Context) error {
 	// The supervisor stops at once (a dial in progress is cancelled), so
 	// the session closed below is the last one.
 	<-c.loopDone
-	err := c.s().Close(ctx)
-	c.finish(nil)
+	s := c.s()
+	err := s.Close(ctx)
+	select {
+	case <-s.closeDone:
+		c.finish(nil)
+	default:
+		// This caller's ctx ended while another Close is still closing
+		// the connection: that Close ends the Client.
+		return err
+	}
 	if c.events != nil {
 		select {
 		case <-c.events.done: // StateClosed delivered
@@ -260,6 +268,11 @@ func (c *Client) NewPublisher(ctx context.Context, opts PublisherOptions) (*Publ
 func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts ConsumeOptions) (err error) {
 	fl := new(flight)
 	defer func() {
+		if cerr := ctx.Err(); cerr != nil && err != nil && !errors.Is(err, cerr) {
+			// ctx ended as the subscription was lost: the documented
+			// result of a ctx that ends is its error.
+			err = fmt.Errorf("warren: consume %q: stopped: %w (the subscription had ended: %w)", queue, cerr, err)
+		}
 		// A lost subscription left its handlers running, their ctx
 		// cancelled; wait for them here, once, bounded (a shutdown by ctx
 		// has waited already).

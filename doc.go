@@ -19,7 +19,8 @@
 // the negotiated channel_max (Client.ChannelMax). A Channel belongs to one
 // goroutine at a time: every operation goes through one serialisation point,
 // and a second goroutine calling in gets ErrConcurrentUse instead of
-// interleaving frames on the wire. Every blocking operation takes a context;
+// interleaving frames on the wire (Close excepted: it is safe from any
+// goroutine, and waits for an operation in progress). Every blocking operation takes a context;
 // an RPC abandoned by its context poisons its channel, which warren closes.
 //
 // # Errors

@@ -217,3 +217,80 @@ func TestABrokerThatClosesEveryNewConnectionForALimitIsNotHammered(t *testing.T)
 		t.Fatalf("%d dials in 2 s: the reconnects did not back off", n)
 	}
 }
+
+// Whatever the timing of the broker's disappearance, every operation's
+// error is the connection's. (The narrow window where amqp091-go returns a
+// socket write error before it marks the connection closed is pinned down
+// deterministically by TestASocketErrorIsTheConnectionsOnceItIsDeclaredDead.)
+func TestAnOpenOrSendOnADyingConnectionReturnsTheConnectionError(t *testing.T) {
+	for i := 0; i < 20; i++ {
+		t.Run(fmt.Sprint("round ", i), testDyingConnection)
+	}
+}
+
+func testDyingConnection(t *testing.T) {
+	gone := make(chan struct{})
+	client := startFake(t, fb.Config{}, func(c *fb.Conn) {
+		openOK(c)
+		<-gone
+		c.Abort()
+	})
+	ctx := testCtx(t)
+	ch, err := client.Channel(ctx)
+	if err != nil {
+		t.Fatalf("Channel: %v", err)
+	}
+	close(gone)
+	for j := 0; ; j++ {
+		_, oerr := client.Channel(ctx)
+		perr := ch.Publish(ctx, "", "q", warren.Publishing{Body: []byte("x")})
+		if oerr != nil && !warren.IsConnectionLevel(oerr) {
+			t.Fatalf("Channel on a dying connection: got %v (%T), want the *ConnectionError", oerr, oerr)
+		}
+		if perr != nil && !warren.IsConnectionLevel(perr) {
+			t.Fatalf("Publish on a dying connection: got %v (%T), want the *ConnectionError", perr, perr)
+		}
+		if oerr != nil && perr != nil {
+			return
+		}
+		if j > 10000 {
+			t.Fatal("the connection never failed after the broker went away")
+		}
+	}
+}
+
+// A Close waiting for an operation in progress is not overtaken for ever
+// by a goroutine that starts operation after operation: once it waits, no
+// new operation may start.
+func TestCloseIsNotStarvedByAGoroutineRunningOperationsBackToBack(t *testing.T) {
+	client := startFake(t, fb.Config{}, serve)
+	ctx := testCtx(t)
+	ch, err := client.Channel(ctx)
+	if err != nil {
+		t.Fatalf("Channel: %v", err)
+	}
+	busyDone := make(chan error, 1)
+	go func() {
+		for {
+			_, err := ch.QueueDeclare(ctx, "q", warren.QueueOptions{Passive: true})
+			if err != nil && !errors.Is(err, warren.ErrConcurrentUse) {
+				busyDone <- err
+				return
+			}
+		}
+	}()
+	time.Sleep(20 * time.Millisecond) // the loop is running
+	closeCtx, cancel := context.WithTimeout(ctx, 3*time.Second)
+	defer cancel()
+	if err := ch.Close(closeCtx); err != nil {
+		t.Fatalf("Close while another goroutine runs operations back to back: %v", err)
+	}
+	select {
+	case err := <-busyDone:
+		if !errors.Is(err, warren.ErrChannelClosed) {
+			t.Fatalf("the looping goroutine: got %v, want ErrChannelClosed once the channel was closed", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the looping goroutine went on after Close")
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -373,7 +375,31 @@ func (c *session) openError(err error) error {
 	if errors.As(err, &ae) && ae.Server && ReplyCode(ae.Code).Level() == LevelChannel {
 		return channelCause(0, "channel.open", ae)
 	}
+	if err := c.dyingConn("channel.open", err); err != nil {
+		return err
+	}
 	return fmt.Errorf("warren: channel.open: %w", err)
+}
+
+// dyingConn returns the connection's error when err, from amqp091-go, is
+// the connection failing under op: a socket error is returned to the
+// caller at once, and amqp091-go marks the connection closed only a moment
+// later, on a goroutine of its own. It waits for that (bounded by the close
+// timeout), and returns nil when err is something else.
+func (c *session) dyingConn(op string, err error) error {
+	var ne net.Error
+	if !errors.As(err, &ne) && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) &&
+		!errors.Is(err, io.ErrClosedPipe) && !errors.Is(err, wire.ErrMalformed) {
+		return nil // not the socket: amqp091-go's own verdict on op
+	}
+	t := time.NewTimer(c.opts.closeTimeout)
+	defer t.Stop()
+	select {
+	case <-c.dead:
+		return c.connError(op)
+	case <-t.C:
+		return nil
+	}
 }
 
 // forget removes a closed channel from the registry.

@@ -238,12 +238,7 @@ func (tx *Tx) finish() {
 		tx.pool.Release(tx.ch)
 		return
 	}
-	st := tx.ch.s
-	if err := st.close(context.Background(), 0); errors.Is(err, ErrConcurrentUse) {
-		// Another goroutine is inside an operation on the transaction's
-		// channel: close it once that ends.
-		if !st.c.goTracked(func() { st.closeWhenIdle(0) }) {
-			st.c.forget(st)
-		}
-	}
+	// Close waits (bounded) for another goroutine's operation on the
+	// transaction's channel, and then leaves the close to the background.
+	_ = tx.ch.s.close(context.Background(), 0)
 }
