@@ -318,7 +318,7 @@ func checkPublishing(op, exchange, key string, msg *Publishing) (int, bool, erro
 	if msg.Expiration != "" && !validExpiration(msg.Expiration) {
 		// RabbitMQ closes the channel (406 PRECONDITION_FAILED), and with
 		// it every publish awaiting a confirm on it.
-		return 0, false, fmt.Errorf("%w: %s: expiration %q is not a non-negative whole number of milliseconds", ErrInvalidArgument, op, msg.Expiration)
+		return 0, false, fmt.Errorf("%w: %s: expiration %q is not a whole number of milliseconds from 0 to %d (ten years)", ErrInvalidArgument, op, msg.Expiration, maxExpiration)
 	}
 	if !msg.Timestamp.IsZero() && msg.Timestamp.Unix() < 0 {
 		return 0, false, fmt.Errorf("%w: %s: timestamp %s is before 1970: the AMQP timestamp is unsigned seconds", ErrInvalidArgument, op, msg.Timestamp.UTC().Format(time.RFC3339))
@@ -333,11 +333,23 @@ func checkPublishing(op, exchange, key string, msg *Publishing) (int, bool, erro
 	return size, widen, nil
 }
 
+// maxExpiration is the largest message TTL RabbitMQ takes, in
+// milliseconds: ten years (3.10 and 4.3 answer anything above with a 406
+// that closes the channel, and with it every confirm pending on it).
+const maxExpiration = 315360000000
+
 // validExpiration reports whether RabbitMQ takes s as a message TTL: an
-// optionally signed decimal integer that is not negative. (The largest
-// value it takes depends on its version: 3.10 refuses more than ten years,
-// with a 406 that closes only the channel.)
+// optionally signed decimal integer that is not negative and at most
+// maxExpiration.
 func validExpiration(s string) bool {
+	if !validExpirationSyntax(s) {
+		return false
+	}
+	n, err := strconv.ParseInt(strings.TrimLeft(strings.TrimPrefix(s, "+"), "-"), 10, 64)
+	return err == nil && n <= maxExpiration
+}
+
+func validExpirationSyntax(s string) bool {
 	neg := false
 	switch s[0] {
 	case '-':

@@ -82,9 +82,11 @@ func TestExchangeTypeIsBuiltInOrAPluginsAndAShortString(t *testing.T) {
 
 func TestExpirationMustBeAWholeNonNegativeNumberOfMilliseconds(t *testing.T) {
 	// What RabbitMQ 3.10.8 takes (measured): an optionally signed decimal
-	// integer, not negative. Anything else closes the channel (406).
+	// integer, not negative, at most ten years. Anything else closes the
+	// channel (406).
 	for s, ok := range map[string]bool{
-		"0": true, "60000": true, "+5": true, "-0": true, "007": true, strings.Repeat("1", 255): true,
+		"0": true, "60000": true, "+5": true, "-0": true, "007": true, strings.Repeat("0", 254) + "1": true,
+		"315360000000": true, "+315360000000": true, "315360000001": false, strings.Repeat("1", 255): false,
 		"-1": false, "abc": false, "1.5": false, " 1": false, "1 ": false, "1e3": false, "+": false, "-": false,
 		"0x10": false, "１": false,
 	} {
@@ -658,7 +660,7 @@ func shortstrCalls() []shortstrCall {
 		{"content encoding", "", func(p *Publishing, s string) { p.ContentEncoding = s }},
 		{"correlation id", "", func(p *Publishing, s string) { p.CorrelationId = s }},
 		{"reply-to", "", func(p *Publishing, s string) { p.ReplyTo = s }},
-		{"expiration", "1", func(p *Publishing, s string) { p.Expiration = s }},
+		{"expiration", "0", func(p *Publishing, s string) { p.Expiration = s }}, // 255 zeros: 0 ms, valid
 		{"message id", "", func(p *Publishing, s string) { p.MessageId = s }},
 		{"type", "", func(p *Publishing, s string) { p.Type = s }},
 		{"user id", "", func(p *Publishing, s string) { p.UserId = s }},

@@ -256,7 +256,8 @@ func (c *Client) NewPublisher(ctx context.Context, opts PublisherOptions) (*Publ
 //     start (e.g. ErrNotFound for a missing queue).
 //
 // Acks, nacks and rejects from the workers are serialised on the channel;
-// a second settlement of one delivery is refused (ErrAlreadySettled).
+// a second settlement of one delivery is refused (ErrAlreadySettled, or
+// ErrConcurrentUse while the first is still being sent).
 //
 // With WithReconnect, a consumer whose connection is lost subscribes again
 // on the next connection (its unacked messages were returned to the queue

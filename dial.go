@@ -227,6 +227,11 @@ func checkURL(op, rawURL string, o *options) (amqp.URI, []amqp.Authentication, e
 	if err := urlParams(op, u, o); err != nil {
 		return amqp.URI{}, nil, err
 	}
+	// The vhost is a short string of connection.open: RabbitMQ answers a
+	// bad one by closing the connection during the handshake.
+	if p := shortstrProblem(uri.Vhost); p != "" {
+		return amqp.URI{}, nil, fmt.Errorf("%w: %s: the URL's vhost %s", ErrInvalidArgument, op, p)
+	}
 	sasl, err := saslFor(op, uri)
 	if err != nil {
 		return amqp.URI{}, nil, err

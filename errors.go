@@ -154,8 +154,10 @@ var (
 	// Close returned.
 	ErrChannelClosed = errors.New("warren: channel closed")
 	// ErrConcurrentUse is returned when a goroutine calls into a Channel
-	// while another call on it is still in progress. A Channel belongs to
-	// one goroutine at a time; use a Pool to share channels.
+	// while another call on it is still in progress (Close excepted: it
+	// waits), and when a Delivery is settled while another settlement of it
+	// is being sent. A Channel belongs to one goroutine at a time; use a
+	// Pool to share channels.
 	ErrConcurrentUse = errors.New("warren: concurrent use of a channel: a channel belongs to one goroutine at a time")
 	// ErrChannelMax is returned (inside a *ChannelMaxError) when opening one
 	// more channel than the connection's negotiated channel_max allows.

@@ -294,3 +294,30 @@ func TestCloseIsNotStarvedByAGoroutineRunningOperationsBackToBack(t *testing.T) 
 		t.Fatal("the looping goroutine went on after Close")
 	}
 }
+
+func TestAVhostAMQPCannotCarryIsRefusedBeforeDialling(t *testing.T) {
+	ctx := testCtx(t)
+	for _, vhost := range []string{"%FF%FE", strings.Repeat("v", 256)} {
+		_, err := warren.Dial(ctx, "amqp://guest:guest@127.0.0.1:1/"+vhost)
+		if !errors.Is(err, warren.ErrInvalidArgument) || !strings.Contains(err.Error(), "vhost") {
+			t.Errorf("Dial with vhost %.20q: got %v, want ErrInvalidArgument about the vhost (port 1 is never dialled)", vhost, err)
+		}
+	}
+}
+
+// Zero values of the closable types give a clear error instead of a panic.
+func TestClosingZeroValuesIsAnErrorNotAPanic(t *testing.T) {
+	ctx := testCtx(t)
+	if err := new(warren.Pool).Close(ctx); !errors.Is(err, warren.ErrInvalidArgument) {
+		t.Errorf("zero Pool Close: %v", err)
+	}
+	if err := new(warren.Publisher).Close(ctx); !errors.Is(err, warren.ErrInvalidArgument) {
+		t.Errorf("zero Publisher Close: %v", err)
+	}
+	if err := new(warren.Tx).Rollback(ctx); !errors.Is(err, warren.ErrInvalidArgument) {
+		t.Errorf("zero Tx Rollback: %v", err)
+	}
+	if err := new(warren.Tx).Commit(ctx); !errors.Is(err, warren.ErrInvalidArgument) {
+		t.Errorf("zero Tx Commit: %v", err)
+	}
+}

@@ -115,6 +115,9 @@ func (c *session) NewPool(ctx context.Context, opts PoolOptions) (*Pool, error) 
 // newPool makes a pool on c; with client set, and reconnection on, the
 // pool outlives c: it opens its channels on the client's live connection.
 func (c *session) newPool(ctx context.Context, opts PoolOptions, client *Client) (*Pool, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, fmt.Errorf("warren: pool: %w", err)
+	}
 	if opts.Size == 0 {
 		opts.Size = defaultPoolSize
 	}
@@ -237,6 +240,9 @@ func (p *Pool) sess() *session {
 // connection instead, and opens the channel there. When ctx ends first, the context error is returned wrapped with the
 // pool's state; a channel handed over at that moment goes back to the pool.
 func (p *Pool) Acquire(ctx context.Context) (Channel, error) {
+	if err := ctx.Err(); err != nil {
+		return Channel{}, fmt.Errorf("warren: pool.acquire: %w", err) // as database/sql: even with a channel idle
+	}
 	hook := p.c.opts.metrics.PoolAcquired
 	var start time.Time
 	if hook != nil {
@@ -259,6 +265,9 @@ func (p *Pool) Acquire(ctx context.Context) (Channel, error) {
 // TryAcquire leases a channel if one is idle or may be opened (bounded by
 // ctx), and returns ErrPoolExhausted instead of waiting.
 func (p *Pool) TryAcquire(ctx context.Context) (Channel, error) {
+	if err := ctx.Err(); err != nil {
+		return Channel{}, fmt.Errorf("warren: pool.acquire: %w", err)
+	}
 	for {
 		st, err := p.core.TryAcquire(ctx)
 		if err != nil {
@@ -420,9 +429,13 @@ func (p *Pool) Stats() PoolStats {
 // once: every call waits for the same work and returns nil when it is done,
 // or its own context error if its ctx ends first.
 func (p *Pool) Close(ctx context.Context) error {
+	if p == nil || p.core == nil {
+		return fmt.Errorf("%w: Close of a Pool not made by Client.NewPool", ErrInvalidArgument)
+	}
 	p.closed.Store(true)
 	if err := p.core.Close(ctx); err != nil {
-		return fmt.Errorf("warren: pool close: %d channels still leased: %w", p.core.Stats().InUse, err)
+		st := p.core.Stats()
+		return fmt.Errorf("warren: pool close: %d channels still leased, %d still closing: %w", st.InUse, st.Open-st.InUse, err)
 	}
 	return nil
 }

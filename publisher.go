@@ -623,6 +623,9 @@ func (p *Publisher) workersEnded(n int32) {
 // close is still in progress returns its own context error; the close goes
 // on, bounded by the first call's ctx.
 func (p *Publisher) Close(ctx context.Context) error {
+	if p == nil || p.pool == nil {
+		return fmt.Errorf("%w: Close of a Publisher not made by Client.NewPublisher", ErrInvalidArgument)
+	}
 	if !p.closeStarted.CompareAndSwap(false, true) {
 		select {
 		case <-p.closeDone:
@@ -667,7 +670,9 @@ func (p *Publisher) close(ctx context.Context) error {
 			return err
 		}
 	}
-	if perr := p.pool.Close(context.Background()); perr != nil && err == nil {
+	// The pool's close is bounded by the same ctx; channels still closing
+	// when it ends finish in the background.
+	if perr := p.pool.Close(ctx); perr != nil && err == nil {
 		err = perr
 	}
 	return err

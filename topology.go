@@ -27,7 +27,9 @@ import (
 //   - time.Time: whole seconds (the fraction is dropped), in the reader's
 //     local time zone. Times before 1970 are refused: the AMQP timestamp is
 //     unsigned.
-//   - an empty []any comes back as a nil []any.
+//   - an empty []any comes back as a nil []any; a nil []byte as an empty
+//     []byte{}, and a nil Table as an empty Table{} (AMQP has no null
+//     strings or tables, only empty ones).
 //
 // Refused: uint, uint64 and uintptr (send an int64, or a uint32), other
 // slice and map types ([]string: use []any; map[string]any: use Table),

@@ -164,6 +164,9 @@ func (tx *Tx) Get(ctx context.Context, queue string, opts GetOptions) (*Delivery
 // the channel), nothing is sent and the transaction stays open, to be
 // committed again or rolled back.
 func (tx *Tx) Commit(ctx context.Context) error {
+	if tx == nil || tx.ch.s == nil {
+		return fmt.Errorf("%w: Commit of a Tx not made by Begin", ErrInvalidArgument)
+	}
 	// A ctx already ended sends nothing and changes nothing: the
 	// transaction stays open, for a retry or a Rollback.
 	if err := ctx.Err(); err != nil {
@@ -191,9 +194,12 @@ func (tx *Tx) Commit(ctx context.Context) error {
 		tx.finish()
 		return nil
 	}
-	if errors.Is(err, ErrConcurrentUse) || errors.Is(err, ErrReleased) {
+	if errors.Is(err, ErrConcurrentUse) || errors.Is(err, ErrReleased) ||
+		(ctx.Err() != nil && errors.Is(err, ctx.Err()) && !errors.Is(err, ErrPoisoned)) {
 		// Nothing was sent: another goroutine is inside an operation on
-		// the transaction's channel. The transaction stays open.
+		// the transaction's channel, or ctx ended before the channel
+		// took the commit (an RPC abandoned after sending is ErrPoisoned).
+		// The transaction stays open.
 		tx.done.Store(false)
 		return err
 	}
@@ -215,6 +221,9 @@ func (tx *Tx) Commit(ctx context.Context) error {
 // makes warren close the channel, which discards the work the same way.
 // After Commit or Rollback it returns ErrTxDone.
 func (tx *Tx) Rollback(ctx context.Context) error {
+	if tx == nil || tx.ch.s == nil {
+		return fmt.Errorf("%w: Rollback of a Tx not made by Begin", ErrInvalidArgument)
+	}
 	if !tx.done.CompareAndSwap(false, true) {
 		return ErrTxDone
 	}

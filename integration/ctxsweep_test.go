@@ -255,6 +255,8 @@ func TestACallRefusedByItsCtxChangesNothingAndCanBeRetried(t *testing.T) {
 			wantCanceled(e.t, "Client.Channel", err)
 			_, err = e.client.NewPool(dead, warren.PoolOptions{Size: 2, MinIdle: 1})
 			wantCanceled(e.t, "Client.NewPool", err)
+			_, err = e.client.NewPool(dead, warren.PoolOptions{Size: 2})
+			wantCanceled(e.t, "Client.NewPool without MinIdle", err)
 			_, err = e.client.NewPublisher(dead, warren.PublisherOptions{})
 			wantCanceled(e.t, "Client.NewPublisher", err)
 			_, err = e.client.Begin(dead)
@@ -276,17 +278,23 @@ func TestACallRefusedByItsCtxChangesNothingAndCanBeRetried(t *testing.T) {
 			wantNil(e.t, "Pool.Close", p.Close(e.ctx))
 		}},
 		{"Pool.Acquire/TryAcquire/Do/Begin/Tx", func(e *sweepEnv, dead context.Context) {
-			p, err := e.client.NewPool(e.ctx, warren.PoolOptions{Size: 1, Mode: warren.ModeTx})
+			// MinIdle 1: a channel is idle, so nothing but the ctx check
+			// stops the refused calls (database/sql's rule).
+			p, err := e.client.NewPool(e.ctx, warren.PoolOptions{Size: 1, MinIdle: 1, Mode: warren.ModeTx})
 			wantNil(e.t, "NewPool", err)
 			defer p.Close(e.ctx)
 			_, err = p.Acquire(dead)
 			wantCanceled(e.t, "Pool.Acquire", err)
 			_, err = p.TryAcquire(dead)
 			wantCanceled(e.t, "Pool.TryAcquire", err)
-			wantCanceled(e.t, "Pool.Do", p.Do(dead, func(warren.Channel) error { return nil }))
+			ran := false
+			wantCanceled(e.t, "Pool.Do", p.Do(dead, func(warren.Channel) error { ran = true; return nil }))
 			_, err = p.Begin(dead)
 			wantCanceled(e.t, "Pool.Begin", err)
-			wantCanceled(e.t, "Pool.Tx", p.Tx(dead, func(*warren.Tx) error { return nil }))
+			wantCanceled(e.t, "Pool.Tx", p.Tx(dead, func(*warren.Tx) error { ran = true; return nil }))
+			if ran {
+				e.t.Fatal("Pool.Do or Pool.Tx with a cancelled ctx ran its function")
+			}
 			if st := p.Stats(); st.InUse != 0 {
 				e.t.Fatalf("refused acquires left %d channels in use", st.InUse)
 			}
