@@ -15,11 +15,13 @@ export TESTCONTAINERS_RYUK_DISABLED := true
 run:
 	$(GO) run ./examples/quickstart
 
+# make test: the unit tests, then the integration suite, the examples and
+# the cluster test against every RabbitMQ version of the matrix below (set
+# up first, idempotently), then the OTel adapter's tests.
 test:
+	.ci/brokers.sh $(BROKER_VERSIONS)
 	$(GO) test -race -count=1 -timeout 20m ./...
-	cd integration && $(GO) test -race -count=1 -timeout 30m -skip '^TestCluster' ./...
-	@# The three-node cluster test prints its failover times and counts (-v).
-	cd integration && $(GO) test -race -count=1 -timeout 15m -run '^TestCluster' -v .
+	$(MAKE) test-matrix
 	cd otelwarren && $(GO) test -race -count=1 -timeout 10m ./...
 
 # The broker matrix: RabbitMQ versions the integration suite, the cluster
