@@ -29,6 +29,10 @@ type Client struct {
 	endErr    atomic.Pointer[errBox]
 	loopDone  chan struct{} // the supervisor goroutine has exited
 
+	poolMu sync.Mutex // guards pools and pooled
+	pools  []*Pool    // live pools, oldest first: failed together when the Client ends
+	pooled int        // channel numbers reserved by pools (see fitPools)
+
 	swapMu  sync.Mutex
 	swapped chan struct{} // closed when the next connection is in place
 	past    ClientStats   // the counters of the lost connections (under swapMu)
@@ -150,30 +154,32 @@ func (c *Client) Done() <-chan struct{} {
 // With WithReconnect, Channel during a reconnect waits for the new
 // connection (bounded by ctx) and opens the channel there.
 func (c *Client) Channel(ctx context.Context) (Channel, error) {
-	if c.opts.reconnect == nil {
-		return c.s().Channel(ctx)
-	}
+	var ch Channel
+	err := c.onLive(ctx, func(s *session) (err error) {
+		ch, err = s.Channel(ctx)
+		return err
+	})
+	return ch, err
+}
+
+// onLive runs open, which opens something on a connection, on the live
+// one. With WithReconnect, when open fails because that connection went
+// down under it, it runs again on the next connection (bounded by ctx).
+func (c *Client) onLive(ctx context.Context, open func(*session) error) error {
 	for {
 		s, err := c.live(ctx)
 		if err != nil {
-			return Channel{}, err
+			return err
 		}
-		ch, err := s.Channel(ctx)
-		if err == nil || ctx.Err() != nil {
-			return ch, err
+		err = open(s)
+		if err == nil || ctx.Err() != nil || c.opts.reconnect == nil || !IsConnectionLevel(err) {
+			return err
 		}
-		// The open may have failed because the connection is going
-		// down under it: then try again on the next one.
-		t := time.NewTimer(c.opts.closeTimeout)
 		select {
 		case <-s.dead:
-			t.Stop()
-			continue
-		case <-t.C:
 		case <-ctx.Done():
-			t.Stop()
+			return err
 		}
-		return Channel{}, err
 	}
 }
 
@@ -230,13 +236,13 @@ func (c *Client) Stats() ClientStats {
 // before returning (bounded by ctx). A size that cannot fit in the
 // negotiated channel_max is refused with an error that says why.
 func (c *Client) NewPool(ctx context.Context, opts PoolOptions) (*Pool, error) {
-	return c.s().newPool(ctx, opts, c)
+	return c.newPool(ctx, opts)
 }
 
 // NewPublisher makes a Publisher on c and opens its channels (bounded by
 // ctx).
 func (c *Client) NewPublisher(ctx context.Context, opts PublisherOptions) (*Publisher, error) {
-	return c.s().newPublisher(ctx, opts, c)
+	return c.newPublisher(ctx, opts)
 }
 
 // Consume consumes queue on a channel of its own, running h for each
@@ -286,8 +292,11 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts Cons
 		}
 	}()
 	for {
-		s := c.s()
-		err := s.Consume(ctx, queue, h, opts, fl)
+		s, err := c.live(ctx)
+		if err != nil {
+			return err
+		}
+		err = s.Consume(ctx, queue, h, opts, fl)
 		if c.opts.reconnect != nil && ctx.Err() == nil && errors.Is(err, ErrAckTimeout) {
 			// The broker gave up on a slow handler and requeued its
 			// messages; the connection is fine: subscribe again.
@@ -313,12 +322,21 @@ func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts Cons
 // but did not ack to its queue). For many short transactions, a Pool with
 // Mode ModeTx reuses channels (Pool.Begin).
 func (c *Client) Begin(ctx context.Context) (*Tx, error) {
-	return c.s().Begin(ctx)
+	var tx *Tx
+	err := c.onLive(ctx, func(s *session) (err error) {
+		tx, err = s.Begin(ctx)
+		return err
+	})
+	return tx, err
 }
 
 // Tx runs fn in a transaction on a new channel: it commits when fn returns
 // nil, and rolls back when fn returns an error or panics (the panic then
 // continues). It returns fn's error, or Commit's.
 func (c *Client) Tx(ctx context.Context, fn func(*Tx) error) error {
-	return c.s().Tx(ctx, fn)
+	tx, err := c.Begin(ctx)
+	if err != nil {
+		return err
+	}
+	return tx.run(ctx, fn)
 }

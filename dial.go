@@ -37,7 +37,6 @@ func dial(ctx context.Context, rawURL string, o options) (*session, error) {
 		cnt:       o.counters,
 		endpoint:  redact(uri),
 		channels:  make(map[uint16]*channel),
-		pools:     make(poolSet),
 		dead:      make(chan struct{}),
 		closeDone: make(chan struct{}),
 	}

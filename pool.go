@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync/atomic"
 	"time"
 
@@ -86,8 +87,7 @@ type PoolStats struct {
 // A Pool is safe for concurrent use, Close included. Close stops new leases
 // and closes the channels.
 type Pool struct {
-	c      *session // the connection the pool was made on
-	client *Client  // set when the pool follows the client across reconnects
+	client *Client // the pool's: its channels open on the Client's live connection
 	opts   PoolOptions
 	core   *chanpool.Pool[*channel]
 
@@ -107,14 +107,10 @@ const (
 	discardUnsettled
 )
 
-// NewPool: see Client.NewPool.
-func (c *session) NewPool(ctx context.Context, opts PoolOptions) (*Pool, error) {
-	return c.newPool(ctx, opts, nil)
-}
-
-// newPool makes a pool on c; with client set, and reconnection on, the
-// pool outlives c: it opens its channels on the client's live connection.
-func (c *session) newPool(ctx context.Context, opts PoolOptions, client *Client) (*Pool, error) {
+// newPool makes a pool of c's: it opens its channels on the Client's live
+// connection, whichever that is, and its channel numbers are budgeted on
+// the Client (see Client.fitPools).
+func (c *Client) newPool(ctx context.Context, opts PoolOptions) (*Pool, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("warren: pool: %w", err)
 	}
@@ -132,10 +128,11 @@ func (c *session) newPool(ctx context.Context, opts PoolOptions, client *Client)
 	case opts.Mode != ModePlain && opts.Mode != ModeConfirm && opts.Mode != ModeTx:
 		return nil, fmt.Errorf("%w: pool: unknown mode %s", ErrInvalidArgument, opts.Mode)
 	}
-	p := &Pool{c: c, opts: opts}
-	if client != nil && client.opts.reconnect != nil {
-		p.client = client
+	s, err := c.live(ctx)
+	if err != nil {
+		return nil, err
 	}
+	p := &Pool{client: c, opts: opts}
 	p.core = chanpool.New(chanpool.Config[*channel]{
 		Max:     opts.Size,
 		Open:    p.open,
@@ -143,25 +140,25 @@ func (c *session) newPool(ctx context.Context, opts PoolOptions, client *Client)
 		Drained: p.unregister,
 	})
 
-	c.mu.Lock()
-	switch {
-	case c.closing:
-		c.mu.Unlock()
+	c.poolMu.Lock()
+	select {
+	case <-c.closing:
+		c.poolMu.Unlock()
 		return nil, ErrClientClosed
-	case c.pooled+opts.Size+opts.Headroom > int(c.channelMax):
+	default:
+	}
+	if c.pooled+opts.Size+opts.Headroom > int(s.channelMax) {
 		other := c.pooled
-		c.mu.Unlock()
+		c.poolMu.Unlock()
 		return nil, fmt.Errorf("%w: pool: Size %d + Headroom %d + %d channels of other pools exceeds the negotiated channel_max %d",
-			ErrInvalidArgument, opts.Size, opts.Headroom, other, c.channelMax)
+			ErrInvalidArgument, opts.Size, opts.Headroom, other, s.channelMax)
 	}
 	c.pooled += opts.Size
-	c.pools[p] = struct{}{}
-	c.mu.Unlock()
+	c.pools = append(c.pools, p)
+	c.poolMu.Unlock()
 
-	select {
-	case <-c.dead:
-		p.fail()
-	default:
+	if c.opts.reconnect == nil && s.isDead.Load() {
+		p.fail(s.connError("pool.acquire"))
 	}
 	if opts.MinIdle > 0 {
 		if err := p.core.Warm(ctx, opts.MinIdle); err != nil {
@@ -202,34 +199,17 @@ func (p *Pool) destroy(st *channel) {
 	st.closeWhenIdle(gen)
 }
 
-// fail makes Acquire return the connection's error at once.
-func (p *Pool) fail() {
-	if p.client != nil {
-		// The client reconnects: dead channels are discarded as they are
-		// leased or released, and new ones open on the next connection.
-		return
-	}
-	p.core.Fail(p.c.connError("pool.acquire"))
-}
+// fail makes every current and later Acquire return err at once: the
+// Client has ended, or the pool no longer fits its connection.
+func (p *Pool) fail(err error) { p.core.Fail(err) }
 
-// live returns the connection to open channels on: the pool's own, or,
-// for a pool that follows a reconnecting client, the client's live one
-// (waiting for a reconnect, bounded by ctx).
-func (p *Pool) live(ctx context.Context) (*session, error) {
-	if p.client == nil {
-		return p.c, nil
-	}
-	return p.client.live(ctx)
-}
+// live returns the connection to open channels on: the Client's live one
+// (after a reconnect in progress, bounded by ctx).
+func (p *Pool) live(ctx context.Context) (*session, error) { return p.client.live(ctx) }
 
 // sess returns the connection whose goroutines the pool's background work
 // belongs to.
-func (p *Pool) sess() *session {
-	if p.client == nil {
-		return p.c
-	}
-	return p.client.s()
-}
+func (p *Pool) sess() *session { return p.client.s() }
 
 // Acquire leases a channel: an idle one, a new one if fewer than Size are
 // open, or else the next one released, waiting in arrival order until ctx
@@ -243,7 +223,7 @@ func (p *Pool) Acquire(ctx context.Context) (Channel, error) {
 	if err := ctx.Err(); err != nil {
 		return Channel{}, fmt.Errorf("warren: pool.acquire: %w", err) // as database/sql: even with a channel idle
 	}
-	hook := p.c.opts.metrics.PoolAcquired
+	hook := p.client.opts.metrics.PoolAcquired
 	var start time.Time
 	if hook != nil {
 		start = time.Now()
@@ -357,7 +337,7 @@ func (p *Pool) keepWarm() {
 	}
 	if !p.sess().goTracked(func() {
 		defer p.warming.Store(false)
-		ctx, cancel := context.WithTimeout(context.Background(), p.c.opts.closeTimeout)
+		ctx, cancel := context.WithTimeout(context.Background(), p.client.opts.closeTimeout)
 		defer cancel()
 		_ = p.core.Warm(ctx, p.opts.MinIdle)
 	}) {
@@ -444,15 +424,50 @@ func (p *Pool) Close(ctx context.Context) error {
 // calls it once, when the closed pool's last channel is closed (before any
 // Close returns nil), also when every Close gave up waiting.
 func (p *Pool) unregister() {
-	c := p.c
-	c.mu.Lock()
-	if _, ok := c.pools[p]; ok {
-		delete(c.pools, p)
+	c := p.client
+	c.poolMu.Lock()
+	defer c.poolMu.Unlock()
+	if i := slices.Index(c.pools, p); i >= 0 {
+		c.pools = slices.Delete(c.pools, i, i+1)
 		c.pooled -= p.opts.Size
 	}
-	c.mu.Unlock()
 }
 
-// poolSet is the client's registry of pools, failed together when the
-// connection ends.
-type poolSet map[*Pool]struct{}
+// failPools makes every pool's Acquire return err: the Client has ended.
+func (c *Client) failPools(err error) {
+	c.poolMu.Lock()
+	pools := slices.Clone(c.pools)
+	c.poolMu.Unlock()
+	for _, p := range pools {
+		p.fail(err)
+	}
+}
+
+// fitPools checks the pools' channel numbers against the channel_max of a
+// new connection, which may be lower than the last one's (another node, a
+// changed configuration): pools that no longer fit, the newest first, fail
+// with an error saying so (and give their numbers back), instead of opening
+// channels the broker would refuse by closing the connection.
+func (c *Client) fitPools(s *session) {
+	c.poolMu.Lock()
+	var unfit []*Pool
+	for len(c.pools) > 0 {
+		headroom := 0
+		for _, p := range c.pools {
+			headroom = max(headroom, p.opts.Headroom)
+		}
+		if c.pooled+headroom <= int(s.channelMax) {
+			break
+		}
+		p := c.pools[len(c.pools)-1]
+		c.pools = c.pools[:len(c.pools)-1]
+		c.pooled -= p.opts.Size
+		unfit = append(unfit, p)
+	}
+	others := c.pooled
+	c.poolMu.Unlock()
+	for _, p := range unfit {
+		p.fail(fmt.Errorf("warren: pool of %d channels (+%d headroom) no longer fits the channel_max %d of the connection to %s, with %d channels of other pools: %w",
+			p.opts.Size, p.opts.Headroom, s.channelMax, s.endpoint, others, ErrChannelMax))
+	}
+}

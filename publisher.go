@@ -76,9 +76,9 @@ type PublisherStats struct {
 // could not be sent because its channel had died is retried once on a fresh
 // channel, one that was sent never is.
 type Publisher struct {
-	c    *session
-	opts PublisherOptions
-	pool *Pool
+	client *Client
+	opts   PublisherOptions
+	pool   *Pool
 
 	queue   chan *pubReq  // the first channel's requests
 	spill   chan *pubReq  // the other channels' requests: used once the first is saturated
@@ -114,14 +114,9 @@ const (
 	reqDone // the worker has finished with the request
 )
 
-// NewPublisher: see Client.NewPublisher.
-func (c *session) NewPublisher(ctx context.Context, opts PublisherOptions) (*Publisher, error) {
-	return c.newPublisher(ctx, opts, nil)
-}
-
-// newPublisher makes a Publisher on c; with client set and reconnection on,
-// it follows the client across reconnects.
-func (c *session) newPublisher(ctx context.Context, opts PublisherOptions, client *Client) (*Publisher, error) {
+// newPublisher makes a Publisher of c's: its channels open on the Client's
+// live connection, whichever that is.
+func (c *Client) newPublisher(ctx context.Context, opts PublisherOptions) (*Publisher, error) {
 	if opts.Channels == 0 {
 		opts.Channels = defaultPublisherChannels
 	}
@@ -131,12 +126,12 @@ func (c *session) newPublisher(ctx context.Context, opts PublisherOptions, clien
 	if opts.Channels < 0 || opts.Window < 0 {
 		return nil, fmt.Errorf("%w: publisher: negative Channels or Window", ErrInvalidArgument)
 	}
-	pool, err := c.newPool(ctx, PoolOptions{Size: opts.Channels, MinIdle: opts.Channels, Mode: ModeConfirm, Headroom: opts.Headroom}, client)
+	pool, err := c.newPool(ctx, PoolOptions{Size: opts.Channels, MinIdle: opts.Channels, Mode: ModeConfirm, Headroom: opts.Headroom})
 	if err != nil {
 		return nil, fmt.Errorf("warren: publisher: %w", err)
 	}
 	p := &Publisher{
-		c:       c,
+		client:  c,
 		opts:    opts,
 		pool:    pool,
 		queue:   make(chan *pubReq, opts.Window),
@@ -155,7 +150,7 @@ func (c *session) newPublisher(ctx context.Context, opts PublisherOptions, clien
 		if i > 0 {
 			q = p.spill
 		}
-		if !c.goTracked(func() { p.work(q) }) {
+		if !pool.sess().goTracked(func() { p.work(q) }) {
 			p.workersEnded(int32(opts.Channels - i)) // this one and the ones never started
 			p.shutdown()
 			_ = pool.Close(context.Background())
@@ -231,8 +226,10 @@ func (p *Publisher) submit(ctx context.Context, m *Message) (*pubReq, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, fmt.Errorf("warren: %s: not published: %w", op, err)
 	}
-	if p.pool.client == nil && p.c.isDead.Load() {
-		return nil, p.c.connError(op)
+	if p.client.opts.reconnect == nil {
+		if s := p.client.s(); s.isDead.Load() {
+			return nil, s.connError(op)
+		}
 	}
 	r := reqPool.Get().(*pubReq)
 	r.ctx, r.m = ctx, *m
@@ -368,18 +365,21 @@ const (
 func (p *Publisher) work(queue chan *pubReq) {
 	defer p.workersEnded(1)
 	w := &pubWorker{p: p, slots: make(chan struct{}, p.opts.Window)}
-	dead := p.c.dead // the end of the publisher's connection, or of its client
-	if p.pool.client != nil {
-		dead = p.pool.client.done
-	}
+	// The Client's end (without WithReconnect, its connection's), or its
+	// Close beginning: Close waits for this goroutine before the Client
+	// is done.
+	closing, done := p.client.closing, p.client.done
 	for {
 		var r *pubReq
 		select {
 		case r = <-queue:
-		case <-dead:
-			// The connection is gone: take no more requests and fail
-			// the queued ones (Acquire returns the connection's error).
-			dead = nil
+		case <-closing:
+		case <-done:
+		}
+		if r == nil && (closing != nil && isClosed(closing) || done != nil && isClosed(done)) {
+			// Take no more requests and fail the queued ones (Acquire
+			// returns the connection's error).
+			closing, done = nil, nil
 			p.shutdown()
 			continue
 		}
@@ -537,7 +537,7 @@ func (w *pubWorker) publish(r *pubReq) {
 			// Not sent: retry on a fresh channel, once; with a
 			// reconnecting client also after a connection loss (the
 			// pool waits for the new connection, bounded by r.ctx).
-			if attempt == 0 && (!IsConnectionLevel(err) || p.pool.client != nil) {
+			if attempt == 0 && (!IsConnectionLevel(err) || p.client.opts.reconnect != nil) {
 				continue
 			}
 		}
@@ -654,7 +654,7 @@ func (p *Publisher) close(ctx context.Context) error {
 		close(p.abort)
 		// A worker stuck in a socket write (a blocked broker) ends with
 		// the connection; do not wait for it longer than a close may take.
-		t := time.NewTimer(p.c.opts.closeTimeout)
+		t := time.NewTimer(p.client.opts.closeTimeout)
 		defer t.Stop()
 		select {
 		case <-p.workersDone:
@@ -689,5 +689,15 @@ func (p *Publisher) Stats() PublisherStats {
 		Republished:  p.republished.Load(),
 		Renewed:      p.renewed.Load(),
 		Pending:      int(p.pending.Load()),
+	}
+}
+
+// isClosed reports whether ch is closed.
+func isClosed(ch <-chan struct{}) bool {
+	select {
+	case <-ch:
+		return true
+	default:
+		return false
 	}
 }

@@ -263,6 +263,11 @@ type errBox struct{ err error }
 // finish ends the Client once: Done is closed and StateClosed reported.
 func (c *Client) finish(err error) {
 	if c.endErr.CompareAndSwap(nil, &errBox{err}) {
+		perr := err
+		if perr == nil {
+			perr = ErrClientClosed
+		}
+		c.failPools(perr) // (those lost with a connection have their error already)
 		c.emit(StateEvent{State: StateClosed, Err: err})
 		close(c.done)
 	}
@@ -290,6 +295,7 @@ func (c *Client) supervise() {
 		lost := time.Now()
 		c.emit(StateEvent{State: StateDisconnected, Err: cause})
 		if c.opts.reconnect == nil {
+			c.failPools(s.connError("pool.acquire"))
 			c.finish(cause)
 			return
 		}
@@ -304,6 +310,7 @@ func (c *Client) supervise() {
 			return
 		}
 		terr := c.declareTopology(ns)
+		c.fitPools(ns)
 		c.swap(ns)
 		up = time.Now()
 		select {

@@ -38,10 +38,8 @@ type session struct {
 	// earlyFlow holds a channel.flow read for a channel id not registered
 	// yet (sent right after channel.open-ok).
 	earlyFlow map[uint16]bool
-	pools     poolSet // live pools, failed together when the connection ends
-	pooled    int     // channel numbers reserved by pools
-	closing   bool    // Close has begun: no new channels or goroutines
-	closeErr  error   // Close's result, valid once closeDone is closed
+	closing   bool  // Close has begun: no new channels or goroutines
+	closeErr  error // Close's result, valid once closeDone is closed
 
 	connErr   atomic.Pointer[ConnectionError] // why the connection ended; set before dead closes
 	rawErr    *amqp.Error                     // amqp091-go's pointer for connErr; read after dead closes
@@ -189,7 +187,6 @@ func (c *session) watch(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking) 
 			}
 			c.isDead.Store(true)
 			close(c.dead)
-			c.failPools()
 			// amqp091-go closes the blocked listener during shutdown;
 			// drain it so nothing is left behind.
 			if blocks != nil {
@@ -205,19 +202,6 @@ func (c *session) isClosing() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	return c.closing
-}
-
-// failPools makes every pool's Acquire return the connection's error.
-func (c *session) failPools() {
-	c.mu.Lock()
-	pools := make([]*Pool, 0, len(c.pools))
-	for p := range c.pools {
-		pools = append(pools, p)
-	}
-	c.mu.Unlock()
-	for _, p := range pools {
-		p.fail()
-	}
 }
 
 // String: see Client.String.

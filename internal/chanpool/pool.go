@@ -313,11 +313,14 @@ func (p *Pool[T]) Warm(ctx context.Context, n int) error {
 	}
 }
 
-// Fail makes every current and future Acquire return err.
+// Fail makes every current and future Acquire return err (the first
+// Fail's, when called again).
 // Idle resources are destroyed.
 func (p *Pool[T]) Fail(err error) {
 	p.mu.Lock()
-	p.failErr = err
+	if p.failErr == nil { // the first reason stands
+		p.failErr = err
+	}
 	idle := p.idle
 	p.idle = nil
 	p.open -= len(idle)
