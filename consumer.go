@@ -2,7 +2,6 @@ package warren
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -12,36 +11,6 @@ import (
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
-
-// ErrConsumerCancelled is returned by Consume when the broker cancelled the
-// consumer (basic.cancel): the queue was deleted, or a quorum queue's leader
-// moved and the consumer was not resubscribed. The connection and the
-// channel were fine.
-var ErrConsumerCancelled = errors.New("warren: consumer cancelled by the broker")
-
-// ErrAckTimeout is matched (errors.Is) by the error of a consumer whose
-// broker gave up waiting for an acknowledgement (RabbitMQ's consumer
-// timeout: ConsumeOptions.AckTimeout, or the broker's consumer_timeout,
-// 30 minutes by default). It has two shapes, depending on the broker:
-//
-//   - up to RabbitMQ 4.2, and for classic queues, the broker closes the
-//     channel: a *ChannelError with code 406 (so also ErrPreconditionFailed)
-//     whose text says "delivery acknowledgement ... timed out";
-//   - from RabbitMQ 4.3, on quorum queues, the broker cancels just the
-//     consumer (basic.cancel) and leaves the channel open: the error also
-//     matches ErrConsumerCancelled. warren tells this cancel from others
-//     (a deleted queue, say) only when AckTimeout is set: the consumer held
-//     an unacknowledged delivery and its queue still exists.
-//
-// Either way the broker returned the unacknowledged messages to the queue:
-// the handlers' ctx is cancelled at once, since their acks can no longer
-// count.
-var ErrAckTimeout = errors.New("warren: delivery acknowledgement timed out (consumer timeout)")
-
-// ErrShutdownTimeout is wrapped by Consume's error when handlers were still
-// running at the end of the shutdown bound. Their messages return to the
-// queue and will be delivered again.
-var ErrShutdownTimeout = errors.New("warren: handlers still running at the end of the shutdown bound")
 
 // Handler processes one delivery. Returning nil acks it; returning an error
 // rejects it (basic.reject: requeued unless ConsumeOptions.DeadLetterOnError),

@@ -10,16 +10,6 @@ import (
 	amqp "github.com/rabbitmq/amqp091-go"
 )
 
-// ErrAlreadySettled is returned when a Delivery is acked, nacked or
-// rejected a second time. The broker would close the channel with 406
-// PRECONDITION_FAILED ("unknown delivery tag"); warren refuses it first.
-//
-// A settlement counts only once its frame was handed to the socket: one that
-// returned an error before sending anything (a cancelled ctx, concurrent
-// use, a closed channel) leaves the delivery unsettled, and a retry is
-// judged afresh.
-var ErrAlreadySettled = errors.New("warren: delivery already acked, nacked or rejected")
-
 // Delivery is a message received from the broker. Its fields are
 // amqp091-go's; Ack, Nack and Reject go through the warren Channel it came
 // from, serialised with that channel's other operations.

@@ -25,18 +25,6 @@ const (
 	EndpointsInOrder
 )
 
-// WithEndpointOrder sets the order in which DialCluster's endpoints are
-// tried; the default is ShuffleEndpoints.
-func WithEndpointOrder(order EndpointOrder) Option {
-	return func(o *options) error {
-		if order != ShuffleEndpoints && order != EndpointsInOrder {
-			return fmt.Errorf("%w: WithEndpointOrder: unknown order %d", ErrInvalidArgument, int(order))
-		}
-		o.order = order
-		return nil
-	}
-}
-
 // DialCluster is Dial for a broker reachable at several endpoints, the
 // nodes of a RabbitMQ cluster (or its load balancers): urls holds one
 // amqp:// or amqps:// URL per endpoint (HostURLs builds them from one URL

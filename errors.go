@@ -111,9 +111,8 @@ func (c ReplyCode) Level() Level {
 	return LevelUnknown
 }
 
-// codeError is the type of the reply-code sentinels. ChannelError,
-// ConnectionError and (later) return errors match one with errors.Is when
-// their code is equal.
+// codeError is the type of the reply-code sentinels. ChannelError and
+// ConnectionError match one with errors.Is when their code is equal.
 type codeError struct{ code ReplyCode }
 
 func (e *codeError) Error() string {
@@ -417,3 +416,63 @@ func (e *OutcomeUnknownError) Is(target error) bool { return target == ErrOutcom
 
 // Unwrap returns the cause.
 func (e *OutcomeUnknownError) Unwrap() error { return e.Cause }
+
+// ErrConsumerCancelled is returned by Consume when the broker cancelled the
+// consumer (basic.cancel): the queue was deleted, or a quorum queue's leader
+// moved and the consumer was not resubscribed. The connection and the
+// channel were fine.
+var ErrConsumerCancelled = errors.New("warren: consumer cancelled by the broker")
+
+// ErrAckTimeout is matched (errors.Is) by the error of a consumer whose
+// broker gave up waiting for an acknowledgement (RabbitMQ's consumer
+// timeout: ConsumeOptions.AckTimeout, or the broker's consumer_timeout,
+// 30 minutes by default). It has two shapes, depending on the broker:
+//
+//   - up to RabbitMQ 4.2, and for classic queues, the broker closes the
+//     channel: a *ChannelError with code 406 (so also ErrPreconditionFailed)
+//     whose text says "delivery acknowledgement ... timed out";
+//   - from RabbitMQ 4.3, on quorum queues, the broker cancels just the
+//     consumer (basic.cancel) and leaves the channel open: the error also
+//     matches ErrConsumerCancelled. warren tells this cancel from others
+//     (a deleted queue, say) only when AckTimeout is set: the consumer held
+//     an unacknowledged delivery and its queue still exists.
+//
+// Either way the broker returned the unacknowledged messages to the queue:
+// the handlers' ctx is cancelled at once, since their acks can no longer
+// count.
+var ErrAckTimeout = errors.New("warren: delivery acknowledgement timed out (consumer timeout)")
+
+// ErrShutdownTimeout is wrapped by Consume's error when handlers were still
+// running at the end of the shutdown bound. Their messages return to the
+// queue and will be delivered again.
+var ErrShutdownTimeout = errors.New("warren: handlers still running at the end of the shutdown bound")
+
+// ErrAlreadySettled is returned when a Delivery is acked, nacked or
+// rejected a second time. The broker would close the channel with 406
+// PRECONDITION_FAILED ("unknown delivery tag"); warren refuses it first.
+//
+// A settlement counts only once its frame was handed to the socket: one that
+// returned an error before sending anything (a cancelled ctx, concurrent
+// use, a closed channel) leaves the delivery unsettled, and a retry is
+// judged afresh.
+var ErrAlreadySettled = errors.New("warren: delivery already acked, nacked or rejected")
+
+// ErrBlocked matches a publish refused or abandoned because the broker has
+// paused publishing: the connection is blocked (connection.blocked, sent
+// when a memory or disk alarm goes off) or the channel's flow is off
+// (channel.flow active=false). Nothing was sent.
+var ErrBlocked = errors.New("warren: publishing paused by the broker (connection.blocked or channel.flow)")
+
+// ErrModeConflict is returned when a channel is asked for a mode it cannot
+// take: confirm mode on a tx channel, tx mode on a confirm channel. Nothing
+// is sent to the broker.
+var ErrModeConflict = errors.New("warren: confirm mode and tx mode cannot be mixed on one channel")
+
+// Pool errors.
+var (
+	// ErrPoolClosed is returned by Acquire, TryAcquire and Do after Close.
+	ErrPoolClosed = errors.New("warren: pool closed")
+	// ErrPoolExhausted is returned by TryAcquire when every channel is
+	// leased and no more may be opened.
+	ErrPoolExhausted = errors.New("warren: pool exhausted: every channel is leased")
+)

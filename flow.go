@@ -2,17 +2,10 @@ package warren
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"sync"
 	"sync/atomic"
 )
-
-// ErrBlocked matches a publish refused or abandoned because the broker has
-// paused publishing: the connection is blocked (connection.blocked, sent
-// when a memory or disk alarm goes off) or the channel's flow is off
-// (channel.flow active=false). Nothing was sent.
-var ErrBlocked = errors.New("warren: publishing paused by the broker (connection.blocked or channel.flow)")
 
 // FlowPolicy says what a publish does while the broker has paused
 // publishing (see ErrBlocked).
@@ -36,20 +29,6 @@ func (p FlowPolicy) String() string {
 		return "fail"
 	}
 	return fmt.Sprintf("FlowPolicy(%d)", int(p))
-}
-
-// WithFlowPolicy sets what publishes do while the broker has paused
-// publishing (default FlowWait). Without it, a publish on a blocked
-// connection would sit in a socket write that nothing can interrupt short
-// of closing the connection.
-func WithFlowPolicy(p FlowPolicy) Option {
-	return func(o *options) error {
-		if p != FlowWait && p != FlowFail {
-			return fmt.Errorf("%w: WithFlowPolicy: unknown policy %d", ErrInvalidArgument, int(p))
-		}
-		o.flowPolicy = p
-		return nil
-	}
 }
 
 // gate is open (publishing allowed) or shut; waiters block while it is shut.

@@ -59,14 +59,6 @@ type MetricsHook struct {
 	Reconnected func(attempts int, downtime time.Duration)
 }
 
-// WithMetrics installs hook (see MetricsHook).
-func WithMetrics(hook MetricsHook) Option {
-	return func(o *options) error {
-		o.metrics = hook
-		return nil
-	}
-}
-
 // outcomeOf classifies a confirmation's result.
 func outcomeOf(err error) Outcome {
 	switch err.(type) {

@@ -2,7 +2,6 @@ package warren
 
 import (
 	"context"
-	"errors"
 	"fmt"
 )
 
@@ -31,11 +30,6 @@ func (m Mode) String() string {
 	}
 	return fmt.Sprintf("Mode(%d)", int32(m))
 }
-
-// ErrModeConflict is returned when a channel is asked for a mode it cannot
-// take: confirm mode on a tx channel, tx mode on a confirm channel. Nothing
-// is sent to the broker.
-var ErrModeConflict = errors.New("warren: confirm mode and tx mode cannot be mixed on one channel")
 
 // Mode returns the channel's current mode.
 func (ch Channel) Mode() Mode {

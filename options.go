@@ -137,3 +137,120 @@ func WithCloseTimeout(d time.Duration) Option {
 		return nil
 	}
 }
+
+// WithEndpointOrder sets the order in which DialCluster's endpoints are
+// tried; the default is ShuffleEndpoints.
+func WithEndpointOrder(order EndpointOrder) Option {
+	return func(o *options) error {
+		if order != ShuffleEndpoints && order != EndpointsInOrder {
+			return fmt.Errorf("%w: WithEndpointOrder: unknown order %d", ErrInvalidArgument, int(order))
+		}
+		o.order = order
+		return nil
+	}
+}
+
+// WithFlowPolicy sets what publishes do while the broker has paused
+// publishing (default FlowWait). Without it, a publish on a blocked
+// connection would sit in a socket write that nothing can interrupt short
+// of closing the connection.
+func WithFlowPolicy(p FlowPolicy) Option {
+	return func(o *options) error {
+		if p != FlowWait && p != FlowFail {
+			return fmt.Errorf("%w: WithFlowPolicy: unknown policy %d", ErrInvalidArgument, int(p))
+		}
+		o.flowPolicy = p
+		return nil
+	}
+}
+
+// WithMetrics installs hook (see MetricsHook).
+func WithMetrics(hook MetricsHook) Option {
+	return func(o *options) error {
+		o.metrics = hook
+		return nil
+	}
+}
+
+// WithReconnect makes the Client reconnect when its connection is lost,
+// per p. warren owns reconnection: amqp091-go's own recovery stays off (see
+// docs/reconnection.md).
+//
+// What carries on across a reconnect:
+//
+//   - the Client: Channel, NewPool, Begin... work on the new connection;
+//     Client.Channel during a reconnect waits for it (bounded by its ctx);
+//   - Pools (made with Client.NewPool): dead channels are discarded as they
+//     are leased or released, new ones open on the new connection, and an
+//     Acquire during the reconnect waits for it (bounded by its ctx);
+//   - Publishers: messages sent before the loss resolve outcome unknown;
+//     messages not yet sent wait for the new connection (bounded by their
+//     caller's ctx) and go out on it;
+//   - Client.Consume subscribes again on the new connection; its unacked
+//     messages were requeued by the broker and come again (Redelivered).
+//
+// What does not: Channels (and Txs) of the lost connection keep returning
+// its *ConnectionError; nothing silently moves to the new connection, so no
+// channel error is hidden and no transaction half-moves. Topology is
+// redeclared on each new connection only with WithTopology (or by the
+// application after StateReconnected); durable topology survives anyway.
+// Close stops reconnecting.
+func WithReconnect(p ReconnectPolicy) Option {
+	return func(o *options) error {
+		if p.MinBackoff < 0 || p.MaxBackoff < 0 || p.MaxAttempts < 0 || p.DialTimeout < 0 || p.StableAfter < 0 {
+			return fmt.Errorf("%w: WithReconnect: negative value in %+v", ErrInvalidArgument, p)
+		}
+		if p.MinBackoff == 0 {
+			p.MinBackoff = 100 * time.Millisecond
+		}
+		if p.MaxBackoff == 0 {
+			p.MaxBackoff = 30 * time.Second
+		}
+		if p.MaxBackoff < p.MinBackoff {
+			return fmt.Errorf("%w: WithReconnect: MaxBackoff %v below MinBackoff %v", ErrInvalidArgument, p.MaxBackoff, p.MinBackoff)
+		}
+		if p.DialTimeout == 0 {
+			p.DialTimeout = defaultDialTimeout
+		}
+		if p.StableAfter == 0 {
+			p.StableAfter = defaultStableAfter
+		}
+		o.reconnect = &p
+		return nil
+	}
+}
+
+// WithTopology declares the application's topology (exchanges, queues,
+// bindings) with fn on every connection: once in Dial, which fails if fn
+// does, and again after every reconnect, before the new connection is put
+// to use (pools, Publishers and consumers wait for it). A failure after a
+// reconnect does not stop the Client: it is reported in the
+// StateReconnected event's Err. fn gets a plain channel of its own, closed
+// afterwards, and a ctx bounded by the reconnect policy's DialTimeout (30 s
+// without one).
+func WithTopology(fn func(ctx context.Context, ch Channel) error) Option {
+	return func(o *options) error {
+		if fn == nil {
+			return fmt.Errorf("%w: WithTopology: nil function", ErrInvalidArgument)
+		}
+		o.topology = fn
+		return nil
+	}
+}
+
+// WithStateCallback calls fn for every state change, in order, on one
+// goroutine of warren's (never on amqp091-go's frame reader, so a slow fn
+// delays only later callbacks). StateClosed is the last call.
+//
+// Callbacks compose: given several times, every fn is called for every
+// event, in the order the options were given (a metrics hook and a logger
+// can both listen).
+func WithStateCallback(fn func(StateEvent)) Option {
+	return func(o *options) error {
+		if fn == nil {
+			return fmt.Errorf("%w: WithStateCallback: nil function", ErrInvalidArgument)
+		}
+		o.onState = append(o.onState, fn)
+		return nil
+	}
+}

@@ -11,15 +11,6 @@ import (
 	"github.com/warrenmq/warren/internal/chanpool"
 )
 
-// Pool errors.
-var (
-	// ErrPoolClosed is returned by Acquire, TryAcquire and Do after Close.
-	ErrPoolClosed = errors.New("warren: pool closed")
-	// ErrPoolExhausted is returned by TryAcquire when every channel is
-	// leased and no more may be opened.
-	ErrPoolExhausted = errors.New("warren: pool exhausted: every channel is leased")
-)
-
 // PoolOptions configure a Pool. The zero value is a pool of 8 plain
 // channels opened on demand.
 type PoolOptions struct {

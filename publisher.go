@@ -72,9 +72,11 @@ type PublisherStats struct {
 // replaced by a new one (at most once a second, PublisherStats.Renewed):
 // RabbitMQ 3.10 can leave a channel that began publishing to a quorum queue
 // during a leader election nacking every later publish to that queue, while
-// a new channel's are acked. A message is never published twice: a publish that
-// could not be sent because its channel had died is retried once on a fresh
-// channel, one that was sent never is.
+// a new channel's are acked. A message is never published twice, unless
+// PublisherOptions.RepublishUnknown asks for it: a publish that could not
+// be sent because its channel had died is retried once on a fresh channel,
+// one that was sent is not (with RepublishUnknown, one whose outcome is
+// unknown is sent again, and may then arrive twice).
 type Publisher struct {
 	client *Client
 	opts   PublisherOptions

@@ -44,53 +44,6 @@ const defaultStableAfter = 10 * time.Second
 // ReconnectPolicy to say otherwise.
 const defaultDialTimeout = 30 * time.Second
 
-// WithReconnect makes the Client reconnect when its connection is lost,
-// per p. warren owns reconnection: amqp091-go's own recovery stays off (see
-// docs/reconnection.md).
-//
-// What carries on across a reconnect:
-//
-//   - the Client: Channel, NewPool, Begin... work on the new connection;
-//     Client.Channel during a reconnect waits for it (bounded by its ctx);
-//   - Pools (made with Client.NewPool): dead channels are discarded as they
-//     are leased or released, new ones open on the new connection, and an
-//     Acquire during the reconnect waits for it (bounded by its ctx);
-//   - Publishers: messages sent before the loss resolve outcome unknown;
-//     messages not yet sent wait for the new connection (bounded by their
-//     caller's ctx) and go out on it;
-//   - Client.Consume subscribes again on the new connection; its unacked
-//     messages were requeued by the broker and come again (Redelivered).
-//
-// What does not: Channels (and Txs) of the lost connection keep returning
-// its *ConnectionError; nothing silently moves to the new connection, so no
-// channel error is hidden and no transaction half-moves. Topology is not
-// redeclared (declare durable topology, or redeclare after StateReconnected).
-// Close stops reconnecting.
-func WithReconnect(p ReconnectPolicy) Option {
-	return func(o *options) error {
-		if p.MinBackoff < 0 || p.MaxBackoff < 0 || p.MaxAttempts < 0 || p.DialTimeout < 0 || p.StableAfter < 0 {
-			return fmt.Errorf("%w: WithReconnect: negative value in %+v", ErrInvalidArgument, p)
-		}
-		if p.MinBackoff == 0 {
-			p.MinBackoff = 100 * time.Millisecond
-		}
-		if p.MaxBackoff == 0 {
-			p.MaxBackoff = 30 * time.Second
-		}
-		if p.MaxBackoff < p.MinBackoff {
-			return fmt.Errorf("%w: WithReconnect: MaxBackoff %v below MinBackoff %v", ErrInvalidArgument, p.MaxBackoff, p.MinBackoff)
-		}
-		if p.DialTimeout == 0 {
-			p.DialTimeout = defaultDialTimeout
-		}
-		if p.StableAfter == 0 {
-			p.StableAfter = defaultStableAfter
-		}
-		o.reconnect = &p
-		return nil
-	}
-}
-
 // backoff returns the wait before attempt n+1, after n failed attempts.
 func (p *ReconnectPolicy) backoff(n int) time.Duration {
 	d := p.MaxBackoff
@@ -100,24 +53,6 @@ func (p *ReconnectPolicy) backoff(n int) time.Duration {
 		}
 	}
 	return time.Duration(rand.Int64N(int64(d) + 1))
-}
-
-// WithTopology declares the application's topology (exchanges, queues,
-// bindings) with fn on every connection: once in Dial, which fails if fn
-// does, and again after every reconnect, before the new connection is put
-// to use (pools, Publishers and consumers wait for it). A failure after a
-// reconnect does not stop the Client: it is reported in the
-// StateReconnected event's Err. fn gets a plain channel of its own, closed
-// afterwards, and a ctx bounded by the reconnect policy's DialTimeout (30 s
-// without one).
-func WithTopology(fn func(ctx context.Context, ch Channel) error) Option {
-	return func(o *options) error {
-		if fn == nil {
-			return fmt.Errorf("%w: WithTopology: nil function", ErrInvalidArgument)
-		}
-		o.topology = fn
-		return nil
-	}
 }
 
 // declareTopology runs the WithTopology function on s.
@@ -174,23 +109,6 @@ type StateEvent struct {
 	Attempt  int    // StateReconnected: the dial that succeeded (1 = the first)
 	Endpoint string // the broker, without credentials
 	At       time.Time
-}
-
-// WithStateCallback calls fn for every state change, in order, on one
-// goroutine of warren's (never on amqp091-go's frame reader, so a slow fn
-// delays only later callbacks). StateClosed is the last call.
-//
-// Callbacks compose: given several times, every fn is called for every
-// event, in the order the options were given (a metrics hook and a logger
-// can both listen).
-func WithStateCallback(fn func(StateEvent)) Option {
-	return func(o *options) error {
-		if fn == nil {
-			return fmt.Errorf("%w: WithStateCallback: nil function", ErrInvalidArgument)
-		}
-		o.onState = append(o.onState, fn)
-		return nil
-	}
 }
 
 // dispatcher delivers events to fn in order on its own goroutine, without

@@ -148,9 +148,10 @@ func parseOptions(opts []Option) (options, error) {
 	return o, nil
 }
 
-// watch is the client's one long-lived goroutine: it records why the
-// connection ended and drains connection.blocked notifications so that
-// amqp091-go's reader never waits on warren.
+// watch is the connection's watcher (one of its two long-lived goroutines,
+// with the stall watch): it records why the connection ended and drains
+// connection.blocked notifications so that amqp091-go's reader never waits
+// on warren.
 func (c *session) watch(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking) {
 	defer c.wg.Done()
 	for {
