@@ -83,13 +83,6 @@ type channel struct {
 	closeDone    chan struct{}
 }
 
-// writeAborted marks a send whose stalled write warren cut short.
-const writeAborted = ^uint64(0)
-
-// stallGrace is how long a write may make no progress, after its ctx has
-// ended, before warren declares it stalled and closes the connection.
-const stallGrace = 250 * time.Millisecond
-
 func newChannel(c *session, ach *amqp.Channel) *channel {
 	ch := &channel{
 		c:         c,
@@ -197,45 +190,8 @@ func (ch *channel) enter(ctx context.Context, op string, gen uint64) error {
 
 func (ch *channel) exit() { ch.busy.Store(false) }
 
-// protocolError is the cause recorded when the broker's reply broke the
-// protocol but closed nothing.
-type protocolError struct{ err error }
-
-func (e *protocolError) Error() string { return e.err.Error() }
-func (e *protocolError) Unwrap() error { return e.err }
-
 // markGone ends every wait for the channel's flow: the channel is closing.
 func (ch *channel) markGone() { ch.goneOnce.Do(func() { close(ch.gone) }) }
-
-// causeBox holds a recorded cause (atomic.Pointer needs a concrete type).
-type causeBox struct{ err error }
-
-// unusable returns why the channel cannot be used, as seen by op, or nil.
-// It takes no lock: this is on every operation's path.
-func (ch *channel) unusable(op string) error {
-	if b := ch.cause.Load(); b != nil {
-		return withOp(b.err, op)
-	}
-	select {
-	case e, ok := <-ch.closes:
-		return withOp(ch.setCause(ch.classify(e, ok)), op)
-	default:
-	}
-	if ch.c.isDead.Load() {
-		// The connection is gone; amqp091-go may not have told the
-		// channel's listener yet.
-		<-ch.c.dead
-		return withOp(ch.setCause(ch.c.connError("")), op)
-	}
-	return nil
-}
-
-// suspect is a lock-free hint that the channel may be unusable: a cause is
-// recorded, the broker's channel.close has been read off the wire, or the
-// connection has ended.
-func (ch *channel) suspect() bool {
-	return ch.cause.Load() != nil || ch.brokerClose.Load() != nil || ch.c.isDead.Load()
-}
 
 // closeWhenIdle closes the channel (generation gen) once no operation is
 // running on it, however long that takes: a pool discards a channel
@@ -244,110 +200,6 @@ func (ch *channel) suspect() bool {
 // wait is bounded by the close timeout) or gone with its connection.
 func (ch *channel) closeWhenIdle(gen uint64) {
 	_ = ch.closeIdle(context.Background(), gen)
-}
-
-// setCause records err as the reason the channel is unusable unless one is
-// already recorded, and returns the recorded reason.
-func (ch *channel) setCause(err error) error {
-	ch.cause.CompareAndSwap(nil, &causeBox{err})
-	return ch.cause.Load().err
-}
-
-// classify turns what the NotifyClose listener delivered into warren's error:
-// the connection's *ConnectionError when the channel went down with its
-// connection, a *ChannelError when the broker closed just this channel.
-func (ch *channel) classify(e *amqp.Error, ok bool) error {
-	if !ok || e == nil {
-		// amqp091-go drops the broker's reason when its own Close wins
-		// the race to shut the channel down; the wire kept it.
-		if bc := ch.brokerClose.Load(); bc != nil {
-			e, ok = bc, true
-		}
-	}
-	if ok && e != nil && !ch.c.conn.IsClosed() {
-		return channelCause(ch.id, "", e)
-	}
-	if ch.c.conn.IsClosed() {
-		// amqp091-go marks the connection closed before it notifies;
-		// warren's watcher records the cause before dead is closed.
-		<-ch.c.dead
-		if !ok || e == nil || e == ch.c.rawErr {
-			return ch.c.connError("")
-		}
-		return channelCause(ch.id, "", e)
-	}
-	return ErrChannelClosed
-}
-
-// awaitCause waits briefly for the close notification that must follow an
-// amqp.ErrClosed from amqp091-go (it marks a channel closed as soon as the
-// broker's channel.close is decoded, and notifies a moment later).
-func (ch *channel) awaitCause(op string) error {
-	if err := ch.unusable(op); err != nil {
-		return err
-	}
-	t := time.NewTimer(ch.c.opts.closeTimeout)
-	defer t.Stop()
-	select {
-	case e, ok := <-ch.closes:
-		ch.setCause(ch.classify(e, ok))
-	case <-ch.c.dead:
-		ch.setCause(ch.c.connError(""))
-	case <-t.C:
-		return fmt.Errorf("warren: %s on channel %d: channel closed without a cause", op, ch.id)
-	}
-	return ch.unusable(op)
-}
-
-// result maps what amqp091-go returned from op to warren's errors.
-func (ch *channel) result(op string, err error) error {
-	if err == nil {
-		return nil
-	}
-	var ae *amqp.Error
-	switch {
-	case errors.Is(err, amqp.ErrClosed):
-		return ch.awaitCause(op)
-	case errors.As(err, &ae) && !ae.Server && ch.brokerClose.Load() == nil && !ch.ch.IsClosed() && !ch.c.isDead.Load():
-		// Not a close at all: amqp091-go refused a reply of the wrong
-		// type (ErrCommandInvalid) and left the channel open, in a state
-		// nobody knows. Every later operation gets this error; Close
-		// still closes the channel, so that its id is freed.
-		return ch.setCause(&protocolError{fmt.Errorf("warren: %s on channel %d: the broker's reply broke the protocol: %w", op, ch.id, err)})
-	case errors.As(err, &ae):
-		// The broker closed the channel (or the connection) while op
-		// waited for its reply; the listener holds the same error.
-		select {
-		case e, ok := <-ch.closes:
-			ch.setCause(ch.classify(e, ok))
-		default:
-			ch.setCause(ch.classify(ae, true))
-		}
-		return ch.unusable(op)
-	}
-	if cerr := ch.c.dyingConn(op, err); cerr != nil {
-		return withOp(ch.setCause(cerr), op)
-	}
-	return fmt.Errorf("warren: %s on channel %d: %w", op, ch.id, err)
-}
-
-// withOp returns a copy of a recorded cause tagged with the operation that
-// observed it.
-func withOp(err error, op string) error {
-	if op == "" {
-		return err
-	}
-	switch e := err.(type) {
-	case *ChannelError:
-		cp := *e
-		cp.Op = op
-		return &cp
-	case *ConnectionError:
-		cp := *e
-		cp.Op = op
-		return &cp
-	}
-	return err
 }
 
 // call runs the RPC fn as op. With a cancellable ctx, fn runs on a goroutine
@@ -613,10 +465,4 @@ func (ch *channel) closeWithin(ctx context.Context) error {
 		ch.setCause(&PoisonedError{ChannelID: ch.id, Op: "close", Cause: ctx.Err()})
 		return fmt.Errorf("warren: close of channel %d: no close-ok: %w", ch.id, ctx.Err())
 	}
-}
-
-// markClientClosed records that the client closed the connection under the
-// channel.
-func (ch *channel) markClientClosed() {
-	ch.setCause(ch.c.connError(""))
 }

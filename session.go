@@ -4,8 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -230,17 +228,6 @@ func (c *session) Err() error {
 // Done: see Client.Done.
 func (c *session) Done() <-chan struct{} { return c.dead }
 
-// connError returns the error operations should report once the connection
-// is gone, tagged with op.
-func (c *session) connError(op string) error {
-	if e := c.connErr.Load(); e != nil {
-		cp := *e
-		cp.Op = op
-		return &cp
-	}
-	return ErrClientClosed
-}
-
 // abortWrites ends the connection because op on channel id was abandoned
 // by its context in the middle of a socket write: a partly written frame
 // cannot be taken back. Closing the socket fails the stalled write and makes
@@ -364,27 +351,6 @@ func (c *session) openError(err error) error {
 		return err
 	}
 	return fmt.Errorf("warren: channel.open: %w", err)
-}
-
-// dyingConn returns the connection's error when err, from amqp091-go, is
-// the connection failing under op: a socket error is returned to the
-// caller at once, and amqp091-go marks the connection closed only a moment
-// later, on a goroutine of its own. It waits for that (bounded by the close
-// timeout), and returns nil when err is something else.
-func (c *session) dyingConn(op string, err error) error {
-	var ne net.Error
-	if !errors.As(err, &ne) && !errors.Is(err, io.EOF) && !errors.Is(err, net.ErrClosed) &&
-		!errors.Is(err, io.ErrClosedPipe) && !errors.Is(err, wire.ErrMalformed) {
-		return nil // not the socket: amqp091-go's own verdict on op
-	}
-	t := time.NewTimer(c.opts.closeTimeout)
-	defer t.Stop()
-	select {
-	case <-c.dead:
-		return c.connError(op)
-	case <-t.C:
-		return nil
-	}
 }
 
 // forget removes a closed channel from the registry.

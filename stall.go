@@ -2,6 +2,13 @@ package warren
 
 import "time"
 
+// writeAborted marks a send whose stalled write warren cut short.
+const writeAborted = ^uint64(0)
+
+// stallGrace is how long a write may make no progress, after its ctx has
+// ended, before warren declares it stalled and closes the connection.
+const stallGrace = 250 * time.Millisecond
+
 // The stall watch: one goroutine per connection, for its whole life, looks
 // every stallGrace at the channels writing now (it takes the session's lock
 // and walks its channels four times a second, idle or not). A write whose
