@@ -7,7 +7,6 @@ import (
 	"reflect"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 )
@@ -64,6 +63,7 @@ type channel struct {
 	flowWant  atomic.Bool   // the last channel.flow read said active
 	busy      atomic.Bool   // the serialisation point: true while an operation runs
 	closeWait atomic.Bool   // a Close waits for the running operation: no new one may start
+	idle      chan struct{} // size 1: an operation ended while a Close waited (closeWait)
 	writing   atomic.Uint64 // the sequence number of the send writing now, 0, or writeAborted: see send
 	wseq      atomic.Uint64 // numbers sends
 	wdone     atomic.Value  // <-chan struct{}: Done of the ctx of the latest send with one (see stall.go)
@@ -89,6 +89,7 @@ func newChannel(c *session, ach *amqp.Channel) *channel {
 		ch:        ach,
 		id:        channelID(ach),
 		closes:    make(chan *amqp.Error, 1),
+		idle:      make(chan struct{}, 1),
 		gone:      make(chan struct{}),
 		closeDone: make(chan struct{}),
 	}
@@ -188,7 +189,50 @@ func (ch *channel) enter(ctx context.Context, op string, gen uint64) error {
 	return nil
 }
 
-func (ch *channel) exit() { ch.busy.Store(false) }
+// reusable is the channel's verdict for a pool of mode m (database/sql's
+// validateConnection): whether it may be leased out again, and if not why,
+// as the pool's discard counter (discard*). A channel is reusable when no
+// operation runs on it, nothing made it unusable (the broker, its
+// connection, a poisoning, a Close), it is still in mode m, and it holds no
+// transaction work or fetched messages that still need settling.
+func (ch *channel) reusable(m Mode) (reason int, ok bool) {
+	if ch.busy.Load() {
+		return discardBusy, false
+	}
+	if ch.suspect() {
+		switch err := ch.unusable(""); {
+		case err == nil:
+		case errors.Is(err, ErrPoisoned):
+			return discardPoisoned, false
+		case errors.As(err, new(*ChannelError)):
+			return discardBrokerClosed, false
+		case errors.Is(err, ErrChannelClosed):
+			return discardClosed, false
+		default:
+			return discardConnection, false
+		}
+	}
+	switch {
+	case Mode(ch.mode.Load()) != m:
+		return discardMode, false
+	case m == ModeTx && (ch.txDirty.Load() || ch.unsettled.Load() > 0):
+		return discardTx, false
+	case ch.unsettled.Load() > 0:
+		return discardUnsettled, false
+	}
+	return 0, true
+}
+
+// exit releases the serialisation point, and wakes a Close waiting for it.
+func (ch *channel) exit() {
+	ch.busy.Store(false)
+	if ch.closeWait.Load() {
+		select {
+		case ch.idle <- struct{}{}:
+		default: // a wake-up is already pending
+		}
+	}
+}
 
 // markGone ends every wait for the channel's flow: the channel is closing.
 func (ch *channel) markGone() { ch.goneOnce.Do(func() { close(ch.gone) }) }
@@ -312,14 +356,6 @@ func (ch *channel) close(ctx context.Context, gen uint64) error {
 	return ch.closeIdle(ctx, gen)
 }
 
-// Bounds of the pause between two looks at a channel that Close waits to
-// find idle. (Operations do not signal their end: that would cost every
-// operation for the sake of a rare Close.)
-const (
-	closePollMin = 100 * time.Microsecond
-	closePollMax = 5 * time.Millisecond
-)
-
 // closeIdle closes the channel (for a handle of generation gen) as soon as
 // no operation is running on it, or waits for the close already under way,
 // bounded by ctx. If ctx ends while another goroutine's operation still
@@ -328,24 +364,24 @@ func (ch *channel) closeIdle(ctx context.Context, gen uint64) error {
 	if done, err := ch.tryClose(ctx, gen); done {
 		return err
 	}
-	ch.closeWait.Store(true) // no new operation may overtake this Close
-	d := closePollMin
-	t := time.NewTimer(d)
-	defer t.Stop()
+	// No new operation may overtake this Close; the running one wakes it
+	// when it ends (exit), as does another Close finishing or the
+	// connection ending. (Set before the next try, so that an operation
+	// ending in between is seen.)
+	ch.closeWait.Store(true)
 	for {
+		if done, err := ch.tryClose(ctx, gen); done {
+			return err
+		}
 		select {
-		case <-t.C:
+		case <-ch.idle:
+		case <-ch.closeDone: // another Close finished: tryClose returns its result
 		case <-ch.c.dead: // tryClose finishes now: nothing is left to send
 		case <-ctx.Done():
 			// Unreachable from closeWhenIdle: its ctx never ends.
 			ch.c.goTracked(func() { ch.closeWhenIdle(gen) }) // or the connection is closing, and the channel with it
 			return fmt.Errorf("warren: close of channel %d: waiting for an operation in progress: %w", ch.id, ctx.Err())
 		}
-		if done, err := ch.tryClose(ctx, gen); done {
-			return err
-		}
-		d = min(2*d, closePollMax)
-		t.Reset(d)
 	}
 }
 

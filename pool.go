@@ -252,8 +252,9 @@ func (p *Pool) TryAcquire(ctx context.Context) (Channel, error) {
 
 // lease hands out st unless it died while idle.
 func (p *Pool) lease(st *channel) (Channel, bool) {
-	if st.suspect() && st.unusable("") != nil {
-		p.discard(st)
+	if reason, ok := st.reusable(p.opts.Mode); !ok {
+		p.discards[reason].Add(1)
+		p.drop(st)
 		return Channel{}, false
 	}
 	// The generation moves on at Release, not here: one atomic RMW per
@@ -269,49 +270,26 @@ func (p *Pool) Release(ch Channel) {
 	if st == nil || st.pool != p || !st.gen.CompareAndSwap(ch.gen, ch.gen+1) {
 		return // not this pool's, or this lease already ended
 	}
-	if st.busy.Load() || (st.suspect() && st.unusable("") != nil) || Mode(st.mode.Load()) != p.opts.Mode ||
-		st.unsettled.Load() > 0 || (p.opts.Mode == ModeTx && st.txDirty.Load()) {
-		if st.busy.Load() {
-			// Released mid-operation: the channel can only be closed once
-			// the operation ends. Do that off the caller's path; the slot
-			// stays taken (Open, InUse) until the channel is closed, so
-			// the pool never exceeds Size channels on the broker.
-			p.discards[discardBusy].Add(1)
-			if !p.sess().goTracked(func() { p.drop(st) }) {
-				p.drop(st)
-			}
-			return
+	reason, ok := st.reusable(p.opts.Mode)
+	switch {
+	case ok:
+		p.core.Release(st)
+	case reason == discardBusy:
+		// Released mid-operation: the channel can only be closed once the
+		// operation ends. Do that off the caller's path; the slot stays
+		// taken (Open, InUse) until the channel is closed, so the pool
+		// never exceeds Size channels on the broker.
+		p.discards[discardBusy].Add(1)
+		if !p.sess().goTracked(func() { p.drop(st) }) {
+			p.drop(st)
 		}
-		p.discard(st)
-		return
-	}
-	p.core.Release(st)
-}
-
-// discard closes st instead of reusing it and counts why. A channel the
-// broker, the connection or a poisoning already closed costs no round-trip;
-// one that changed mode costs a channel.close.
-func (p *Pool) discard(st *channel) {
-	reason := discardBusy
-	switch err := st.unusable(""); {
-	case err == nil && Mode(st.mode.Load()) != p.opts.Mode:
-		reason = discardMode
-	case err == nil && p.opts.Mode == ModeTx:
-		reason = discardTx
-	case err == nil && st.unsettled.Load() > 0:
-		reason = discardUnsettled
-	case err == nil:
-	case errors.Is(err, ErrPoisoned):
-		reason = discardPoisoned
-	case errors.As(err, new(*ChannelError)):
-		reason = discardBrokerClosed
-	case errors.Is(err, ErrChannelClosed):
-		reason = discardClosed
 	default:
-		reason = discardConnection
+		// A channel the broker, the connection or a poisoning already
+		// closed costs no round-trip; one that changed mode, or holds a
+		// transaction or unsettled messages, costs a channel.close.
+		p.discards[reason].Add(1)
+		p.drop(st)
 	}
-	p.discards[reason].Add(1)
-	p.drop(st)
 }
 
 // drop closes st and then frees its slot.
