@@ -22,18 +22,6 @@ type Return = amqp.Return
 // from the Return it reports. The caller's Headers table is not modified.
 const StampHeader = "x-warren-seq"
 
-// Message is a message with its destination.
-type Message struct {
-	Exchange string
-	Key      string // routing key
-	// Mandatory asks the broker to return the message when no queue is
-	// bound for it; the publish then fails with an *UnroutableError. It
-	// needs a confirm-mode channel (or a Publisher), which is where the
-	// return can be reported; plain and tx channels refuse it.
-	Mandatory bool
-	Publishing
-}
-
 // Confirmation is the broker's answer to one publish on a confirm channel,
 // delivered later. It resolves exactly once, to one of:
 //
@@ -467,117 +455,6 @@ func (t *confirmTracker) pending() int {
 		}
 	}
 	return n
-}
-
-// publish is the one publish path of a Channel. In confirm mode it tracks
-// the message and returns its Confirmation; otherwise the Confirmation is
-// nil. deferred demands confirm mode.
-func (ch Channel) publish(ctx context.Context, m *Message, deferred bool) (*Confirmation, error) {
-	const op = "basic.publish"
-	if ch.s == nil {
-		return nil, errZeroChannel
-	}
-	m, err := ch.s.c.prepareMessage(op, m)
-	if err != nil {
-		return nil, err
-	}
-	if err := ch.s.publishableIn(Mode(ch.s.mode.Load()), m, deferred); err != nil {
-		return nil, err
-	}
-	if err := ch.s.waitPublish(ctx, op); err != nil {
-		return nil, err
-	}
-	var c *Confirmation
-	err = ch.send(ctx, op, func() error {
-		// Checked again inside the serialisation point: the mode can
-		// change only there, and an untracked publish on a confirm
-		// channel would put every later outcome out of step.
-		mode := Mode(ch.s.mode.Load())
-		if err := ch.s.publishableIn(mode, m, deferred); err != nil {
-			return err
-		}
-		switch mode {
-		case ModeConfirm:
-			c = newConfirmation()
-			return ch.s.confirm.publish(m, c)
-		case ModeTx:
-			ch.s.txDirty.Store(true)
-		}
-		return ch.s.ch.Publish(m.Exchange, m.Key, false, false, m.Publishing)
-	})
-	if err != nil {
-		return nil, err
-	}
-	return c, nil
-}
-
-// publishableIn refuses a publish the channel's mode cannot report on.
-func (ch *channel) publishableIn(mode Mode, m *Message, deferred bool) error {
-	if mode == ModeConfirm {
-		return nil
-	}
-	if deferred {
-		return fmt.Errorf("%w: channel %d is in %s mode; a deferred confirmation needs SetMode(ctx, ModeConfirm)", ErrNotConfirmMode, ch.id, mode)
-	}
-	if m.Mandatory {
-		return fmt.Errorf("%w: basic.publish: a mandatory publish needs a confirm-mode channel to report its return (channel %d is in %s mode)", ErrInvalidArgument, ch.id, mode)
-	}
-	return nil
-}
-
-// PublishDeferred publishes m on a confirm-mode channel and returns its
-// Confirmation without waiting for the broker. A non-nil error means the
-// message was not published (ErrNotConfirmMode on a channel not in confirm
-// mode, an invalid argument, or the channel's or connection's typed cause).
-func (ch Channel) PublishDeferred(ctx context.Context, m Message) (*Confirmation, error) {
-	return ch.publish(ctx, &m, true)
-}
-
-// PublishMessage publishes m. On a confirm channel it returns once the
-// broker has answered, with the Confirmation's outcome (nil only for an
-// ack); if ctx ends while waiting, the outcome is unknown
-// (*OutcomeUnknownError wrapping the context error). On a plain or tx
-// channel it returns once the frames are handed to the socket, as Publish.
-func (ch Channel) PublishMessage(ctx context.Context, m Message) error {
-	c, err := ch.publish(ctx, &m, false)
-	if err != nil || c == nil {
-		return err
-	}
-	return c.await(ctx)
-}
-
-// PublishBatch publishes msgs in order and returns one result per message,
-// in input order. On a confirm channel every message is published before
-// any answer is awaited, and each result is that message's outcome (see
-// Confirmation); a message not published because an earlier one failed, or
-// ctx ended, carries that error. On a plain or tx channel each result says
-// whether the message was handed to the socket.
-func (ch Channel) PublishBatch(ctx context.Context, msgs []Message) []error {
-	errs := make([]error, len(msgs))
-	confs := make([]*Confirmation, len(msgs))
-	var stop error
-	for i := range msgs {
-		if stop != nil {
-			errs[i] = stop
-			continue
-		}
-		c, err := ch.publish(ctx, &msgs[i], false)
-		switch {
-		case err == nil:
-			confs[i] = c
-		case errors.Is(err, ErrInvalidArgument):
-			errs[i] = err // this message only
-		default:
-			errs[i] = err
-			stop = fmt.Errorf("warren: not published: an earlier message of the batch failed: %w", err)
-		}
-	}
-	for i, c := range confs {
-		if c != nil {
-			errs[i] = c.await(ctx)
-		}
-	}
-	return errs
 }
 
 // PendingConfirms returns how many publishes on a confirm channel await the

@@ -441,8 +441,7 @@ func (p *Publisher) work(queue chan *pubReq) {
 
 func (w *pubWorker) cork() {
 	if w.corked == nil && w.ch.s != nil {
-		w.corked = w.ch.s.c.wire
-		w.corked.Cork()
+		w.corked = w.ch.s.cork()
 	}
 }
 
