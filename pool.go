@@ -53,7 +53,7 @@ type DiscardStats struct {
 // and cumulative counters.
 type PoolStats struct {
 	Mode    Mode
-	Max     int // Size
+	Max     int // Size, or fewer once the pool keeps below a broker's channel limit (see Acquire)
 	Open    int // channels open, leased or idle (and opens in progress)
 	InUse   int // leased
 	Idle    int
@@ -168,6 +168,9 @@ func (p *Pool) open(ctx context.Context) (*channel, error) {
 	}
 	st, err := s.openChannel(ctx)
 	if err != nil {
+		if errors.Is(err, ErrNotAllowed) && IsConnectionLevel(err) {
+			p.keepBelowBrokerLimit(s, err)
+		}
 		return nil, err
 	}
 	if p.opts.Mode != ModePlain {
@@ -179,6 +182,29 @@ func (p *Pool) open(ctx context.Context) (*channel, error) {
 	st.pool = p
 	st.gen.Store(1) // generation 0 is for channels outside pools
 	return st, nil
+}
+
+// keepBelowBrokerLimit makes the pool keep to the channels it had open when
+// the broker refused one more by closing the connection for a limit (530
+// NOT_ALLOWED: a per-node or per-user channel limit that channel_max does
+// not show): on the next connection it opens no more than that, and its
+// other Acquire calls wait for a release, instead of hitting the limit, and
+// costing the connection, again and again.
+func (p *Pool) keepBelowBrokerLimit(s *session, cause error) {
+	n := 0 // the pool's channels the broker had accepted on s
+	s.mu.Lock()
+	for _, ch := range s.channels {
+		if ch.pool == p {
+			n++
+		}
+	}
+	s.mu.Unlock()
+	n = max(1, n)
+	if n >= p.core.Stats().Max {
+		return
+	}
+	p.core.Limit(n)
+	p.client.opts.logger.Warn("warren: pool keeps below the broker's channel limit", "mode", p.opts.Mode.String(), "size", p.opts.Size, "limit", n, "err", cause)
 }
 
 // destroy closes a channel the pool no longer holds. It returns once the
@@ -208,8 +234,16 @@ func (p *Pool) sess() *session { return p.client.s() }
 //
 // When the connection has ended, Acquire returns its *ConnectionError at
 // once; for a pool of a Client made WithReconnect it waits for the new
-// connection instead, and opens the channel there. When ctx ends first, the context error is returned wrapped with the
-// pool's state; a channel handed over at that moment goes back to the pool.
+// connection instead, and opens the channel there. When ctx ends first, the
+// context error is returned wrapped with the pool's state; a channel handed
+// over at that moment goes back to the pool.
+//
+// A broker may limit channels below channel_max (a per-node or per-user
+// limit) and refuse one more by closing the connection: 530 NOT_ALLOWED,
+// returned to the Acquire that hit it as a *ConnectionError matching
+// ErrNotAllowed. The pool then keeps to the channels it had open (Stats'
+// Max says how many), and later Acquire calls wait for a release rather
+// than cost the connection again.
 func (p *Pool) Acquire(ctx context.Context) (Channel, error) {
 	if err := ctx.Err(); err != nil {
 		return Channel{}, fmt.Errorf("warren: pool.acquire: %w", err) // as database/sql: even with a channel idle

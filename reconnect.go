@@ -21,8 +21,10 @@ import (
 // the broker closes for a limit (530 NOT_ALLOWED: a per-node or per-user
 // channel limit, a connection limit), counts as a failure too: the next
 // reconnect waits the backoff of the failures so far instead of dialling at
-// once, so a broker that accepts connections and then closes them is not
-// hammered with handshakes (the churn RabbitMQ's guides warn against). The
+// once (at least a second after a limit's close, so that the broker has
+// released the lost connection's channels), so a broker that accepts
+// connections and then closes them is not hammered with handshakes (the
+// churn RabbitMQ's guides warn against). The
 // backoff starts again from MinBackoff only after a connection has stayed
 // up for StableAfter.
 type ReconnectPolicy struct {
@@ -36,6 +38,10 @@ type ReconnectPolicy struct {
 	// the time an operator expects a flapping link to be noticed).
 	StableAfter time.Duration
 }
+
+// limitPause is the least a reconnect waits after the broker closed the
+// connection for a limit (530 NOT_ALLOWED); see redial.
+const limitPause = time.Second
 
 // defaultStableAfter: see ReconnectPolicy.StableAfter.
 const defaultStableAfter = 10 * time.Second
@@ -222,7 +228,7 @@ func (c *Client) supervise() {
 		} else {
 			unstable = 0
 		}
-		ns, attempt, err := c.redial(unstable)
+		ns, attempt, err := c.redial(unstable, errors.Is(cause, ErrNotAllowed))
 		if err != nil {
 			c.finish(err)
 			return
@@ -288,7 +294,12 @@ func (c *Client) live(ctx context.Context) (*session, error) {
 // After unstable connections in a row that did not last (see
 // ReconnectPolicy), it waits their backoff before the first dial, and
 // counts them in every later backoff.
-func (c *Client) redial(unstable int) (*session, int, error) {
+//
+// After a close for a broker limit (limited), the first dial also waits at
+// least limitPause: the broker releases the closed connection's channels
+// from its per-user and per-node counts a moment after the close, and a
+// connection made sooner would meet the limit again.
+func (c *Client) redial(unstable int, limited bool) (*session, int, error) {
 	p := c.opts.reconnect
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -311,7 +322,14 @@ func (c *Client) redial(unstable int) (*session, int, error) {
 			return false
 		}
 	}
-	if unstable > 0 && !wait(p.backoff(unstable)) {
+	first := time.Duration(0)
+	if unstable > 0 {
+		first = p.backoff(unstable)
+	}
+	if limited {
+		first = max(first, limitPause)
+	}
+	if first > 0 && !wait(first) {
 		return nil, 0, ErrClientClosed
 	}
 	n := len(c.endpoints)

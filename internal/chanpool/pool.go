@@ -496,3 +496,13 @@ func (q *queue[T]) drain() []*waiter[T] {
 	q.head = 0
 	return ws
 }
+
+// Limit lowers how many resources the pool holds open at once to n (at
+// least 1, at most the Max it was made with): Acquire then waits for a
+// release instead of opening more. Resources already open beyond n stay
+// until they are destroyed.
+func (p *Pool[T]) Limit(n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.cfg.Max = max(1, min(n, p.cfg.Max))
+}
