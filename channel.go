@@ -56,20 +56,23 @@ type channel struct {
 	// txSettled counts settlements made in the open transaction.
 	unsettled atomic.Int64
 	txSettled atomic.Int64
-	flow      gate          // shut while the broker has the channel's flow off
-	gone      chan struct{} // closed when the channel is closing or closed: flow waits end
-	goneOnce  sync.Once
-	flowDue   atomic.Int32  // channel.flow frames read whose flow-ok is not yet written
-	flowWant  atomic.Bool   // the last channel.flow read said active
-	busy      atomic.Bool   // the serialisation point: true while an operation runs
-	closeWait atomic.Bool   // a Close waits for the running operation: no new one may start
-	idle      chan struct{} // size 1: an operation ended while a Close waited (closeWait)
-	writing   atomic.Uint64 // the sequence number of the send writing now, 0, or writeAborted: see send
-	wseq      atomic.Uint64 // numbers sends
-	wdone     atomic.Value  // <-chan struct{}: Done of the ctx of the latest send with one (see stall.go)
-	wop       atomic.Uint32 // that send's operation, an index into sendOps
-	stallSeq  uint64        // the stall watch's: the send it saw writing with its ctx ended...
-	stallMark uint64        // ...and the connection's bytes written then
+	// settledThrough is the highest delivery tag settled by a multiple
+	// Channel.Ack or Nack: every Delivery up to it is settled.
+	settledThrough atomic.Uint64
+	flow           gate          // shut while the broker has the channel's flow off
+	gone           chan struct{} // closed when the channel is closing or closed: flow waits end
+	goneOnce       sync.Once
+	flowDue        atomic.Int32  // channel.flow frames read whose flow-ok is not yet written
+	flowWant       atomic.Bool   // the last channel.flow read said active
+	busy           atomic.Bool   // the serialisation point: true while an operation runs
+	closeWait      atomic.Bool   // a Close waits for the running operation: no new one may start
+	idle           chan struct{} // size 1: an operation ended while a Close waited (closeWait)
+	writing        atomic.Uint64 // the sequence number of the send writing now, 0, or writeAborted: see send
+	wseq           atomic.Uint64 // numbers sends
+	wdone          atomic.Value  // <-chan struct{}: Done of the ctx of the latest send with one (see stall.go)
+	wop            atomic.Uint32 // that send's operation, an index into sendOps
+	stallSeq       uint64        // the stall watch's: the send it saw writing with its ctx ended...
+	stallMark      uint64        // ...and the connection's bytes written then
 
 	closes      chan *amqp.Error           // buffered NotifyClose listener registered at open
 	brokerClose atomic.Pointer[amqp.Error] // the broker's channel.close, as read off the wire
@@ -167,23 +170,23 @@ func (ch *channel) enter(ctx context.Context, op string, gen uint64) error {
 		return fmt.Errorf("%w (channel %d, %s)", ErrConcurrentUse, ch.id, op)
 	}
 	if ch.gen.Load() != gen {
-		ch.busy.Store(false)
+		ch.exit()
 		return fmt.Errorf("%w (channel %d, %s)", ErrReleased, ch.id, op)
 	}
 	if ch.closeWait.Load() {
 		// A Close is waiting for the channel: an operation started now
 		// would make it wait for ever behind a busy goroutine.
-		ch.busy.Store(false)
+		ch.exit()
 		return fmt.Errorf("%w (channel %d, %s: a Close is waiting for the channel)", ErrChannelClosed, ch.id, op)
 	}
 	if ch.suspect() {
 		if err := ch.unusable(op); err != nil {
-			ch.busy.Store(false)
+			ch.exit()
 			return err
 		}
 	}
 	if err := ctx.Err(); err != nil {
-		ch.busy.Store(false)
+		ch.exit()
 		return fmt.Errorf("warren: %s on channel %d: %w", op, ch.id, err)
 	}
 	return nil
@@ -198,6 +201,11 @@ func (ch *channel) enter(ctx context.Context, op string, gen uint64) error {
 func (ch *channel) reusable(m Mode) (reason int, ok bool) {
 	if ch.busy.Load() {
 		return discardBusy, false
+	}
+	if ch.closeWait.Load() {
+		// A Close waited for the channel (through a handle whose lease
+		// has since ended): it is closed, not reused.
+		return discardClosed, false
 	}
 	if ch.suspect() {
 		switch err := ch.unusable(""); {

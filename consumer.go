@@ -188,12 +188,17 @@ type consumer struct {
 
 	// mu serialises every operation on the channel once workers run: their
 	// acks, and the cancel at shutdown.
-	mu      sync.Mutex
-	flight  *flight     // the handlers of the Client.Consume this subscription belongs to
-	cancels chan string // the broker's basic.cancel, from amqp091-go
-	closed  chan *amqp.Error
-	stop    chan struct{} // closed (by halt) when no new deliveries may be taken
-	halted  sync.Once
+	mu     sync.Mutex
+	flight *flight // the handlers of the Client.Consume this subscription belongs to
+	// For telling the broker's consumer-timeout cancel from others: when
+	// each of this subscription's workers took its current delivery
+	// (UnixNano, 0 while idle), and when one last finished a delivery.
+	started    []atomic.Int64
+	lastSettle atomic.Int64
+	cancels    chan string // the broker's basic.cancel, from amqp091-go
+	closed     chan *amqp.Error
+	stop       chan struct{} // closed (by halt) when no new deliveries may be taken
+	halted     sync.Once
 }
 
 // flight is the handlers of one Client.Consume, across its subscriptions.
@@ -240,13 +245,15 @@ func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) er
 	var endOnce sync.Once
 	// The workers are not the client's goroutines: Client.Close must not
 	// wait on a handler that ignores its ctx.
+	cs.started = make([]atomic.Int64, cs.opts.Workers)
+	cs.lastSettle.Store(time.Now().UnixNano())
 	for i := 0; i < cs.opts.Workers; i++ {
 		wg.Add(1)
 		fl.wg.Add(1)
 		go func() {
 			defer fl.wg.Done()
 			defer wg.Done()
-			if cs.work(hctx, deliveries, running) {
+			if cs.work(hctx, deliveries, running, &cs.started[i]) {
 				endOnce.Do(func() { close(ended) })
 			}
 		}()
@@ -323,14 +330,31 @@ func (cs *consumer) endReason(deliveries <-chan amqp.Delivery, running *atomic.I
 // consumer: ErrAckTimeout as well as ErrConsumerCancelled when it was the
 // broker's consumer timeout (RabbitMQ 4.3+ on quorum queues cancels the
 // consumer rather than closing the channel). AMQP's basic.cancel carries no
-// reason; with AckTimeout set, warren takes a cancel while it held an
-// unacknowledged delivery, of a queue that still exists, for a timeout.
-func (cs *consumer) cancelled(tag string, deliveries <-chan amqp.Delivery, running *atomic.Int64) error {
-	if cs.opts.AckTimeout > 0 && !cs.opts.AutoAck && (running.Load() > 0 || len(deliveries) > 0) && cs.queueExists() {
+// reason; with AckTimeout set, warren takes a cancel for a timeout when
+// this subscription held a delivery about that long (a handler has run that
+// long on one, or deliveries waited while none was finished for that long)
+// and the queue still exists.
+func (cs *consumer) cancelled(tag string, deliveries <-chan amqp.Delivery, _ *atomic.Int64) error {
+	if cs.opts.AckTimeout > 0 && !cs.opts.AutoAck && cs.heldPastAckTimeout(deliveries) && cs.queueExists() {
 		return fmt.Errorf("warren: consume %q: %w: the broker cancelled the consumer (tag %q) after a delivery went unacknowledged for AckTimeout %v (%w); its unacked messages return to the queue",
 			cs.queue, ErrAckTimeout, tag, cs.opts.AckTimeout, ErrConsumerCancelled)
 	}
 	return fmt.Errorf("warren: consume %q: %w (consumer tag %q)", cs.queue, ErrConsumerCancelled, tag)
+}
+
+// heldPastAckTimeout reports whether this subscription has held an
+// unacknowledged delivery for about AckTimeout (nine tenths of it, for the
+// broker's timer and ours): a handler running that long on one, or
+// deliveries buffered while no handler finished one for that long.
+func (cs *consumer) heldPastAckTimeout(deliveries <-chan amqp.Delivery) bool {
+	now := time.Now().UnixNano()
+	bound := int64(cs.opts.AckTimeout) * 9 / 10
+	for i := range cs.started {
+		if s := cs.started[i].Load(); s != 0 && now-s >= bound {
+			return true
+		}
+	}
+	return len(deliveries) > 0 && now-cs.lastSettle.Load() >= bound
 }
 
 // queueExists checks, on a channel of its own, that the consumer's queue is
@@ -350,7 +374,7 @@ func (cs *consumer) queueExists() bool {
 
 // work runs handlers for deliveries until they end (it then returns true)
 // or stop is closed.
-func (cs *consumer) work(ctx context.Context, deliveries <-chan amqp.Delivery, running *atomic.Int64) bool {
+func (cs *consumer) work(ctx context.Context, deliveries <-chan amqp.Delivery, running *atomic.Int64, started *atomic.Int64) bool {
 	for {
 		select {
 		case <-cs.stop:
@@ -365,7 +389,10 @@ func (cs *consumer) work(ctx context.Context, deliveries <-chan amqp.Delivery, r
 			default:
 			}
 			running.Add(1)
+			started.Store(time.Now().UnixNano())
 			cs.handle(ctx, ad)
+			started.Store(0)
+			cs.lastSettle.Store(time.Now().UnixNano())
 			running.Add(-1)
 		}
 	}

@@ -93,8 +93,11 @@ func (ch Channel) Get(ctx context.Context, queue string, opts GetOptions) (d *De
 		ad, ok, err = ch.s.ch.Get(queue, opts.AutoAck)
 		return err
 	})
-	if err != nil || !ok {
-		return nil, false, err
+	if err != nil {
+		return nil, false, err // an abandoned call's goroutine may still write ad and ok
+	}
+	if !ok {
+		return nil, false, nil
 	}
 	ad.Acknowledger = nil // settle through warren only
 	d = &Delivery{Delivery: ad, ch: ch, counted: !opts.AutoAck}
@@ -137,6 +140,9 @@ func (d *Delivery) settle(ctx context.Context, fn func() error) error {
 	if d.ch.s == nil {
 		return fmt.Errorf("%w: delivery does not come from a warren Channel", ErrInvalidArgument)
 	}
+	if d.DeliveryTag <= d.ch.s.settledThrough.Load() {
+		return fmt.Errorf("%w (delivery tag %d on channel %d, by a multiple ack or nack through the Channel)", ErrAlreadySettled, d.DeliveryTag, d.ch.ID())
+	}
 	if !d.settled.CompareAndSwap(unsettled, settling) {
 		if d.settled.Load() == settling {
 			return fmt.Errorf("%w: delivery tag %d on channel %d is being settled by another goroutine", ErrConcurrentUse, d.DeliveryTag, d.ch.ID())
@@ -170,14 +176,37 @@ func (d *Delivery) settle(ctx context.Context, fn func() error) error {
 
 // Ack acknowledges the delivery with tag, and with multiple every earlier
 // unacknowledged one.
+//
+// A Delivery settled this way is not told so, except by multiple: after a
+// multiple ack or nack, settling one of the Deliveries it covered returns
+// ErrAlreadySettled. Settle each delivery one way, through its Delivery or
+// through the Channel.
 func (ch Channel) Ack(ctx context.Context, tag uint64, multiple bool) error {
-	return ch.send(ctx, "basic.ack", func() error { ch.s.markTx(); return ch.s.ch.Ack(tag, multiple) })
+	err := ch.send(ctx, "basic.ack", func() error { ch.s.markTx(); return ch.s.ch.Ack(tag, multiple) })
+	if err == nil && multiple {
+		ch.s.settledUpTo(tag)
+	}
+	return err
+}
+
+// settledUpTo records that every delivery up to tag is settled.
+func (ch *channel) settledUpTo(tag uint64) {
+	for {
+		cur := ch.settledThrough.Load()
+		if tag <= cur || ch.settledThrough.CompareAndSwap(cur, tag) {
+			return
+		}
+	}
 }
 
 // Nack negatively acknowledges the delivery with tag (and with multiple every
 // earlier one); requeue puts them back on the queue.
 func (ch Channel) Nack(ctx context.Context, tag uint64, multiple, requeue bool) error {
-	return ch.send(ctx, "basic.nack", func() error { ch.s.markTx(); return ch.s.ch.Nack(tag, multiple, requeue) })
+	err := ch.send(ctx, "basic.nack", func() error { ch.s.markTx(); return ch.s.ch.Nack(tag, multiple, requeue) })
+	if err == nil && multiple {
+		ch.s.settledUpTo(tag)
+	}
+	return err
 }
 
 // Reject rejects the delivery with tag; requeue puts it back on the queue.
@@ -209,6 +238,7 @@ func (ch *channel) txEnd(committed bool) {
 		return
 	}
 	ch.txSettled.Store(0)
+	ch.settledThrough.Store(0) // a rolled-back multiple ack settled nothing
 	for _, d := range ds {
 		d.settled.Store(unsettled)
 	}

@@ -199,6 +199,9 @@ type ChannelError struct {
 }
 
 func (e *ChannelError) Error() string {
+	if e.Op == "" {
+		return fmt.Sprintf("warren: channel %d closed by broker: %d %s", e.ChannelID, int(e.Code), replyText(e.Code, e.Reason))
+	}
 	return fmt.Sprintf("warren: %s on channel %d: channel closed by broker: %d %s", e.Op, e.ChannelID, int(e.Code), replyText(e.Code, e.Reason))
 }
 

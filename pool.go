@@ -448,25 +448,25 @@ func (c *Client) failPools(err error) {
 
 // fitPools checks the pools' channel numbers against the channel_max of a
 // new connection, which may be lower than the last one's (another node, a
-// changed configuration): pools that no longer fit, the newest first, fail
+// changed configuration): pools that no longer fit, the later ones first, fail
 // with an error saying so (and give their numbers back), instead of opening
 // channels the broker would refuse by closing the connection.
 func (c *Client) fitPools(s *session) {
+	// The rule NewPool applied, applied again in creation order: each pool
+	// fits when the pools before it, its Size and its Headroom fit.
 	c.poolMu.Lock()
 	var unfit []*Pool
-	for len(c.pools) > 0 {
-		headroom := 0
-		for _, p := range c.pools {
-			headroom = max(headroom, p.opts.Headroom)
+	kept, total := c.pools[:0], 0
+	for _, p := range c.pools {
+		if total+p.opts.Size+p.opts.Headroom > int(s.channelMax) {
+			unfit = append(unfit, p)
+			continue
 		}
-		if c.pooled+headroom <= int(s.channelMax) {
-			break
-		}
-		p := c.pools[len(c.pools)-1]
-		c.pools = c.pools[:len(c.pools)-1]
-		c.pooled -= p.opts.Size
-		unfit = append(unfit, p)
+		total += p.opts.Size
+		kept = append(kept, p)
 	}
+	clear(c.pools[len(kept):])
+	c.pools, c.pooled = kept, total
 	others := c.pooled
 	c.poolMu.Unlock()
 	for _, p := range unfit {

@@ -72,7 +72,15 @@ type PublisherStats struct {
 // replaced by a new one (at most once a second, PublisherStats.Renewed):
 // RabbitMQ 3.10 can leave a channel that began publishing to a quorum queue
 // during a leader election nacking every later publish to that queue, while
-// a new channel's are acked. A message is never published twice, unless
+// a new channel's are acked.
+//
+// The channels are shared by every caller: a message the broker answers by
+// closing its channel (a missing exchange, 404; an Expiration or user id it
+// refuses, 406) makes the other messages in flight on that channel
+// outcome unknown too (ErrOutcomeUnknown, wrapping that close). Declare
+// the exchanges a Publisher sends to beforehand.
+//
+// A message is never published twice, unless
 // PublisherOptions.RepublishUnknown asks for it: a publish that could not
 // be sent because its channel had died is retried once on a fresh channel,
 // one that was sent is not (with RepublishUnknown, one whose outcome is

@@ -193,7 +193,7 @@ func (o QueueOptions) refused(v brokerVersion) error {
 		typ = QueueType(s)
 	}
 	if !o.Durable && !o.Exclusive && !o.AllowTransient && (typ == QueueDefault || typ == QueueClassic) {
-		errs = append(errs, fmt.Errorf("%w: a queue that is neither Durable nor Exclusive (transient, non-exclusive) is deprecated: RabbitMQ 4.3 denies it by default by closing the whole connection; make it Durable (with Expires or AutoDelete to clean up) or Exclusive, or set AllowTransient", ErrInvalidArgument))
+		errs = append(errs, fmt.Errorf("%w: a queue that is neither Durable nor Exclusive (transient, non-exclusive) is a deprecated RabbitMQ feature (transient_nonexcl_queues) that RabbitMQ 4.3 denies by default, and a broker that denies it closes the whole connection (541); make it Durable (with Expires or AutoDelete to clean up) or Exclusive, or set AllowTransient", ErrInvalidArgument))
 	}
 	if v.atLeast(4, 0) {
 		for _, k := range removedArgs {
@@ -201,8 +201,10 @@ func (o QueueOptions) refused(v brokerVersion) error {
 				errs = append(errs, fmt.Errorf("%w: argument %q was removed in RabbitMQ 4.0 (this broker is %s and would close the connection)", ErrInvalidArgument, k, v))
 			}
 		}
-		if n, ok := tableInt(o.Args["x-queue-version"]); ok && n != 2 {
-			errs = append(errs, fmt.Errorf("%w: x-queue-version %d: RabbitMQ 4.x (this broker is %s) has only version 2 classic queues", ErrInvalidArgument, n, v))
+		if qv, set := o.Args["x-queue-version"]; set {
+			if n, ok := tableInt(qv); !ok || n != 2 {
+				errs = append(errs, fmt.Errorf("%w: x-queue-version %v (%T): RabbitMQ 4.x (this broker is %s) takes only the integer 2 (version 2 classic queues)", ErrInvalidArgument, qv, qv, v))
+			}
 		}
 	}
 	return errors.Join(errs...)
@@ -238,10 +240,12 @@ func nonNegative(field string, v int64) error {
 	return nil
 }
 
-// millis checks that d is a whole number of milliseconds, at least least.
+// millis checks that d is a whole number of milliseconds, at least least
+// and at most ten years (RabbitMQ answers more with a 406, value_too_large,
+// as it does for a message's Expiration).
 func millis(field string, d, least time.Duration) error {
-	if d < least || d%time.Millisecond != 0 {
-		return fmt.Errorf("%w: %s %v: must be a whole number of milliseconds, at least %v", ErrInvalidArgument, field, d, least)
+	if d < least || d%time.Millisecond != 0 || d.Milliseconds() > maxExpiration {
+		return fmt.Errorf("%w: %s %v: must be a whole number of milliseconds from %v to ten years", ErrInvalidArgument, field, d, least)
 	}
 	return nil
 }

@@ -177,3 +177,20 @@ func TestParseBrokerVersion(t *testing.T) {
 		t.Error("atLeast: wrong")
 	}
 }
+
+func TestTTLsAreBoundedByTheBrokersTenYears(t *testing.T) {
+	tenYears := time.Duration(maxExpiration) * time.Millisecond
+	for _, o := range []QueueOptions{{Exclusive: true, MessageTTL: tenYears}, {Exclusive: true, Expires: tenYears}} {
+		if _, err := o.arguments(); err != nil {
+			t.Errorf("%+v: got %v, want accepted (measured on 3.10.8)", o, err)
+		}
+	}
+	for _, o := range []QueueOptions{{Exclusive: true, MessageTTL: tenYears + time.Millisecond}, {Exclusive: true, Expires: tenYears + time.Millisecond}} {
+		if _, err := o.arguments(); !errors.Is(err, ErrInvalidArgument) {
+			t.Errorf("%+v: got %v, want ErrInvalidArgument (the broker's 406 value_too_large)", o, err)
+		}
+	}
+	if err := (QueueOptions{Durable: true, Args: Table{"x-queue-version": "2"}}).refused(parseBrokerVersion("4.3.6")); !errors.Is(err, ErrInvalidArgument) {
+		t.Errorf("x-queue-version as a string on 4.3: got %v, want refused", err)
+	}
+}

@@ -72,6 +72,8 @@ func (c *Client) declareTopology(s *session) error {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), d)
 	defer cancel()
+	stop := context.AfterFunc(closingCtx{c.closing}, cancel) // Close does not wait for it
+	defer stop()
 	ch, err := s.Channel(ctx)
 	if err != nil {
 		return fmt.Errorf("warren: topology: %w", err)
@@ -230,6 +232,11 @@ func (c *Client) supervise() {
 		}
 		ns, attempt, err := c.redial(unstable, errors.Is(cause, ErrNotAllowed))
 		if err != nil {
+			select {
+			case <-c.closing:
+				return // Close ends the Client (StateClosed with a nil Err)
+			default:
+			}
 			c.finish(err)
 			return
 		}
@@ -353,3 +360,19 @@ func (c *Client) redial(unstable int, limited bool) (*session, int, error) {
 		}
 	}
 }
+
+// closingCtx is a context that is done when its channel is closed (a
+// Client's closing), for context.AfterFunc.
+type closingCtx struct{ done <-chan struct{} }
+
+func (closingCtx) Deadline() (time.Time, bool) { return time.Time{}, false }
+func (c closingCtx) Done() <-chan struct{}     { return c.done }
+func (c closingCtx) Err() error {
+	select {
+	case <-c.done:
+		return context.Canceled
+	default:
+		return nil
+	}
+}
+func (closingCtx) Value(any) any { return nil }

@@ -69,8 +69,9 @@ type ExchangeOptions struct {
 //
 // A queue must be Durable or Exclusive, unless AllowTransient says
 // otherwise: the zero value (a transient, non-exclusive classic queue) is a
-// deprecated RabbitMQ feature that RabbitMQ 4.3 denies by default, and a
-// broker that denies it closes the whole connection (541), so warren
+// deprecated RabbitMQ feature (transient_nonexcl_queues) that RabbitMQ 4.3
+// denies by default (some builds, such as Debian's, still permit it), and
+// a broker that denies it closes the whole connection (541), so warren
 // refuses it before sending. For a temporary queue, use Exclusive (deleted
 // with the connection) or Durable with Expires (deleted once unused).
 //
@@ -270,7 +271,10 @@ func (ch Channel) QueueDeclare(ctx context.Context, name string, opts QueueOptio
 		}
 		return err
 	})
-	return q, err
+	if err != nil {
+		return Queue{}, err // an abandoned call's goroutine may still write q
+	}
+	return q, nil
 }
 
 // QueueDelete deletes a queue and returns how many messages it held.
@@ -284,7 +288,10 @@ func (ch Channel) QueueDelete(ctx context.Context, name string, opts QueueDelete
 		n, err = ch.s.ch.QueueDelete(name, opts.IfUnused, opts.IfEmpty, false)
 		return err
 	})
-	return n, err
+	if err != nil {
+		return 0, err // an abandoned call's goroutine may still write n
+	}
+	return n, nil
 }
 
 // QueuePurge removes every ready message from a queue and returns how many
@@ -299,7 +306,10 @@ func (ch Channel) QueuePurge(ctx context.Context, name string) (int, error) {
 		n, err = ch.s.ch.QueuePurge(name, false)
 		return err
 	})
-	return n, err
+	if err != nil {
+		return 0, err // an abandoned call's goroutine may still write n
+	}
+	return n, nil
 }
 
 // QueueBind routes messages from exchange to queue when their routing key

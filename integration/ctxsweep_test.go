@@ -437,3 +437,31 @@ func TestARolledBackAckLeavesTheDeliveryUnsettled(t *testing.T) {
 	}
 	e.expect("a") // back in the queue: the ack was rolled back
 }
+
+// A multiple ack through the Channel settles every Delivery it covers: a
+// later settlement of one of them is refused (ErrAlreadySettled) instead
+// of reaching the broker, whose 406 would close the channel.
+func TestAMultipleChannelAckSettlesTheDeliveriesItCovers(t *testing.T) {
+	ctx := testCtx(t, opTimeout)
+	c := dial(t, broker.URL)
+	ch := openChannel(t, ctx, c)
+	q, err := ch.QueueDeclare(ctx, "", warren.QueueOptions{Exclusive: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	e := &sweepEnv{t: t, ctx: ctx, client: c, ch: ch, queue: q.Name}
+	e.publish("a")
+	e.publish("b")
+	a := getOne(t, ctx, ch, q.Name)
+	b := getOne(t, ctx, ch, q.Name)
+	if err := ch.Ack(ctx, b.DeliveryTag, true); err != nil {
+		t.Fatalf("multiple Ack: %v", err)
+	}
+	if err := a.Ack(ctx); !errors.Is(err, warren.ErrAlreadySettled) {
+		t.Fatalf("Delivery.Ack after a multiple ack covering it: got %v, want ErrAlreadySettled", err)
+	}
+	if err := ch.Err(); err != nil {
+		t.Fatalf("the channel after: %v, want nil (no 406)", err)
+	}
+	e.expect() // both acked
+}
