@@ -21,8 +21,9 @@ import (
 // the broker closes for a limit (530 NOT_ALLOWED: a per-node or per-user
 // channel limit, a connection limit), counts as a failure too: the next
 // reconnect waits the backoff of the failures so far instead of dialling at
-// once (at least a second after a limit's close, so that the broker has
-// released the lost connection's channels), so a broker that accepts
+// once (after a limit's close at least a second, doubling for each further
+// one in a row, so that the broker has released the lost connection's
+// channels), so a broker that accepts
 // connections and then closes them is not hammered with handshakes (the
 // churn RabbitMQ's guides warn against). The
 // backoff starts again from MinBackoff only after a connection has stayed
@@ -205,6 +206,7 @@ func (c *Client) supervise() {
 	defer close(c.loopDone)
 	up := time.Now() // when the current connection was put in place
 	unstable := 0    // connections in a row lost before they were stable
+	limited := 0     // connections in a row closed by the broker for a limit
 	for {
 		s := c.s()
 		select {
@@ -230,7 +232,12 @@ func (c *Client) supervise() {
 		} else {
 			unstable = 0
 		}
-		ns, attempt, err := c.redial(unstable, errors.Is(cause, ErrNotAllowed))
+		if errors.Is(cause, ErrNotAllowed) {
+			limited++
+		} else {
+			limited = 0
+		}
+		ns, attempt, err := c.redial(unstable, limited)
 		if err != nil {
 			select {
 			case <-c.closing:
@@ -302,11 +309,13 @@ func (c *Client) live(ctx context.Context) (*session, error) {
 // ReconnectPolicy), it waits their backoff before the first dial, and
 // counts them in every later backoff.
 //
-// After a close for a broker limit (limited), the first dial also waits at
-// least limitPause: the broker releases the closed connection's channels
-// from its per-user and per-node counts a moment after the close, and a
-// connection made sooner would meet the limit again.
-func (c *Client) redial(unstable int, limited bool) (*session, int, error) {
+// After limited closes in a row for a broker limit, the first dial also
+// waits at least limitPause doubled for each earlier one (up to
+// MaxBackoff, plus up to half again of jitter): the broker releases a
+// closed connection's channels from its per-user and per-node counts some
+// time after the close (seconds, measured on RabbitMQ 3.10), and a
+// connection made sooner meets the limit again.
+func (c *Client) redial(unstable, limited int) (*session, int, error) {
 	p := c.opts.reconnect
 	ctx, cancel := context.WithCancel(context.Background())
 	defer cancel()
@@ -333,8 +342,13 @@ func (c *Client) redial(unstable int, limited bool) (*session, int, error) {
 	if unstable > 0 {
 		first = p.backoff(unstable)
 	}
-	if limited {
-		first = max(first, limitPause)
+	if limited > 0 {
+		pause := p.MaxBackoff
+		if limited < 32 {
+			pause = min(limitPause<<(limited-1), p.MaxBackoff)
+		}
+		pause += time.Duration(rand.Int64N(int64(pause)/2 + 1))
+		first = max(first, pause)
 	}
 	if first > 0 && !wait(first) {
 		return nil, 0, ErrClientClosed
