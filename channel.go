@@ -173,17 +173,19 @@ func (ch *channel) enter(ctx context.Context, op string, gen uint64) error {
 		ch.exit()
 		return fmt.Errorf("%w (channel %d, %s)", ErrReleased, ch.id, op)
 	}
-	if ch.closeWait.Load() {
-		// A Close is waiting for the channel: an operation started now
-		// would make it wait for ever behind a busy goroutine.
-		ch.exit()
-		return fmt.Errorf("%w (channel %d, %s: a Close is waiting for the channel)", ErrChannelClosed, ch.id, op)
-	}
 	if ch.suspect() {
 		if err := ch.unusable(op); err != nil {
 			ch.exit()
 			return err
 		}
+	}
+	if ch.closeWait.Load() {
+		// A Close is waiting for the channel: an operation started now
+		// would make it wait for ever behind a busy goroutine. (Checked
+		// after the recorded cause, which is what a closed channel
+		// reports.)
+		ch.exit()
+		return fmt.Errorf("%w (channel %d, %s: a Close is waiting for the channel)", ErrChannelClosed, ch.id, op)
 	}
 	if err := ctx.Err(); err != nil {
 		ch.exit()
