@@ -35,19 +35,19 @@ type Confirmation struct {
 	tag  uint64
 	chID uint16
 	done chan struct{}
-	err  error         // valid once done is closed
-	ret  *amqp.Return  // set by the drainer, under the tracker's lock
-	slot chan struct{} // a Publisher's window: one token released on resolve
-	// nacks is a Publisher worker's run of nacks: counted up by a nack,
-	// reset by an ack.
-	nacks *atomic.Int32
-	// signal: done is a reusable channel with a buffer of one, sent to
-	// rather than closed (a Publisher's internal requests, which have one
-	// waiter each).
-	signal bool
-	hook   func(Outcome, time.Duration) // MetricsHook.PublishConfirmed, if set
-	sent   time.Time                    // when the publish was written (only with hook)
+	err  error                        // valid once done is closed
+	ret  *amqp.Return                 // set by the drainer, under the tracker's lock
+	hook func(Outcome, time.Duration) // MetricsHook.PublishConfirmed, if set
+	sent time.Time                    // when the publish was written (only with hook)
+	// to, if set, is told the outcome in place of done being closed: an
+	// internal publish whose owner waits on a signal of its own (a
+	// Publisher's request, which also gives back its window slot).
+	to outcomeReceiver
 }
+
+// outcomeReceiver is told a Confirmation's outcome, once, on the goroutine
+// that resolves it (the tracker's); it must not block.
+type outcomeReceiver interface{ receive(err error) }
 
 func newConfirmation() *Confirmation {
 	return &Confirmation{done: make(chan struct{})}
@@ -103,20 +103,8 @@ func (c *Confirmation) resolve(err error) {
 	if c.hook != nil {
 		c.hook(outcomeOf(err), time.Since(c.sent))
 	}
-	if c.nacks != nil {
-		var nack *NackedError
-		switch {
-		case err == nil:
-			c.nacks.Store(0)
-		case errors.As(err, &nack):
-			c.nacks.Add(1)
-		}
-	}
-	if c.slot != nil {
-		<-c.slot
-	}
-	if c.signal {
-		c.done <- struct{}{}
+	if c.to != nil {
+		c.to.receive(err)
 		return
 	}
 	close(c.done)

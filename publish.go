@@ -103,6 +103,13 @@ func (ch Channel) publish(ctx context.Context, m *Message, deferred bool) (*Conf
 	return c, nil
 }
 
+// publishTracked writes m, already checked, on a confirm channel, tracked
+// as conf: the Publisher's one way to the wire. On error m was not sent and
+// conf is unresolved.
+func (ch Channel) publishTracked(op string, m *Message, conf *Confirmation) error {
+	return ch.send(context.Background(), op, func() error { return ch.s.confirm.publish(m, conf) })
+}
+
 // publishableIn refuses a publish the channel's mode cannot report on.
 func (ch *channel) publishableIn(mode Mode, m *Message, deferred bool) error {
 	if mode == ModeConfirm {

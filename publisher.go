@@ -113,8 +113,27 @@ type Publisher struct {
 type pubReq struct {
 	ctx   context.Context
 	m     Message
-	state atomic.Int32 // reqQueued, reqTaken, reqCancelled
-	conf  Confirmation // done also signals "not published" (err set, never sent)
+	state atomic.Int32  // reqQueued, reqTaken, reqCancelled
+	conf  Confirmation  // conf.err is the outcome, also "not published" (never sent)
+	done  chan struct{} // a buffer of one: signalled once conf.err is final
+	w     *pubWorker    // the worker whose window r holds a slot of, while it does
+}
+
+// receive is told r's outcome by the tracker: it ends r's run in the
+// worker's window (counting a nack towards a channel renewal) and signals
+// r's caller.
+func (r *pubReq) receive(err error) {
+	if w := r.w; w != nil {
+		var nack *NackedError
+		switch {
+		case err == nil:
+			w.nacks.Store(0)
+		case errors.As(err, &nack):
+			w.nacks.Add(1)
+		}
+		<-w.slots
+	}
+	r.done <- struct{}{}
 }
 
 const (
@@ -278,9 +297,8 @@ func (p *Publisher) submit(ctx context.Context, m *Message) (*pubReq, error) {
 // have received the outcome: the worker and the tracker are done with a
 // request before they signal it.
 var reqPool = sync.Pool{New: func() any {
-	r := &pubReq{}
-	r.conf.done = make(chan struct{}, 1)
-	r.conf.signal = true
+	r := &pubReq{done: make(chan struct{}, 1)}
+	r.conf.to = r
 	return r
 }}
 
@@ -288,9 +306,9 @@ var reqPool = sync.Pool{New: func() any {
 // never queued, or whose outcome was received after its worker was done
 // with it (state reqDone), may be recycled.
 func (r *pubReq) recycle() {
-	done := r.conf.done
-	*r = pubReq{}
-	r.conf.done, r.conf.signal = done, true
+	done := r.done
+	*r = pubReq{done: done}
+	r.conf.to = r
 	reqPool.Put(r)
 }
 
@@ -299,7 +317,7 @@ func (p *Publisher) wait(ctx context.Context, r *pubReq) error {
 	defer p.pending.Add(-1)
 	var err error
 	select {
-	case <-r.conf.done:
+	case <-r.done:
 		err = r.conf.err
 	case <-ctx.Done():
 		if r.state.CompareAndSwap(reqQueued, reqCancelled) {
@@ -309,7 +327,7 @@ func (p *Publisher) wait(ctx context.Context, r *pubReq) error {
 			return fmt.Errorf("warren: publisher.publish: not published: %w", ctx.Err())
 		}
 		select {
-		case <-r.conf.done:
+		case <-r.done:
 			err = r.conf.err
 		default:
 			// Sent or being sent; the worker still owns r, so its tag
@@ -339,7 +357,7 @@ func (p *Publisher) wait(ctx context.Context, r *pubReq) error {
 // fail resolves a request that was not published.
 func (r *pubReq) fail(err error) {
 	r.conf.err = err
-	r.conf.done <- struct{}{}
+	r.done <- struct{}{}
 }
 
 // pubWorker is the state of one worker goroutine: its channel, and the
@@ -527,15 +545,13 @@ func (w *pubWorker) publish(r *pubReq) {
 				return
 			}
 		}
-		r.conf.slot = w.slots
-		r.conf.nacks = &w.nacks
+		r.w = w
 		ch := w.ch
-		err := ch.send(context.Background(), op, func() error { return ch.s.confirm.publish(&r.m, &r.conf) })
+		err := ch.publishTracked(op, &r.m, &r.conf)
 		if err == nil {
 			return // the tracker resolves r
 		}
-		r.conf.slot = nil
-		r.conf.nacks = nil
+		r.w = nil
 		<-w.slots
 		w.uncork()
 		if ch.Err() != nil {
