@@ -46,8 +46,7 @@ type session struct {
 	closeDone chan struct{}                   // closed when Close has finished
 	wg        sync.WaitGroup                  // every goroutine warren starts for this client
 
-	blocked   atomic.Bool // the broker sent connection.blocked and no unblocked since
-	blockGate gate        // shut while blocked: publishes wait on it (see FlowPolicy)
+	blockGate gate // shut while blocked: publishes wait on it (see FlowPolicy)
 
 	// confirmers holds, by channel id, the tracker of each confirm channel:
 	// the wire reports acks and nacks by id on amqp091-go's reader.
@@ -159,7 +158,6 @@ func (c *session) watch(closes <-chan *amqp.Error, blocks <-chan amqp.Blocking) 
 				blocks = nil
 				continue
 			}
-			c.blocked.Store(b.Active)
 			c.blockGate.set(b.Active)
 			if b.Active {
 				c.opts.logger.Warn("warren: broker blocked publishing", "endpoint", c.endpoint, "reason", b.Reason)
@@ -210,7 +208,7 @@ func (c *session) String() string { return "warren.Client(" + c.endpoint + ")" }
 func (c *session) ChannelMax() uint16 { return c.channelMax }
 
 // Blocked: see Client.Blocked.
-func (c *session) Blocked() bool { return c.blocked.Load() }
+func (c *session) Blocked() bool { return c.blockGate.shut.Load() }
 
 // Err: see Client.Err.
 func (c *session) Err() error {
