@@ -48,9 +48,20 @@ type ConsumeOptions struct {
 	// Tag is the consumer tag the broker shows (default "warren-<pid>-<n>").
 	Tag string
 	// Exclusive asks to be the queue's only consumer (403 if it has others).
+	// (basic.consume's no-local flag has no counterpart: RabbitMQ does not
+	// implement it and ignores it.)
 	Exclusive bool
-	// Args are the optional arguments of basic.consume, e.g.
-	// "x-priority" or "x-stream-offset".
+	// Priority is the consumer's priority (x-priority, a 32-bit signed
+	// integer; default 0): while a higher-priority consumer of the queue
+	// can take messages (its prefetch is not full), lower ones get none.
+	Priority int
+	// StreamOffset is where a consumer of a stream queue starts (see
+	// StreamOffset; the zero value is the broker's default, next). A
+	// stream consumer needs manual acks and a prefetch: AutoAck is refused
+	// with it.
+	StreamOffset StreamOffset
+	// Args are other optional arguments of basic.consume. Setting one
+	// that a field above also sets is refused.
 	Args Table
 	// AutoAck makes the broker consider every message acknowledged once
 	// sent: a message whose handler fails or is interrupted is lost, and
@@ -99,22 +110,18 @@ func (c *session) Consume(ctx context.Context, queue string, h Handler, opts Con
 	if err := opts.fill(queue, h); err != nil {
 		return err
 	}
-	args, err := c.checkMethod(op, methodFixed, opts.Args, "queue", queue, "consumer tag", opts.Tag)
+	prefetch := opts.Prefetch
+	if opts.AutoAck {
+		prefetch = 0
+	}
+	args, err := c.consumeArgs(op, queue, opts.Tag, consumerArgs{
+		Exclusive: opts.Exclusive, AutoAck: opts.AutoAck, Priority: opts.Priority,
+		Stream: opts.StreamOffset, AckTimeout: opts.AckTimeout, Args: opts.Args, Prefetch: prefetch,
+	})
 	if err != nil {
 		return err
 	}
-	opts.Args = args // wide ints as int64, in a copy (see checkTable)
-	if opts.AckTimeout > 0 {
-		if v := c.broker(); v.known() && !v.atLeastPatch(3, 11, 15) {
-			return fmt.Errorf("%w: %s: AckTimeout: RabbitMQ %s ignores a consumer's x-consumer-timeout (3.11.15 and later honour it); set consumer_timeout on the broker instead", ErrInvalidArgument, op, v)
-		}
-		withTimeout := make(Table, len(opts.Args)+1)
-		for k, v := range opts.Args {
-			withTimeout[k] = v
-		}
-		withTimeout["x-consumer-timeout"] = opts.AckTimeout.Milliseconds()
-		opts.Args = withTimeout
-	}
+	opts.Args = args // with warren's own arguments, in a copy
 	st, err := c.openChannel(ctx)
 	if err != nil {
 		return err
@@ -169,11 +176,6 @@ func (o *ConsumeOptions) fill(queue string, h Handler) error {
 		return fmt.Errorf("%w: %s: negative Workers", ErrInvalidArgument, op)
 	case o.ShutdownTimeout < 0:
 		return fmt.Errorf("%w: %s: negative ShutdownTimeout", ErrInvalidArgument, op)
-	case o.AckTimeout < 0 || o.AckTimeout%time.Millisecond != 0:
-		return fmt.Errorf("%w: %s: AckTimeout %v: must be a positive whole number of milliseconds", ErrInvalidArgument, op, o.AckTimeout)
-	}
-	if _, dup := o.Args["x-consumer-timeout"]; dup && o.AckTimeout != 0 {
-		return fmt.Errorf("%w: %s: x-consumer-timeout is set both in Args and by AckTimeout", ErrInvalidArgument, op)
 	}
 	return nil
 }
