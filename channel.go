@@ -302,32 +302,49 @@ func (ch *channel) poison(op string, cause error, pending <-chan error) {
 // writes: a partly written frame cannot be taken back, so the connection
 // ends with a *ConnectionError.
 func (ch *channel) send(ctx context.Context, op string, gen uint64, fn func() error) error {
-	if err := ch.enter(ctx, op, gen); err != nil {
+	seq, err := ch.beginSend(ctx, op, gen)
+	if err != nil {
 		return err
 	}
-	defer ch.exit()
+	return ch.endSend(ctx, op, seq, fn())
+}
+
+// beginSend claims the serialisation point for a frame-only operation (see
+// send) and shows its write to the stall watch; the caller writes, then
+// hands the write's error to endSend, whatever happens. seq is 0 when ctx
+// can never end (nothing for the stall watch to look at).
+func (ch *channel) beginSend(ctx context.Context, op string, gen uint64) (seq uint64, err error) {
+	if err := ch.enter(ctx, op, gen); err != nil {
+		return 0, err
+	}
 	done := ctx.Done()
 	if done == nil {
-		return ch.result(op, fn())
+		return 0, nil
 	}
-	seq := ch.wseq.Add(1)
+	seq = ch.wseq.Add(1)
 	ch.wdone.Store(done)
 	ch.wop.Store(sendOp(op))
 	ch.writing.Store(seq)
-	err := fn()
-	if !ch.writing.CompareAndSwap(seq, 0) {
-		ch.writing.Store(0)
-		<-ch.c.dead
-		ch.setCause(ch.c.connError(""))
-		if err == nil {
-			// Every frame was handed to the socket before it was cut:
-			// the broker may or may not have the message.
-			return &OutcomeUnknownError{ChannelID: ch.id, Op: op,
-				Cause: fmt.Errorf("%w (the connection was closed because a write stalled)", ctx.Err())}
-		}
-		return fmt.Errorf("warren: %s on channel %d abandoned during a stalled write: %w (connection closed)", op, ch.id, ctx.Err())
+	return seq, nil
+}
+
+// endSend ends the operation beginSend began, whose write returned err:
+// it releases the serialisation point and says what the write came to.
+func (ch *channel) endSend(ctx context.Context, op string, seq uint64, err error) error {
+	defer ch.exit()
+	if seq == 0 || ch.writing.CompareAndSwap(seq, 0) {
+		return ch.result(op, err)
 	}
-	return ch.result(op, err)
+	ch.writing.Store(0)
+	<-ch.c.dead
+	ch.setCause(ch.c.connError(""))
+	if err == nil {
+		// Every frame was handed to the socket before it was cut:
+		// the broker may or may not have the message.
+		return &OutcomeUnknownError{ChannelID: ch.id, Op: op,
+			Cause: fmt.Errorf("%w (the connection was closed because a write stalled)", ctx.Err())}
+	}
+	return fmt.Errorf("warren: %s on channel %d abandoned during a stalled write: %w (connection closed)", op, ch.id, ctx.Err())
 }
 
 // Close closes the channel. It is idempotent and safe while the broker is

@@ -5,28 +5,7 @@ import (
 	"errors"
 	"fmt"
 
-	amqp "github.com/rabbitmq/amqp091-go"
 	"github.com/warrenmq/warren/internal/wire"
-)
-
-// Publishing is a message to publish: properties and body.
-//
-// warren checks it before anything is sent and refuses (ErrInvalidArgument)
-// what would cost the connection or the channel, or arrive changed: a
-// short-string property (ContentType, ContentEncoding, CorrelationId,
-// ReplyTo, Expiration, MessageId, Type, UserId, AppId) over 255 bytes or
-// not UTF-8; an Expiration that is not a non-negative whole number of
-// milliseconds ("60000"); a DeliveryMode other than 0, Transient or
-// Persistent; a Timestamp before 1970 (the AMQP timestamp is unsigned
-// seconds; the fraction of a second is dropped); Headers that are not a
-// valid Table (see Table: a Go int beyond 32 bits goes as an int64); and
-// properties too large for one frame of the connection.
-type Publishing = amqp.Publishing
-
-// Delivery modes for Publishing.DeliveryMode.
-const (
-	Transient  = amqp.Transient  // 1: may be lost on broker restart
-	Persistent = amqp.Persistent // 2: written to disk by durable queues
 )
 
 // Publish sends msg to exchange with routing key key.
@@ -49,18 +28,6 @@ func (ch Channel) Publish(ctx context.Context, exchange, key string, msg Publish
 	return ch.PublishMessage(ctx, Message{Exchange: exchange, Key: key, Publishing: msg})
 }
 
-// Message is a message with its destination.
-type Message struct {
-	Exchange string
-	Key      string // routing key
-	// Mandatory asks the broker to return the message when no queue is
-	// bound for it; the publish then fails with an *UnroutableError. It
-	// needs a confirm-mode channel (or a Publisher), which is where the
-	// return can be reported; plain and tx channels refuse it.
-	Mandatory bool
-	Publishing
-}
-
 // publish is the one publish path of a Channel. In confirm mode it tracks
 // the message and returns its Confirmation; otherwise the Confirmation is
 // nil. deferred demands confirm mode.
@@ -79,35 +46,45 @@ func (ch Channel) publish(ctx context.Context, m *Message, deferred bool) (*Conf
 	if err := ch.s.waitPublish(ctx, op); err != nil {
 		return nil, err
 	}
-	var c *Confirmation
-	err = ch.send(ctx, op, func() error {
-		// Checked again inside the serialisation point: the mode can
-		// change only there, and an untracked publish on a confirm
-		// channel would put every later outcome out of step.
-		mode := Mode(ch.s.mode.Load())
-		if err := ch.s.publishableIn(mode, m, deferred); err != nil {
-			return err
-		}
-		switch mode {
-		case ModeConfirm:
-			c = newConfirmation()
-			return ch.s.confirm.publish(m, c)
-		case ModeTx:
-			ch.s.txDirty.Store(true)
-		}
-		return ch.s.ch.Publish(m.Exchange, m.Key, false, false, m.Publishing)
-	})
+	seq, err := ch.s.beginSend(ctx, op, ch.gen)
 	if err != nil {
 		return nil, err
 	}
+	c, err := ch.s.write(m, deferred)
+	if err = ch.s.endSend(ctx, op, seq, err); err != nil {
+		return nil, err
+	}
 	return c, nil
+}
+
+// write writes m, inside the channel's serialisation point (see beginSend),
+// and tracks it on a confirm channel. The mode is checked again here, where
+// it can change: an untracked publish on a confirm channel would put every
+// later outcome out of step.
+func (ch *channel) write(m *Message, deferred bool) (*Confirmation, error) {
+	mode := Mode(ch.mode.Load())
+	if err := ch.publishableIn(mode, m, deferred); err != nil {
+		return nil, err
+	}
+	switch mode {
+	case ModeConfirm:
+		c := newConfirmation()
+		return c, ch.confirm.publish(m, c)
+	case ModeTx:
+		ch.txDirty.Store(true)
+	}
+	return nil, ch.ch.Publish(m.Exchange, m.Key, false, false, m.Publishing)
 }
 
 // publishTracked writes m, already checked, on a confirm channel, tracked
 // as conf: the Publisher's one way to the wire. On error m was not sent and
 // conf is unresolved.
 func (ch Channel) publishTracked(op string, m *Message, conf *Confirmation) error {
-	return ch.send(context.Background(), op, func() error { return ch.s.confirm.publish(m, conf) })
+	seq, err := ch.s.beginSend(context.Background(), op, ch.gen)
+	if err != nil {
+		return err
+	}
+	return ch.s.endSend(context.Background(), op, seq, ch.s.confirm.publish(m, conf))
 }
 
 // publishableIn refuses a publish the channel's mode cannot report on.
