@@ -36,6 +36,51 @@ type Client struct {
 	swapMu  sync.Mutex
 	swapped chan struct{} // closed when the next connection is in place
 	past    ClientStats   // the counters of the lost connections (under swapMu)
+
+	// The Client's own goroutines, which outlive a connection (a
+	// Publisher's workers): Close waits for them, bounded by its ctx.
+	bgMu     sync.Mutex
+	bgClosed bool // set by Close: no new goroutine may start
+	bg       sync.WaitGroup
+}
+
+// goTracked runs fn on a goroutine that Close waits for; false, and fn not
+// run, once Close has begun.
+func (c *Client) goTracked(fn func()) bool {
+	c.bgMu.Lock()
+	if c.bgClosed {
+		c.bgMu.Unlock()
+		return false
+	}
+	select {
+	case <-c.closing:
+		c.bgMu.Unlock()
+		return false
+	default:
+	}
+	c.bg.Add(1)
+	c.bgMu.Unlock()
+	go func() {
+		defer c.bg.Done()
+		fn()
+	}()
+	return true
+}
+
+// waitTracked waits, bounded by ctx, for the goroutines of goTracked, which
+// Close has stopped.
+func (c *Client) waitTracked(ctx context.Context) error {
+	c.bgMu.Lock()
+	c.bgClosed = true
+	c.bgMu.Unlock()
+	done := make(chan struct{})
+	go func() { c.bg.Wait(); close(done) }()
+	select {
+	case <-done:
+		return nil
+	case <-ctx.Done():
+		return fmt.Errorf("warren: close: the Client's goroutines had not ended: %w", ctx.Err())
+	}
 }
 
 // s returns the current session.
@@ -206,6 +251,9 @@ func (c *Client) Close(ctx context.Context) error {
 	<-c.loopDone
 	s := c.s()
 	err := s.Close(ctx)
+	if werr := c.waitTracked(ctx); werr != nil && err == nil {
+		err = werr
+	}
 	select {
 	case <-s.closeDone:
 		c.finish(nil)

@@ -179,7 +179,7 @@ func (c *Client) newPublisher(ctx context.Context, opts PublisherOptions) (*Publ
 		if i > 0 {
 			q = p.spill
 		}
-		if !pool.sess().goTracked(func() { p.work(q) }) {
+		if !p.client.goTracked(func() { p.work(q) }) {
 			p.workersEnded(int32(opts.Channels - i)) // this one and the ones never started
 			p.shutdown()
 			_ = pool.Close(context.Background())
@@ -688,7 +688,7 @@ func (p *Publisher) close(ctx context.Context) error {
 			// channels. If the client is closing, the channels end with
 			// its connection.
 			pool := p.pool
-			pool.sess().goTracked(func() {
+			p.client.goTracked(func() {
 				<-p.workersDone
 				_ = pool.Close(context.Background())
 			})

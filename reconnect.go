@@ -298,6 +298,11 @@ func (c *Client) live(ctx context.Context) (*session, error) {
 				return nil, b.err
 			}
 			return nil, ErrClientClosed
+		case <-c.closing:
+			// No connection comes after a Close: waiting for c.done
+			// would wait for this caller too, if the Close waits for
+			// it (a pool warming its channels, a Publisher's worker).
+			return nil, ErrClientClosed
 		case <-ctx.Done():
 			return nil, fmt.Errorf("warren: waiting for the connection to be re-established: %w (last cause: %w)", ctx.Err(), s.Err())
 		}
