@@ -324,48 +324,26 @@ func (c *Client) NewPublisher(ctx context.Context, opts PublisherOptions) (*Publ
 // at once on the same connection; without WithReconnect, Consume returns
 // that error.
 func (c *Client) Consume(ctx context.Context, queue string, h Handler, opts ConsumeOptions) (err error) {
-	fl := new(flight)
 	defer func() {
 		if cerr := ctx.Err(); cerr != nil && err != nil && !errors.Is(err, cerr) {
 			// ctx ended as the subscription was lost: the documented
 			// result of a ctx that ends is its error.
 			err = fmt.Errorf("warren: consume %q: stopped: %w (the subscription had ended: %w)", queue, cerr, err)
 		}
-		// A lost subscription left its handlers running, their ctx
-		// cancelled; wait for them here, once, bounded (a shutdown by ctx
-		// has waited already).
-		bound := opts.ShutdownTimeout
-		if bound <= 0 {
-			bound = defaultShutdownTimeout
-		}
-		if n := fl.wait(bound); n > 0 && !errors.Is(err, ErrShutdownTimeout) {
-			err = fmt.Errorf("%w; %d handlers still running (%w)", err, n, ErrShutdownTimeout)
-		}
 	}()
-	for {
-		s, err := c.live(ctx)
-		if err != nil {
-			return err
-		}
-		err = s.Consume(ctx, queue, h, opts, fl)
-		if c.opts.reconnect != nil && ctx.Err() == nil && errors.Is(err, ErrAckTimeout) {
-			// The broker gave up on a slow handler and requeued its
-			// messages; the connection is fine: subscribe again.
-			c.opts.logger.Warn("warren: consumer timed out by the broker; subscribing again", "queue", queue, "err", err)
-			continue
-		}
-		if c.opts.reconnect == nil || ctx.Err() != nil || !IsConnectionLevel(err) || errors.Is(err, ErrClientClosed) {
-			return err
-		}
-		select {
-		case <-s.dead: // the connection error was seen before the session noted its end
-		case <-ctx.Done():
-			return err
-		}
-		if _, lerr := c.live(ctx); lerr != nil {
-			return fmt.Errorf("%w (then: %w)", err, lerr)
-		}
+	if h == nil {
+		return fmt.Errorf("%w: basic.consume: nil handler", ErrInvalidArgument)
 	}
+	// One implementation: a Consumer whose stop is ctx's end, and which
+	// ends at a broker's basic.cancel (see Consumer.resubscribeOnCancel).
+	k, err := c.startConsumer(ctx, queue, opts, false, func(k *Consumer) { k.h = h })
+	if err != nil {
+		return err
+	}
+	stop := context.AfterFunc(ctx, func() { k.stop(ctx.Err()) })
+	defer stop()
+	<-k.done
+	return k.err
 }
 
 // Begin starts a transaction on a new channel of its own, closed when the

@@ -2,6 +2,7 @@ package warren
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"os"
 	"runtime/debug"
@@ -103,60 +104,9 @@ const (
 
 var consumerSeq atomic.Uint64
 
-// Consume: see Client.Consume. fl holds the handlers of every subscription
-// of one Client.Consume.
-func (c *session) Consume(ctx context.Context, queue string, h Handler, opts ConsumeOptions, fl *flight) error {
-	const op = "basic.consume"
-	if err := opts.fill(queue, h); err != nil {
-		return err
-	}
-	prefetch := opts.Prefetch
-	if opts.AutoAck {
-		prefetch = 0
-	}
-	args, err := c.consumeArgs(op, queue, opts.Tag, consumerArgs{
-		Exclusive: opts.Exclusive, AutoAck: opts.AutoAck, Priority: opts.Priority,
-		Stream: opts.StreamOffset, AckTimeout: opts.AckTimeout, Args: opts.Args, Prefetch: prefetch,
-	})
-	if err != nil {
-		return err
-	}
-	opts.Args = args // with warren's own arguments, in a copy
-	st, err := c.openChannel(ctx)
-	if err != nil {
-		return err
-	}
-	cs := &consumer{c: c, st: st, queue: queue, h: h, opts: opts, flight: fl,
-		cancels: make(chan string, 4), stop: make(chan struct{})}
-	defer cs.closeChannel()
-
-	ch := Channel{s: st}
-	if !opts.AutoAck {
-		if err := ch.Qos(ctx, QosOptions{PrefetchCount: opts.Prefetch}); err != nil {
-			return err
-		}
-	}
-	st.ch.NotifyCancel(cs.cancels)
-	// A listener of the consumer's own: the end of the channel must be
-	// seen even while every worker is busy in a handler.
-	cs.closed = st.ch.NotifyClose(make(chan *amqp.Error, 1))
-	var deliveries <-chan amqp.Delivery
-	err = ch.call(ctx, op, func() (err error) {
-		deliveries, err = st.ch.Consume(queue, opts.Tag, opts.AutoAck, opts.Exclusive, false, false, amqp.Table(opts.Args))
-		return err
-	})
-	if err != nil {
-		return err
-	}
-	return cs.run(ctx, deliveries)
-}
-
 // fill applies defaults and checks the options.
-func (o *ConsumeOptions) fill(queue string, h Handler) error {
+func (o *ConsumeOptions) fill() error {
 	const op = "basic.consume"
-	if h == nil {
-		return fmt.Errorf("%w: %s: nil handler", ErrInvalidArgument, op)
-	}
 	if o.Prefetch == 0 {
 		o.Prefetch = defaultPrefetch
 	}
@@ -180,33 +130,50 @@ func (o *ConsumeOptions) fill(queue string, h Handler) error {
 	return nil
 }
 
-// consumer is one running Consume.
+// consumer is one subscription of a Consumer: its channel, on which one
+// basic.consume at a time is active (a round; Pause cancels it, Resume
+// starts the next on the same channel).
 type consumer struct {
 	c     *session
 	st    *channel
+	k     *Consumer
 	queue string
-	h     Handler
 	opts  ConsumeOptions
 
 	// mu serialises every operation on the channel once workers run: their
-	// acks, and the cancel at shutdown.
-	mu     sync.Mutex
-	flight *flight // the handlers of the Client.Consume this subscription belongs to
+	// acks, and the consumer's own basic.cancel and basic.consume.
+	mu sync.Mutex
+	// Handlers get a ctx that survives the consumer's stop, so that
+	// in-flight work can finish at shutdown; it ends at the shutdown
+	// bound, or at once when the subscription is lost.
+	hctx    context.Context
+	hcancel context.CancelFunc
 	// For telling the broker's consumer-timeout cancel from others: when
-	// each of this subscription's workers took its current delivery
-	// (UnixNano, 0 while idle), and when one last finished a delivery.
-	started    []atomic.Int64
+	// one last finished a delivery (UnixNano).
 	lastSettle atomic.Int64
 	cancels    chan string // the broker's basic.cancel, from amqp091-go
 	closed     chan *amqp.Error
 	stop       chan struct{} // closed (by halt) when no new deliveries may be taken
 	halted     sync.Once
+	cur        *round // the active basic.consume; nil while paused (the run loop's)
 }
 
-// flight is the handlers of one Client.Consume, across its subscriptions.
-// A subscription whose channel or connection is gone returns at once, its
+// round is one basic.consume of a subscription and its workers.
+type round struct {
+	deliveries <-chan amqp.Delivery
+	ended      chan struct{} // closed by the first worker to see the deliveries end
+	endOnce    sync.Once
+	// when each worker took its current delivery or batch (UnixNano, 0
+	// while idle)
+	started []atomic.Int64
+}
+
+func (r *round) end() { r.endOnce.Do(func() { close(r.ended) }) }
+
+// flight is the handlers of one Consumer, across its subscriptions. A
+// subscription whose channel or connection is gone ends at once, its
 // handlers' ctx cancelled (their deliveries are void: the broker has
-// returned them to the queue); only the end of Client.Consume waits for
+// returned them to the queue); only the end of the Consumer waits for
 // handlers still running, bounded by ShutdownTimeout.
 type flight struct {
 	wg      sync.WaitGroup
@@ -214,9 +181,10 @@ type flight struct {
 	gaveUp  atomic.Bool  // a wait reached its bound: later waits return at once
 }
 
-// wait waits at most d for every handler to return, and reports how many
-// were still running when it gave up (0: all returned).
-func (f *flight) wait(d time.Duration) int64 {
+// wait waits at most d, and not after hurry is closed, for every handler
+// to return, and reports how many were still running when it gave up (0:
+// all returned).
+func (f *flight) wait(d time.Duration, hurry <-chan struct{}) int64 {
 	if f.gaveUp.Load() {
 		return f.running.Load()
 	}
@@ -228,98 +196,116 @@ func (f *flight) wait(d time.Duration) int64 {
 	case <-done:
 		return 0
 	case <-t.C:
-		f.gaveUp.Store(true)
-		return f.running.Load()
+	case <-hurry:
 	}
+	f.gaveUp.Store(true)
+	return f.running.Load()
 }
 
-func (cs *consumer) run(ctx context.Context, deliveries <-chan amqp.Delivery) error {
-	// Handlers get a ctx that survives Consume's ctx, so that in-flight
-	// work can finish at shutdown; it ends at the shutdown bound, or at
-	// once when the subscription is lost.
-	hctx, hcancel := context.WithCancel(context.WithoutCancel(ctx))
-	defer hcancel()
-	fl := cs.flight
-	running := &fl.running
-	// ended and workersDone are this subscription's.
-	var wg sync.WaitGroup
-	ended := make(chan struct{}) // closed by the first worker to see the deliveries end
-	var endOnce sync.Once
-	// The workers are not the client's goroutines: Client.Close must not
-	// wait on a handler that ignores its ctx.
-	cs.started = make([]atomic.Int64, cs.opts.Workers)
+// subscribe opens a channel on c, sets its prefetch and starts consuming
+// on it for k: the subscription is consuming once it returns.
+func (c *session) subscribe(ctx context.Context, k *Consumer) (*consumer, error) {
+	opts := k.opts
+	prefetch := opts.Prefetch
+	if opts.AutoAck {
+		prefetch = 0
+	}
+	args, err := c.consumeArgs("basic.consume", k.queue, opts.Tag, consumerArgs{
+		Exclusive: opts.Exclusive, AutoAck: opts.AutoAck, Priority: opts.Priority,
+		Stream: opts.StreamOffset, AckTimeout: opts.AckTimeout, Args: opts.Args, Prefetch: prefetch,
+	})
+	if err != nil {
+		return nil, err
+	}
+	opts.Args = args // with warren's own arguments, in a copy
+	st, err := c.openChannel(ctx)
+	if err != nil {
+		return nil, err
+	}
+	cs := &consumer{c: c, st: st, k: k, queue: k.queue, opts: opts,
+		cancels: make(chan string, 4), stop: make(chan struct{})}
+	cs.hctx, cs.hcancel = context.WithCancel(k.vals)
+	ch := Channel{s: st}
+	if !opts.AutoAck {
+		if err := ch.Qos(ctx, QosOptions{PrefetchCount: opts.Prefetch}); err != nil {
+			cs.end()
+			return nil, err
+		}
+	}
+	st.ch.NotifyCancel(cs.cancels)
+	// A listener of the consumer's own: the end of the channel must be
+	// seen even while every worker is busy in a handler.
+	cs.closed = st.ch.NotifyClose(make(chan *amqp.Error, 1))
+	if err := cs.consume(ctx); err != nil {
+		cs.end()
+		return nil, err
+	}
+	return cs, nil
+}
+
+// consume sends basic.consume on the subscription's channel and starts the
+// workers of the new round.
+func (cs *consumer) consume(ctx context.Context) error {
+	var deliveries <-chan amqp.Delivery
+	cs.mu.Lock()
+	err := Channel{s: cs.st}.call(ctx, "basic.consume", func() (err error) {
+		deliveries, err = cs.st.ch.Consume(cs.queue, cs.opts.Tag, cs.opts.AutoAck, cs.opts.Exclusive, false, false, amqp.Table(cs.opts.Args))
+		return err
+	})
+	cs.mu.Unlock()
+	if err != nil {
+		return err
+	}
+	r := &round{deliveries: deliveries, ended: make(chan struct{}), started: make([]atomic.Int64, cs.opts.Workers)}
 	cs.lastSettle.Store(time.Now().UnixNano())
+	cs.cur = r
+	cs.startWorkers(r)
+	return nil
+}
+
+// startWorkers starts the round's workers. They are not the client's
+// goroutines: Client.Close must not wait on a handler that ignores its
+// ctx.
+func (cs *consumer) startWorkers(r *round) {
+	fl := cs.k.fl
 	for i := 0; i < cs.opts.Workers; i++ {
-		wg.Add(1)
 		fl.wg.Add(1)
 		go func() {
 			defer fl.wg.Done()
-			defer wg.Done()
-			if cs.work(hctx, deliveries, running, &cs.started[i]) {
-				endOnce.Do(func() { close(ended) })
+			if cs.work(r, &r.started[i]) {
+				r.end()
 			}
 		}()
 	}
+}
 
-	var err error
-	select {
-	case tag := <-cs.cancels:
-		cs.halt()
-		err = cs.cancelled(tag, deliveries, running)
-	case <-cs.closed:
-		cs.halt()
-		err = cs.st.awaitCause("basic.consume")
-	case <-ended:
-		// The deliveries ended without our cancel: the broker cancelled
-		// the consumer, or the channel or connection closed.
-		cs.halt()
-		err = cs.endReason(deliveries, running)
-	case <-ctx.Done():
-		// Shutdown: take nothing new, cancel, let in-flight handlers
-		// finish. With manual acks, deliveries not yet started stay
-		// unacked and return to the queue when the channel closes. With
-		// AutoAck the broker already counts them as delivered: the workers
-		// go on handling them until the buffer is empty (or the bound).
-		if !cs.opts.AutoAck {
-			cs.halt()
-		}
-		cctx, ccancel := context.WithTimeout(context.Background(), cs.opts.ShutdownTimeout)
-		cs.mu.Lock()
-		_ = Channel{s: cs.st}.call(cctx, "basic.cancel", func() error { return cs.st.ch.Cancel(cs.opts.Tag, false) })
-		cs.mu.Unlock()
-		ccancel()
-		err = fmt.Errorf("warren: consume %q: stopped: %w", cs.queue, ctx.Err())
-	}
-	if ctx.Err() == nil {
-		// Lost: the channel or connection is gone, the broker cancelled
-		// the consumer, or timed it out. The broker has the unacked
-		// messages back (or will once the channel closes, next): the
-		// handlers' acks can no longer count, so their ctx ends now and
-		// nothing waits for them here (see flight).
-		cs.halt()
-		hcancel()
-		return err
-	}
-	if n := fl.wait(cs.opts.ShutdownTimeout); n > 0 {
-		if cs.opts.AutoAck {
-			cs.halt() // whatever is still buffered is lost: AutoAck
-		}
-		hcancel()
-		// The channel closes next; the unfinished handlers' messages go
-		// back to the queue. Their later acks fail harmlessly.
-		err = fmt.Errorf("%w; %d handlers still running (%w), their messages return to the queue", err, n, ErrShutdownTimeout)
-	}
-	return err
+// cancel sends basic.cancel for the active round, bounded by ctx. The
+// round's workers go on with what was delivered before the cancel-ok.
+func (cs *consumer) cancel(ctx context.Context) error {
+	cs.mu.Lock()
+	defer cs.mu.Unlock()
+	cs.cur = nil
+	return Channel{s: cs.st}.call(ctx, "basic.cancel", func() error { return cs.st.ch.Cancel(cs.opts.Tag, false) })
 }
 
 // halt makes the workers take no new deliveries.
 func (cs *consumer) halt() { cs.halted.Do(func() { close(cs.stop) }) }
 
-// endReason says why the deliveries ended when Consume's ctx did not.
-func (cs *consumer) endReason(deliveries <-chan amqp.Delivery, running *atomic.Int64) error {
+// end halts the subscription, cancels its handlers' ctx and closes its
+// channel: unacked messages return to the queue, and amqp091-go's
+// delivery buffer goroutine ends.
+func (cs *consumer) end() {
+	cs.halt()
+	cs.hcancel()
+	cs.closeChannel()
+}
+
+// endReason says why the active round's deliveries ended.
+func (cs *consumer) endReason(r *round) error {
 	select {
 	case tag := <-cs.cancels:
-		return cs.cancelled(tag, deliveries, running)
+		cs.k.st.brokerCancels.Add(1)
+		return cs.cancelled(tag, r)
 	default:
 	}
 	if err := cs.st.awaitCause("basic.consume"); err != nil {
@@ -336,8 +322,8 @@ func (cs *consumer) endReason(deliveries <-chan amqp.Delivery, running *atomic.I
 // this subscription held a delivery about that long (a handler has run that
 // long on one, or deliveries waited while none was finished for that long)
 // and the queue still exists.
-func (cs *consumer) cancelled(tag string, deliveries <-chan amqp.Delivery, _ *atomic.Int64) error {
-	if cs.opts.AckTimeout > 0 && !cs.opts.AutoAck && cs.heldPastAckTimeout(deliveries) && cs.queueExists() {
+func (cs *consumer) cancelled(tag string, r *round) error {
+	if cs.opts.AckTimeout > 0 && !cs.opts.AutoAck && cs.heldPastAckTimeout(r) && cs.queueExists() {
 		return fmt.Errorf("warren: consume %q: %w: the broker cancelled the consumer (tag %q) after a delivery went unacknowledged for AckTimeout %v (%w); its unacked messages return to the queue",
 			cs.queue, ErrAckTimeout, tag, cs.opts.AckTimeout, ErrConsumerCancelled)
 	}
@@ -348,40 +334,52 @@ func (cs *consumer) cancelled(tag string, deliveries <-chan amqp.Delivery, _ *at
 // unacknowledged delivery for about AckTimeout (nine tenths of it, for the
 // broker's timer and ours): a handler running that long on one, or
 // deliveries buffered while no handler finished one for that long.
-func (cs *consumer) heldPastAckTimeout(deliveries <-chan amqp.Delivery) bool {
+func (cs *consumer) heldPastAckTimeout(r *round) bool {
 	now := time.Now().UnixNano()
 	bound := int64(cs.opts.AckTimeout) * 9 / 10
-	for i := range cs.started {
-		if s := cs.started[i].Load(); s != 0 && now-s >= bound {
+	for i := range r.started {
+		if s := r.started[i].Load(); s != 0 && now-s >= bound {
 			return true
 		}
 	}
-	return len(deliveries) > 0 && now-cs.lastSettle.Load() >= bound
+	return len(r.deliveries) > 0 && now-cs.lastSettle.Load() >= bound
 }
 
 // queueExists checks, on a channel of its own, that the consumer's queue is
 // still there.
 func (cs *consumer) queueExists() bool {
-	ctx, cancel := context.WithTimeout(context.Background(), cs.c.opts.closeTimeout)
+	ok, _ := cs.c.queueExists(cs.queue)
+	return ok
+}
+
+// queueExists checks with a passive declare, on a channel of its own (a
+// missing queue costs that channel), that queue exists. err is set when
+// the check could not be made.
+func (c *session) queueExists(queue string) (ok bool, err error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.closeTimeout)
 	defer cancel()
-	st, err := cs.c.openChannel(ctx)
+	st, err := c.openChannel(ctx)
 	if err != nil {
-		return false
+		return false, err
 	}
 	ch := Channel{s: st}
 	defer ch.Close(ctx)
-	_, err = ch.QueueDeclare(ctx, cs.queue, QueueOptions{Passive: true})
-	return err == nil
+	_, err = ch.QueueDeclare(ctx, queue, QueueOptions{Passive: true})
+	if errors.Is(err, ErrNotFound) {
+		return false, nil
+	}
+	return err == nil, err
 }
 
-// work runs handlers for deliveries until they end (it then returns true)
-// or stop is closed.
-func (cs *consumer) work(ctx context.Context, deliveries <-chan amqp.Delivery, running *atomic.Int64, started *atomic.Int64) bool {
+// work runs handlers for the round's deliveries until they end (it then
+// returns true) or stop is closed.
+func (cs *consumer) work(r *round, started *atomic.Int64) bool {
+	fl := cs.k.fl
 	for {
 		select {
 		case <-cs.stop:
 			return false
-		case ad, ok := <-deliveries:
+		case ad, ok := <-r.deliveries:
 			if !ok {
 				return true
 			}
@@ -390,24 +388,36 @@ func (cs *consumer) work(ctx context.Context, deliveries <-chan amqp.Delivery, r
 				return false // taken as shutdown began: left unacked, it returns to the queue
 			default:
 			}
-			running.Add(1)
+			fl.running.Add(1)
+			cs.k.st.inFlight.Add(1)
 			started.Store(time.Now().UnixNano())
-			cs.handle(ctx, ad)
+			cs.handle(ad)
 			started.Store(0)
 			cs.lastSettle.Store(time.Now().UnixNano())
-			running.Add(-1)
+			cs.k.st.inFlight.Add(-1)
+			fl.running.Add(-1)
 		}
 	}
 }
 
-// handle runs the handler for one delivery and settles it.
-func (cs *consumer) handle(ctx context.Context, ad amqp.Delivery) {
+// delivery wraps ad for a handler.
+func (cs *consumer) delivery(ad amqp.Delivery) *Delivery {
 	ad.Acknowledger = nil
-	d := &Delivery{Delivery: ad, ch: Channel{s: cs.st}, lock: &cs.mu}
+	d := &Delivery{Delivery: ad, ch: Channel{s: cs.st}, lock: &cs.mu, tally: &cs.k.st.tally}
 	if cs.opts.AutoAck {
 		d.settled.Store(settled)
 	}
-	err := cs.call(ctx, d)
+	cs.k.st.delivered.Add(1)
+	return d
+}
+
+// handle runs the handler for one delivery and settles it.
+func (cs *consumer) handle(ad amqp.Delivery) {
+	d := cs.delivery(ad)
+	err := cs.call(d)
+	if err != nil {
+		cs.k.st.handlerErrors.Add(1)
+	}
 	if d.settled.Load() == settled {
 		return
 	}
@@ -424,19 +434,25 @@ func (cs *consumer) handle(ctx context.Context, ad amqp.Delivery) {
 }
 
 // call runs the handler, turning a panic into an error.
-func (cs *consumer) call(ctx context.Context, d *Delivery) (err error) {
+func (cs *consumer) call(d *Delivery) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
-			stack := debug.Stack()
-			cs.c.opts.logger.Error("warren: consumer handler panicked; the message is rejected and the consumer goes on",
-				"queue", cs.queue, "consumer_tag", cs.opts.Tag, "delivery_tag", d.DeliveryTag, "panic", v, "stack", string(stack))
-			if cs.opts.OnPanic != nil {
-				cs.opts.OnPanic(d, v, stack)
-			}
-			err = fmt.Errorf("warren: handler panicked: %v", v)
+			err = cs.panicked(d, v)
 		}
 	}()
-	return cs.h(ctx, d)
+	return cs.k.h(cs.hctx, d)
+}
+
+// panicked logs and reports a handler's panic, and returns it as an error.
+func (cs *consumer) panicked(d *Delivery, v any) error {
+	stack := debug.Stack()
+	cs.k.st.panics.Add(1)
+	cs.c.opts.logger.Error("warren: consumer handler panicked; the message is rejected and the consumer goes on",
+		"queue", cs.queue, "consumer_tag", cs.opts.Tag, "delivery_tag", d.DeliveryTag, "panic", v, "stack", string(stack))
+	if cs.opts.OnPanic != nil {
+		cs.opts.OnPanic(d, v, stack)
+	}
+	return fmt.Errorf("warren: handler panicked: %v", v)
 }
 
 // closeChannel closes the consumer's channel: unacked messages return to

@@ -23,6 +23,26 @@ type Delivery struct {
 	lock    *sync.Mutex  // a consumer's: serialises settlements from its workers
 	counted bool         // fetched by Get: counted in its channel's unsettled messages
 	settled atomic.Int32 // unsettled, settling or settled
+	tally   *settleTally // a Consumer's settlement counters, or nil
+}
+
+// settleTally counts a Consumer's settlements (see ConsumerStats), by
+// kind.
+type settleTally [3]atomic.Uint64
+
+// Kinds of settlement, indexes into a settleTally.
+const (
+	tallyAck = iota
+	tallyNack
+	tallyReject
+)
+
+// count counts a settlement of kind when err says it was sent.
+func (d *Delivery) count(kind int, err error) error {
+	if err == nil && d.tally != nil {
+		d.tally[kind].Add(1)
+	}
+	return err
 }
 
 // Settlement states of a Delivery.
@@ -112,7 +132,7 @@ func (ch Channel) Get(ctx context.Context, queue string, opts GetOptions) (d *De
 
 // Ack acknowledges the delivery.
 func (d *Delivery) Ack(ctx context.Context) error {
-	return d.settle(ctx, func() error { return d.ch.Ack(ctx, d.DeliveryTag, false) })
+	return d.count(tallyAck, d.settle(ctx, func() error { return d.ch.Ack(ctx, d.DeliveryTag, false) }))
 }
 
 // Nack negatively acknowledges the delivery; requeue puts it back on the
@@ -121,7 +141,7 @@ func (d *Delivery) Ack(ctx context.Context) error {
 // does not raise a quorum queue's delivery count, so it never trips a
 // DeliveryLimit. To report a failure, use Reject (see DeliveryCount).
 func (d *Delivery) Nack(ctx context.Context, requeue bool) error {
-	return d.settle(ctx, func() error { return d.ch.Nack(ctx, d.DeliveryTag, false, requeue) })
+	return d.count(tallyNack, d.settle(ctx, func() error { return d.ch.Nack(ctx, d.DeliveryTag, false, requeue) }))
 }
 
 // Reject rejects the delivery: processing it failed. requeue puts it back
@@ -129,7 +149,7 @@ func (d *Delivery) Nack(ctx context.Context, requeue bool) error {
 // message's delivery count rises on every RabbitMQ version, so a quorum
 // queue's DeliveryLimit dead-letters a message rejected too often.
 func (d *Delivery) Reject(ctx context.Context, requeue bool) error {
-	return d.settle(ctx, func() error { return d.ch.Reject(ctx, d.DeliveryTag, requeue) })
+	return d.count(tallyReject, d.settle(ctx, func() error { return d.ch.Reject(ctx, d.DeliveryTag, requeue) }))
 }
 
 // settle sends the settlement fn. The delivery counts as settled only once

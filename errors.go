@@ -479,3 +479,10 @@ var (
 	// leased and no more may be opened.
 	ErrPoolExhausted = errors.New("warren: pool exhausted: every channel is leased")
 )
+
+// Consumer handles (StartConsumer, StartBatchConsumer).
+
+// ErrConsumerEnded is returned by a Consumer's Pause and Resume once the
+// Consumer has ended (Cancel, the end of its Client, an error it could not
+// recover from; its Err says which).
+var ErrConsumerEnded = errors.New("warren: consumer ended")
