@@ -155,7 +155,8 @@ type consumer struct {
 	closed     chan *amqp.Error
 	stop       chan struct{} // closed (by halt) when no new deliveries may be taken
 	halted     sync.Once
-	cur        *round // the active basic.consume; nil while paused (the run loop's)
+	cur        *round     // the active basic.consume; nil while paused (the run loop's)
+	batches    *batchBook // the outstanding batches (batch consumers)
 }
 
 // round is one basic.consume of a subscription and its workers.
@@ -224,6 +225,9 @@ func (c *session) subscribe(ctx context.Context, k *Consumer) (*consumer, error)
 	}
 	cs := &consumer{c: c, st: st, k: k, queue: k.queue, opts: opts,
 		cancels: make(chan string, 4), stop: make(chan struct{})}
+	if k.batch != nil {
+		cs.batches = new(batchBook)
+	}
 	cs.hctx, cs.hcancel = context.WithCancel(k.vals)
 	ch := Channel{s: st}
 	if !opts.AutoAck {
@@ -259,7 +263,11 @@ func (cs *consumer) consume(ctx context.Context) error {
 	r := &round{deliveries: deliveries, ended: make(chan struct{}), started: make([]atomic.Int64, cs.opts.Workers)}
 	cs.lastSettle.Store(time.Now().UnixNano())
 	cs.cur = r
-	cs.startWorkers(r)
+	if cs.k.batch != nil {
+		cs.startBatchWorkers(r)
+	} else {
+		cs.startWorkers(r)
+	}
 	return nil
 }
 

@@ -53,6 +53,7 @@ type Consumer struct {
 	queue string
 	opts  ConsumeOptions // filled
 	h     Handler        // nil for a batch consumer
+	batch *batchSpec     // nil for a per-message consumer
 	fl    *flight
 	st    consumerCounters
 	vals  context.Context // StartConsumer's ctx without its cancel: handlers' ctx carry its values
