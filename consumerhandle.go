@@ -269,6 +269,11 @@ func (k *Consumer) Stats() ConsumerStats {
 // error, and the pause still takes effect. After the Consumer has ended,
 // Pause returns an error matching ErrConsumerEnded.
 func (k *Consumer) Pause(ctx context.Context) error {
+	select {
+	case <-k.done:
+		return k.ended("pause")
+	default:
+	}
 	k.mu.Lock()
 	if !k.paused {
 		k.paused = true
@@ -297,6 +302,11 @@ func (k *Consumer) Pause(ctx context.Context) error {
 // Ready the same way. After the Consumer has ended, Resume returns an
 // error matching ErrConsumerEnded.
 func (k *Consumer) Resume(ctx context.Context) error {
+	select {
+	case <-k.done:
+		return k.ended("resume")
+	default:
+	}
 	k.mu.Lock()
 	if k.paused {
 		k.paused = false

@@ -77,7 +77,7 @@ func newFixture(ctx context.Context, opts Options, selected []string) (f *fixtur
 			return nil, fmt.Errorf("raw contender: %w", err)
 		}
 	}
-	if slices.Contains(selected, Warren) {
+	if slices.Contains(selected, Warren) || slices.Contains(selected, WarrenHandle) || slices.Contains(selected, WarrenBatch) {
 		if f.warren, err = newWarren(ctx, opts.BrokerURL, f.queue, opts.PassTimeout); err != nil {
 			return nil, fmt.Errorf("warren contender: %w", err)
 		}
@@ -312,6 +312,79 @@ func (w *warrenContender) consume(ctx context.Context, p, n int) (got, redeliver
 		err = fmt.Errorf("consuming stopped after %d of %d messages: %w", got, n, err)
 	}
 	return got, redelivered, err
+}
+
+// consumeHandle runs Client.StartConsumer with one worker whose handler
+// counts and returns nil (warren acks); once the handler saw the n-th
+// message it cancels the Consumer, which waits for that handler's ack and
+// closes its channel.
+func (w *warrenContender) consumeHandle(ctx context.Context, p, n int) (got, redelivered int, err error) {
+	last := make(chan struct{})
+	h := func(_ context.Context, d *warren.Delivery) error {
+		got++ // Workers: 1, so one handler at a time
+		if d.Redelivered {
+			redelivered++
+		}
+		if got == n {
+			close(last)
+		}
+		return nil
+	}
+	k, err := w.client.StartConsumer(ctx, w.queue, h, warren.ConsumeOptions{Prefetch: p, Workers: 1})
+	if err != nil {
+		return 0, 0, err
+	}
+	return w.finish(ctx, k, last, n, &got, &redelivered)
+}
+
+// consumeBatch runs Client.StartBatchConsumer with batches of
+// min(batchSize, p), one handler at a time counting the batch and
+// returning nil (warren acks it); once the n-th message was handed over it
+// cancels the Consumer.
+func (w *warrenContender) consumeBatch(ctx context.Context, p, n int) (got, redelivered int, err error) {
+	last := make(chan struct{})
+	h := func(_ context.Context, batch []*warren.Delivery) error {
+		for _, d := range batch {
+			got++ // Workers: 1, so one handler at a time
+			if d.Redelivered {
+				redelivered++
+			}
+		}
+		if got == n {
+			close(last)
+		}
+		return nil
+	}
+	k, err := w.client.StartBatchConsumer(ctx, w.queue, h, warren.BatchOptions{Size: min(batchSize, p),
+		ConsumeOptions: warren.ConsumeOptions{Prefetch: p, Workers: 1}})
+	if err != nil {
+		return 0, 0, err
+	}
+	return w.finish(ctx, k, last, n, &got, &redelivered)
+}
+
+// finish waits for last (or the pass timeout), cancels k, and reports.
+// got and redelivered are read only after Cancel, which waits for the
+// handler.
+func (w *warrenContender) finish(ctx context.Context, k *warren.Consumer, last <-chan struct{}, n int, got, redelivered *int) (int, int, error) {
+	wctx, cancel := context.WithTimeout(ctx, w.timeout)
+	defer cancel()
+	var waitErr error
+	select {
+	case <-last:
+	case <-k.Done():
+		waitErr = fmt.Errorf("the consumer ended: %w", k.Err())
+	case <-wctx.Done():
+		waitErr = wctx.Err()
+	}
+	cerr := k.Cancel(wctx)
+	switch {
+	case waitErr != nil:
+		return *got, *redelivered, fmt.Errorf("consuming stopped after %d of %d messages: %w", *got, n, waitErr)
+	case cerr != nil:
+		return *got, *redelivered, fmt.Errorf("Consumer.Cancel: %w", cerr)
+	}
+	return *got, *redelivered, nil
 }
 
 // goRabbitContender is one go-rabbitmq Conn; every pass is one Consumer.

@@ -19,7 +19,18 @@ const (
 	Raw        = "raw"            // amqp091-go: Qos, Consume, for d := range deliveries { d.Ack(false) }
 	Warren     = "warren"         // warren: Client.Consume with Prefetch n, Workers 1
 	GoRabbitMQ = peers.GoRabbitMQ // go-rabbitmq: NewConsumer with QOSPrefetch n, Run, Close
+	// WarrenHandle is warren's Client.StartConsumer with Prefetch n,
+	// Workers 1, stopped by Consumer.Cancel: the handle's overhead over
+	// Client.Consume.
+	WarrenHandle = "warren-handle"
+	// WarrenBatch is warren's Client.StartBatchConsumer with Size
+	// min(50, n), Prefetch n, Workers 1: a batch handler's throughput
+	// against the per-message handler.
+	WarrenBatch = "warren-batch-50"
 )
+
+// batchSize is WarrenBatch's batch size (N), where the prefetch allows.
+const batchSize = 50
 
 // Options configure the consume suite. Zero fields take the defaults noted.
 type Options struct {
@@ -77,7 +88,7 @@ func (o *Options) messages(p int) int {
 // NewSuite dials the broker for the filler and every selected contender,
 // declares the queue and returns the suite. Call its Close when done.
 func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
-	sel, err := peers.Select("consume", opts.Contenders, []string{Raw, Warren, GoRabbitMQ})
+	sel, err := peers.Select("consume", opts.Contenders, []string{Raw, Warren, GoRabbitMQ, WarrenHandle, WarrenBatch})
 	if err != nil {
 		return nil, err
 	}
@@ -109,7 +120,12 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 			"cancelling ctx at the last message, so Consume cancels the consumer and closes its channel. "+
 			"go-rabbitmq %s: one Conn; per pass NewConsumer(conn, queue, WithConsumerOptionsQOSPrefetch(n), "+
 			"WithConsumerOptionsQueueNoDeclare) (Concurrency 1, its default), Run with a handler that counts and "+
-			"returns rabbitmq.Ack, then Close (waits for the handler, closes the channel). %s "+
+			"returns rabbitmq.Ack, then Close (waits for the handler, closes the channel). "+
+			"warren-handle: the same Client; per pass Client.StartConsumer(ctx, queue, handler, ConsumeOptions{Prefetch: n, "+
+			"Workers: 1}) and, once the handler saw the last message, Consumer.Cancel (waits for the handler's ack, "+
+			"closes the channel). warren-batch-50: the same Client; per pass Client.StartBatchConsumer(ctx, queue, "+
+			"handler, BatchOptions{Size: min(50, n), Prefetch: n, Workers: 1}), the batch handler counting and returning "+
+			"nil (warren acks each batch with one multiple ack), then Consumer.Cancel. %s "+
 			"After the pass a purge must find the queue empty. %s",
 			opts.BodySize, opts.FillWindow, bench.ModuleVersion("github.com/rabbitmq/amqp091-go"),
 			bench.ModuleVersion("github.com/wagslane/go-rabbitmq"), peers.AmqpxDoc, bench.MsgMetricsDoc),
@@ -129,6 +145,10 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 	if f.goRabbit != nil {
 		consumers[GoRabbitMQ] = f.goRabbit.consume
 	}
+	if f.warren != nil {
+		consumers[WarrenHandle] = f.warren.consumeHandle
+		consumers[WarrenBatch] = f.warren.consumeBatch
+	}
 	for _, p := range opts.Prefetches {
 		n := opts.messages(p)
 		doc := fmt.Sprintf("Prefetch %d: at most %d unacked deliveries; %d messages per pass.", p, p, n)
@@ -146,8 +166,15 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 			},
 		})
 	}
-	if sel.Has(Raw, Warren) {
-		s.Targets = func(r *bench.Report) []bench.Target { return bench.CPUTargets(r, s, Warren, Raw, 1.15) }
+	s.Targets = func(r *bench.Report) []bench.Target {
+		var ts []bench.Target
+		if sel.Has(Raw, Warren) {
+			ts = append(ts, bench.CPUTargets(r, s, Warren, Raw, 1.15)...)
+		}
+		if sel.Has(Warren, WarrenHandle) {
+			ts = append(ts, bench.CPUTargets(r, s, WarrenHandle, Warren, 1.05)...)
+		}
+		return ts
 	}
 	return s, nil
 }
