@@ -179,7 +179,11 @@ func (d *Delivery) settle(ctx context.Context, fn func() error) error {
 		// Nothing reached the socket (or the channel is gone, and with it
 		// every delivery it carried): a retry is judged afresh.
 		d.settled.Store(unsettled)
-		if d.ch.s.cause.Load() != nil && !errors.Is(err, ErrReleased) {
+		released := errors.Is(err, ErrReleased)
+		// A pooled channel released with this delivery unsettled was
+		// discarded, not reused (see Pool.Release): the broker has the
+		// message back.
+		if (d.ch.s.cause.Load() != nil && !released) || (released && d.counted) {
 			return fmt.Errorf("%w (delivery tag %d on channel %d): %w", ErrDeliveryVoid, d.DeliveryTag, d.ch.ID(), err)
 		}
 		return err

@@ -178,9 +178,12 @@ var (
 
 	// ErrDeliveryVoid is wrapped, with the channel's cause, by Ack, Nack
 	// or Reject of a Delivery whose channel is gone (closed, lost with its
-	// connection, poisoned): the broker returned the message to its queue
-	// when the channel closed, and will deliver it again, so no settlement
-	// of this Delivery can count any more.
+	// connection, poisoned), or a Delivery fetched with Get on a pooled
+	// Channel whose lease was released before the settlement (the error
+	// then also matches ErrReleased: the pool discards a channel released
+	// with unsettled deliveries): the broker returned the message to its
+	// queue when the channel closed, and will deliver it again, so no
+	// settlement of this Delivery can count any more.
 	ErrDeliveryVoid = errors.New("warren: delivery void: its channel is gone and the broker has returned the message to the queue")
 )
 

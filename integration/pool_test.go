@@ -1849,12 +1849,19 @@ func TestPoolDiscardsAChannelReleasedWithAnUnsettledMessage(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, ok, err := lc.Get(ctx, q, warren.GetOptions{}); err != nil || !ok {
+	fetched, ok, err := lc.Get(ctx, q, warren.GetOptions{})
+	if err != nil || !ok {
 		t.Fatalf("Get: ok %v err %v", ok, err)
 	}
 	p.Release(lc)
 	if s := p.Stats(); s.Discarded.Unsettled != 1 {
 		t.Errorf("Discarded.Unsettled: %d, want 1 (%+v)", s.Discarded.Unsettled, s)
+	}
+	// The fetched message went back with the channel: settling it now is
+	// void, and says so (and that the lease had ended).
+	err = fetched.Ack(ctx)
+	if !errors.Is(err, warren.ErrDeliveryVoid) || !errors.Is(err, warren.ErrReleased) {
+		t.Errorf("Ack of a delivery whose lease was released: got %v, want ErrDeliveryVoid and ErrReleased", err)
 	}
 	d := getOne(t, ctx, ch, q)
 	if !d.Redelivered {
