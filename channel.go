@@ -59,30 +59,37 @@ type channel struct {
 	// settledThrough is the highest delivery tag settled by a multiple
 	// Channel.Ack or Nack: every Delivery up to it is settled.
 	settledThrough atomic.Uint64
-	flow           gate          // shut while the broker has the channel's flow off
-	gone           chan struct{} // closed when the channel is closing or closed: flow waits end
-	goneOnce       sync.Once
-	flowDue        atomic.Int32  // channel.flow frames read whose flow-ok is not yet written
-	flowWant       atomic.Bool   // the last channel.flow read said active
-	busy           atomic.Bool   // the serialisation point: true while an operation runs
-	closeWait      atomic.Bool   // a Close waits for the running operation: no new one may start
-	idle           chan struct{} // size 1: an operation ended while a Close waited (closeWait)
-	writing        atomic.Uint64 // the sequence number of the send writing now, 0, or writeAborted: see send
-	wseq           atomic.Uint64 // numbers sends
-	wdone          atomic.Value  // <-chan struct{}: Done of the ctx of the latest send with one (see stall.go)
-	wop            atomic.Uint32 // that send's operation, an index into sendOps
-	stallSeq       uint64        // the stall watch's: the send it saw writing with its ctx ended...
-	stallMark      uint64        // ...and the connection's bytes written then
+	// prefetch is the PrefetchCount of the last successful per-consumer
+	// (not Global) Qos: a stream consumer needs one above 0.
+	prefetch atomic.Int32
+	// consuming counts the channel's Subscriptions that have not ended
+	// (their stream is still open): a pool does not reuse such a channel.
+	consuming atomic.Int32
+	flow      gate          // shut while the broker has the channel's flow off
+	gone      chan struct{} // closed when the channel is closing or closed: flow waits end
+	goneOnce  sync.Once
+	flowDue   atomic.Int32  // channel.flow frames read whose flow-ok is not yet written
+	flowWant  atomic.Bool   // the last channel.flow read said active
+	busy      atomic.Bool   // the serialisation point: true while an operation runs
+	closeWait atomic.Bool   // a Close waits for the running operation: no new one may start
+	idle      chan struct{} // size 1: an operation ended while a Close waited (closeWait)
+	writing   atomic.Uint64 // the sequence number of the send writing now, 0, or writeAborted: see send
+	wseq      atomic.Uint64 // numbers sends
+	wdone     atomic.Value  // <-chan struct{}: Done of the ctx of the latest send with one (see stall.go)
+	wop       atomic.Uint32 // that send's operation, an index into sendOps
+	stallSeq  uint64        // the stall watch's: the send it saw writing with its ctx ended...
+	stallMark uint64        // ...and the connection's bytes written then
 
 	closes      chan *amqp.Error           // buffered NotifyClose listener registered at open
 	brokerClose atomic.Pointer[amqp.Error] // the broker's channel.close, as read off the wire
 
 	cause atomic.Pointer[causeBox] // first reason the channel became unusable; never reset
 
-	mu           sync.Mutex  // guards following
-	txDeliveries []*Delivery // settled in the open transaction (tx mode)
-	closed       bool        // Close has been called
-	closeErr     error       // Close's result
+	mu           sync.Mutex               // guards following
+	txDeliveries []*Delivery              // settled in the open transaction (tx mode)
+	subs         map[string]*Subscription // running consumers (Channel.Consume) by tag
+	closed       bool                     // Close has been called
+	closeErr     error                    // Close's result
 	closeDone    chan struct{}
 }
 
@@ -198,8 +205,10 @@ func (ch *channel) enter(ctx context.Context, op string, gen uint64) error {
 // validateConnection): whether it may be leased out again, and if not why,
 // as the pool's discard counter (discard*). A channel is reusable when no
 // operation runs on it, nothing made it unusable (the broker, its
-// connection, a poisoning, a Close), it is still in mode m, and it holds no
-// transaction work or fetched messages that still need settling.
+// connection, a poisoning, a Close), no consumer started on it with
+// Consume is still running (or still handing over deliveries), it is still
+// in mode m, and it holds no transaction work or fetched or consumed
+// messages that still need settling.
 func (ch *channel) reusable(m Mode) (reason int, ok bool) {
 	if ch.busy.Load() {
 		return discardBusy, false
@@ -223,6 +232,8 @@ func (ch *channel) reusable(m Mode) (reason int, ok bool) {
 		}
 	}
 	switch {
+	case ch.consuming.Load() > 0:
+		return discardConsuming, false
 	case Mode(ch.mode.Load()) != m:
 		return discardMode, false
 	case m == ModeTx && (ch.txDirty.Load() || ch.unsettled.Load() > 0):
@@ -283,6 +294,7 @@ func (ch *channel) call(ctx context.Context, op string, gen uint64, fn func() er
 // abandoned RPC has come back, so no reply can reach a later caller.
 func (ch *channel) poison(op string, cause error, pending <-chan error) {
 	ch.setCause(&PoisonedError{ChannelID: ch.id, Op: op, Cause: cause})
+	ch.markGone() // its consumers' streams end now: their deliveries are void
 	ch.c.goTracked(func() {
 		select {
 		case <-pending:

@@ -46,7 +46,8 @@ type DiscardStats struct {
 	ModeChanged  int64 // switched away from the pool's mode (confirm, tx)
 	Connection   int64 // the connection ended
 	TxUnfinished int64 // a tx channel released with uncommitted work or unsettled messages
-	Unsettled    int64 // released holding fetched messages it never settled (closing it requeues them)
+	Unsettled    int64 // released holding fetched or consumed messages it never settled (closing it requeues them)
+	Consuming    int64 // released with a consumer of Channel.Consume still running, or its stream not yet drained (closing it requeues its unacked messages)
 }
 
 // PoolStats is a snapshot of a Pool, like database/sql's DBStats: gauges
@@ -72,7 +73,8 @@ type PoolStats struct {
 // until its Release; using it afterwards returns ErrReleased.
 //
 // A channel that the broker closed, that an abandoned operation poisoned,
-// that changed mode, or that is released while still in use, is closed
+// that changed mode, that is released while still in use, or while a
+// consumer started on it with Channel.Consume still runs, is closed
 // instead of reused, and replaced on demand.
 //
 // A Pool is safe for concurrent use, Close included. Close stops new leases
@@ -82,7 +84,7 @@ type Pool struct {
 	opts   PoolOptions
 	core   *chanpool.Pool[*channel]
 
-	discards [8]atomic.Int64 // indexed by discard*
+	discards [9]atomic.Int64 // indexed by discard*
 	closed   atomic.Bool
 	warming  atomic.Bool
 }
@@ -96,6 +98,7 @@ const (
 	discardConnection
 	discardTx
 	discardUnsettled
+	discardConsuming
 )
 
 // newPool makes a pool of c's: it opens its channels on the Client's live
@@ -244,6 +247,9 @@ func (p *Pool) sess() *session { return p.client.s() }
 // ErrNotAllowed. The pool then keeps to the channels it had open (Stats'
 // Max says how many), and later Acquire calls wait for a release rather
 // than cost the connection again.
+//
+// A leased channel never has a consumer running on it: Release closes a
+// channel whose Channel.Consume subscription has not ended.
 func (p *Pool) Acquire(ctx context.Context) (Channel, error) {
 	if err := ctx.Err(); err != nil {
 		return Channel{}, fmt.Errorf("warren: pool.acquire: %w", err) // as database/sql: even with a channel idle
@@ -299,6 +305,13 @@ func (p *Pool) lease(st *channel) (Channel, bool) {
 // Release ends the lease of ch and returns the channel to the pool, or
 // closes it if it is no longer fit to reuse. Release is idempotent, and
 // releasing a handle whose lease already ended does nothing.
+//
+// A channel released with a Subscription (Channel.Consume) that has not
+// ended — not cancelled, or its Deliveries not yet drained to the close —
+// is closed, never leased again (counted in PoolStats.Discarded.Consuming):
+// the broker requeues the consumer's unacknowledged messages and the
+// stream ends with ErrChannelClosed. So is one holding deliveries, fetched
+// or consumed, that were never settled (Discarded.Unsettled).
 func (p *Pool) Release(ch Channel) {
 	st := ch.s
 	if st == nil || st.pool != p || !st.gen.CompareAndSwap(ch.gen, ch.gen+1) {
@@ -397,6 +410,7 @@ func (p *Pool) Stats() PoolStats {
 			Connection:   p.discards[discardConnection].Load(),
 			TxUnfinished: p.discards[discardTx].Load(),
 			Unsettled:    p.discards[discardUnsettled].Load(),
+			Consuming:    p.discards[discardConsuming].Load(),
 		},
 	}
 }

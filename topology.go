@@ -343,6 +343,9 @@ func (ch Channel) QueueUnbind(ctx context.Context, queue, key, exchange string, 
 // Every problem with opts is reported at once, before anything is sent: a
 // PrefetchCount outside 0..65535, a PrefetchSize other than 0, and Global
 // on a broker that reports RabbitMQ 4.3 or later (see QosOptions).
+//
+// The PrefetchCount of the last successful Qos without Global is what
+// Channel.Consume checks a stream consumer against (it needs one above 0).
 func (ch Channel) Qos(ctx context.Context, opts QosOptions) error {
 	const op = "basic.qos"
 	var errs []error
@@ -360,7 +363,11 @@ func (ch Channel) Qos(ctx context.Context, opts QosOptions) error {
 	if len(errs) > 0 {
 		return errors.Join(errs...)
 	}
-	return ch.call(ctx, op, func() error {
+	err := ch.call(ctx, op, func() error {
 		return ch.s.ch.Qos(opts.PrefetchCount, opts.PrefetchSize, opts.Global)
 	})
+	if err == nil && !opts.Global {
+		ch.s.prefetch.Store(int32(opts.PrefetchCount))
+	}
+	return err
 }
