@@ -529,6 +529,11 @@ func (ch *channel) closeWithin(ctx context.Context) error {
 		select {
 		case e, ok := <-ch.closes:
 			if !ok {
+				if ch.cause.Load() != nil {
+					// Another reader of the listener (a Subscription's
+					// goroutine, Err) took what it held and recorded it.
+					return ch.unusable("close")
+				}
 				return nil
 			}
 			ch.setCause(ch.classify(e, ok))
