@@ -600,3 +600,64 @@ func TestChannelConsumeRefusesAStreamConsumerWithoutAckOrPrefetchBeforeSending(t
 		t.Errorf("Err after Cancel: got %v, want nil", err)
 	}
 }
+
+func TestChannelConsumeCancelUnderLoadLosesNothing(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	ctx := testCtx(t, opTimeout)
+	c := dial(t, b.URL)
+	ch := openChannel(t, ctx, c)
+	q := uniqueName(t, "")
+	declareQueue(t, ctx, b, ch, q)
+	const n, cancelAfter = 500, 100
+	publishN(t, ctx, ch, q, "m", n)
+	if err := ch.Qos(ctx, warren.QosOptions{PrefetchCount: 20}); err != nil {
+		t.Fatalf("Qos: %v", err)
+	}
+	sub, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{})
+	if err != nil {
+		t.Fatalf("Consume: %v", err)
+	}
+	acked := 0
+	seen := make(map[string]bool)
+loop:
+	for {
+		var d *warren.Delivery
+		select {
+		case got, ok := <-sub.Deliveries():
+			if !ok {
+				break loop
+			}
+			d = got
+		case <-ctx.Done():
+			t.Fatalf("stream still open when the test's time ran out (%d acked)", acked)
+		}
+		if seen[string(d.Body)] {
+			t.Errorf("delivery %q: got it twice", d.Body)
+		}
+		seen[string(d.Body)] = true
+		if err := d.Ack(ctx); err != nil {
+			t.Fatalf("Ack %q: %v", d.Body, err)
+		}
+		acked++
+		if acked == cancelAfter {
+			// The broker keeps pushing (prefetch 20) until its cancel-ok:
+			// those still arrive and are acked here.
+			if err := sub.Cancel(ctx); err != nil {
+				t.Fatalf("Cancel: %v", err)
+			}
+		}
+	}
+	if err := sub.Err(); err != nil {
+		t.Errorf("Err after Cancel: got %v, want nil", err)
+	}
+	if acked < cancelAfter || acked > cancelAfter+20 {
+		t.Errorf("acked: got %d, want %d plus at most the prefetch (20)", acked, cancelAfter)
+	}
+	qs, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Passive: true})
+	if err != nil {
+		t.Fatalf("QueueDeclare: %v", err)
+	}
+	if acked+qs.Messages != n {
+		t.Errorf("acked %d + left in the queue %d: got %d, want %d", acked, qs.Messages, acked+qs.Messages, n)
+	}
+}
