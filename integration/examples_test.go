@@ -21,6 +21,7 @@ var exampleProof = map[string]string{
 	"txmove":     "rolled back: simulated failure after publish and ack",
 	"httppool":   "requests got 202 Accepted only after the broker acked",
 	"reconnect":  "every acked publish is there",
+	"rpc":        "every reply matched its request (400 of 400)",
 }
 
 // exampleTimeout bounds one example, build included.
