@@ -38,6 +38,7 @@ import (
 	"github.com/warrenmq/warren/benchmarks/internal/consumebench"
 	"github.com/warrenmq/warren/benchmarks/internal/poolbench"
 	"github.com/warrenmq/warren/benchmarks/internal/publishbench"
+	"github.com/warrenmq/warren/benchmarks/internal/rpcbench"
 	"github.com/warrenmq/warren/internal/brokertest"
 )
 
@@ -98,6 +99,26 @@ var suites = []suiteDef{
 				return nil, err
 			}
 			s, err := confirmbench.NewSuite(ctx, confirmbench.Options{
+				BrokerURL:  url,
+				Contenders: e.contenders,
+				Duration:   e.duration,
+			})
+			if err != nil {
+				return nil, err
+			}
+			s.Cases = slices.DeleteFunc(s.Cases, func(c *bench.Case) bool { return !slices.Contains(cases, c.Name) })
+			return s, nil
+		},
+	},
+	{
+		name:  "rpc",
+		cases: []string{"rpc/call-1", "rpc/call-32"},
+		build: func(ctx context.Context, e *env, cases []string) (*bench.Suite, error) {
+			url, err := e.brokerURL(ctx)
+			if err != nil {
+				return nil, err
+			}
+			s, err := rpcbench.NewSuite(ctx, rpcbench.Options{
 				BrokerURL:  url,
 				Contenders: e.contenders,
 				Duration:   e.duration,
@@ -189,7 +210,7 @@ func run() error {
 		list       = flag.Bool("list", false, "list scenarios and exit")
 		rounds     = flag.Int("rounds", 7, "measured rounds; contenders are interleaved within each")
 		procs      = flag.Int("procs", 2, "GOMAXPROCS for the run")
-		duration   = flag.Duration("duration", 0, "length of each measured pass (default 500ms for pool, 1s for publish and confirms; consume passes a fixed message count instead)")
+		duration   = flag.Duration("duration", 0, "length of each measured pass (default 500ms for pool, 1s for publish, confirms and rpc; consume passes a fixed message count instead)")
 		contenders = flag.String("contenders", "", "comma-separated contenders (default: all of each family, e.g. warren,chanpool,puddle or raw,warren,go-rabbitmq)")
 		hold       = flag.Duration("hold", 0, "pool/handoff: lease held off-CPU (default 4ms)")
 		work       = flag.Duration("work", 0, "pool/handoff: CPU work after Release (default 1ms)")
