@@ -159,8 +159,8 @@ func (c *Client) NewRPCClient(ctx context.Context, opts RPCOptions) (*RPCClient,
 // would refuse (see Publishing), before anything is sent. It returns:
 //
 //   - the reply, nil error;
-//   - a *RemoteError with the reply, when the server reported an error
-//     (see Serve);
+//   - a *RemoteError (holding the reply) when the server reported an
+//     error (see Serve);
 //   - an *UnroutableError (ErrUnroutable) when no queue took the request;
 //   - an error matching ctx.Err() (context.DeadlineExceeded for a
 //     deadline) when ctx ends first; a reply arriving later is dropped
@@ -230,16 +230,19 @@ func (r *RPCClient) call(ctx context.Context, op, exchange, key string, req Publ
 		}
 		return nil, err
 	}
+	var res rpcResult
 	select {
-	case res := <-w:
-		return res.d, res.err
+	case res = <-w:
 	case <-ctx.Done():
 		if rc.unregister(seq) {
 			return nil, fmt.Errorf("warren: %s %q on channel %d: no reply: %w", op, key, rc.st.id, ctx.Err())
 		}
-		res := <-w // it came as ctx ended
-		return res.d, res.err
+		res = <-w // it came as ctx ended
 	}
+	if res.err != nil {
+		return nil, res.err
+	}
+	return res.d, nil
 }
 
 // Stats returns the client's counters.
@@ -421,7 +424,8 @@ func (rc *rpcChan) publish(ctx context.Context, op, exchange, key string, msg Pu
 
 // read is the channel's reader: it hands each reply and each returned
 // request to its caller, and when the channel ends fails every call still
-// waiting. It runs on a goroutine of the session's.
+// waiting. It runs on a goroutine of the session's, so Client.Close waits
+// for it.
 func (rc *rpcChan) read(deliveries <-chan amqp.Delivery, rets <-chan amqp.Return) {
 	defer close(rc.readerDone)
 	r := rc.r
@@ -471,17 +475,30 @@ func (rc *rpcChan) read(deliveries <-chan amqp.Delivery, rets <-chan amqp.Return
 	for _, w := range waiters {
 		w <- rpcResult{err: err}
 	}
-	if rets != nil {
-		// Closing the channel ends the return listener, which amqp091-go
-		// may be waiting to send on meanwhile.
-		go func() {
+	// amqp091-go may be waiting to send a return while the channel
+	// closes: drain the listener until the close ends it.
+	drained := make(chan struct{})
+	drain := func() {
+		defer close(drained)
+		if rets != nil {
 			for range rets {
 			}
-		}()
+		}
+	}
+	if !rc.st.c.goTracked(drain) {
+		close(drained) // the connection is closing, and the listener with it
+		rets = nil
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), r.c.opts.closeTimeout)
 	_ = rc.st.close(ctx, 0)
 	cancel()
+	if rets == nil {
+		return
+	}
+	select {
+	case <-drained:
+	case <-rc.st.c.dead:
+	}
 }
 
 // reply hands a reply to its caller, or counts and drops it.

@@ -41,7 +41,8 @@ const maxRemoteError = 4096
 //
 // For each request, Serve runs h and publishes its reply to the request's
 // ReplyTo through the default exchange ("" with ReplyTo as routing key),
-// with the request's CorrelationId. Replies are published with confirms
+// with the request's CorrelationId: ReplyTo is DirectReplyTo's address for
+// an RPCClient's request, and may be any queue's name for other callers. Replies are published with confirms
 // (on a Publisher of Serve's own) unless opts.NoConfirm is set, and the
 // request is acked only after its reply was confirmed: a server that dies
 // before that leaves the request to be delivered again.
@@ -80,7 +81,7 @@ func (c *Client) Serve(ctx context.Context, queue string, h RPCHandler, opts Ser
 		if err != nil {
 			return fmt.Errorf("warren: %s: %w", op, err)
 		}
-		defer pool.Close(context.WithoutCancel(ctx))
+		defer closeBounded(c, pool.Close)
 		reply = func(ctx context.Context, to string, msg Publishing) error {
 			return pool.Do(ctx, func(ch Channel) error { return ch.Publish(ctx, "", to, msg) })
 		}
@@ -89,7 +90,7 @@ func (c *Client) Serve(ctx context.Context, queue string, h RPCHandler, opts Ser
 		if err != nil {
 			return fmt.Errorf("warren: %s: %w", op, err)
 		}
-		defer pub.Close(context.WithoutCancel(ctx))
+		defer closeBounded(c, pub.Close)
 		reply = func(ctx context.Context, to string, msg Publishing) error {
 			return pub.Publish(ctx, "", to, msg)
 		}
@@ -144,6 +145,13 @@ func (s *rpcServer) run(ctx context.Context, d *Delivery) (msg Publishing, err e
 		}
 	}()
 	return s.h(ctx, d)
+}
+
+// closeBounded runs close with the client's close timeout.
+func closeBounded(c *Client, close func(context.Context) error) {
+	ctx, cancel := context.WithTimeout(context.Background(), c.opts.closeTimeout)
+	defer cancel()
+	_ = close(ctx)
 }
 
 func errorReply(err error) Publishing {

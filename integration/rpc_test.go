@@ -442,3 +442,41 @@ func TestRPCCallsInFlightFailTypedWhenTheConnectionIsCutAndLaterCallsSucceed(t *
 		t.Errorf("Call after Client.Close: got %v, want a connection-level error", err)
 	}
 }
+
+func TestRPCRepliesWithUnknownOrRepeatedCorrelationIdsAreCountedAndNeverDelivered(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	ctx := testCtx(t, opTimeout)
+	c := dial(t, b.URL)
+	q := rpcQueue(t, ctx, b, c)
+	// Besides its reply, the server sends a stray one with an id the
+	// client never issued, and a copy of the real one (whichever of the
+	// two copies comes second is late).
+	stray := dial(t, b.URL)
+	sch := openChannel(t, ctx, stray)
+	var smu sync.Mutex
+	rpcServe(t, c, q, func(ctx context.Context, req *warren.Delivery) (warren.Publishing, error) {
+		smu.Lock()
+		defer smu.Unlock()
+		if err := sch.Publish(ctx, "", req.ReplyTo, warren.Publishing{CorrelationId: "not-ours", Body: []byte("stray")}); err != nil {
+			return warren.Publishing{}, err
+		}
+		if err := sch.Publish(ctx, "", req.ReplyTo, warren.Publishing{CorrelationId: req.CorrelationId, Body: req.Body}); err != nil {
+			return warren.Publishing{}, err
+		}
+		return echo(ctx, req)
+	}, warren.ServeOptions{})
+	r := newRPCClient(t, ctx, c, warren.RPCOptions{})
+	for i := 0; i < 3; i++ {
+		body := fmt.Sprintf("call-%d", i)
+		d, err := r.Call(ctx, "", q, warren.Publishing{Body: []byte(body)})
+		if err != nil || string(d.Body) != body {
+			t.Fatalf("Call %d: got %v, %v; want the echo %q", i, d, err, body)
+		}
+	}
+	eventually(t, ctx, "the stray replies are counted", func() string {
+		if st := r.Stats(); st.UnknownReplies != 3 || st.Replies != 3 || st.LateReplies != 3 {
+			return fmt.Sprintf("Stats %+v, want UnknownReplies 3, Replies 3, LateReplies 3", st)
+		}
+		return ""
+	})
+}
