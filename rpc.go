@@ -167,7 +167,10 @@ func (c *Client) NewRPCClient(ctx context.Context, opts RPCOptions) (*RPCClient,
 //     and counted (RPCStats.LateReplies);
 //   - the typed cause when the channel or connection was lost while it
 //     waited (IsConnectionLevel for the connection): the request may or
-//     may not have been handled;
+//     may not have been handled. A request to an exchange that does not
+//     exist is one way to lose the channel: the broker closes it (a
+//     *ChannelError matching ErrNotFound), and every call waiting on that
+//     channel fails with it; the next call opens a new one;
 //   - ErrRPCClientClosed after Close, or when Close interrupted it.
 //
 // A Call without a deadline waits until one of these happens.

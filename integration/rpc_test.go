@@ -480,3 +480,81 @@ func TestRPCRepliesWithUnknownOrRepeatedCorrelationIdsAreCountedAndNeverDelivere
 		return ""
 	})
 }
+
+func TestRPCCallToAMissingExchangeFailsWithNotFoundAndTheNextCallWorks(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	ctx := testCtx(t, opTimeout)
+	c := dial(t, b.URL)
+	q := rpcQueue(t, ctx, b, c)
+	rpcServe(t, c, q, echo, warren.ServeOptions{})
+	r := newRPCClient(t, ctx, c, warren.RPCOptions{})
+	cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	start := time.Now()
+	_, err := r.Call(cctx, uniqueName(t, "no-such-exchange-"), "k", warren.Publishing{})
+	if !errors.Is(err, warren.ErrNotFound) || !warren.IsChannelLevel(err) {
+		t.Fatalf("Call to a missing exchange: got %v, want a *ChannelError matching ErrNotFound", err)
+	}
+	if took := time.Since(start); took >= 10*time.Second {
+		t.Errorf("the call took %v: it waited instead of failing with the channel", took)
+	}
+	if d, err := r.Call(ctx, "", q, warren.Publishing{Body: []byte("after")}); err != nil || string(d.Body) != "after" {
+		t.Fatalf("next Call: got %v, %v; want the echo", d, err)
+	}
+}
+
+func TestRPCServeAnswersEveryCallWhenItsConnectionIsCut(t *testing.T) {
+	faultCheckLeaks(t)
+	rig := newFaultRig(t)
+	b := rig.b
+	ctx := testCtx(t, 60*time.Second)
+	c := dial(t, b.URL) // the caller, not behind the proxy
+	q := rpcQueue(t, ctx, b, c)
+	server := rig.dial(warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 20 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}))
+	var handled atomic.Int64
+	rpcServe(t, server, q, func(ctx context.Context, req *warren.Delivery) (warren.Publishing, error) {
+		handled.Add(1)
+		time.Sleep(10 * time.Millisecond)
+		return echo(ctx, req)
+	}, warren.ServeOptions{ConsumeOptions: warren.ConsumeOptions{Workers: 4, Prefetch: 8}})
+	r := newRPCClient(t, ctx, c, warren.RPCOptions{})
+
+	const calls = 300
+	var next atomic.Int64
+	errs := make(chan error, calls)
+	var wg sync.WaitGroup
+	for g := 0; g < 16; g++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := next.Add(1); i <= calls; i = next.Add(1) {
+				id := fmt.Sprint(i)
+				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+				d, err := r.Call(cctx, "", q, warren.Publishing{Body: []byte(id)})
+				cancel()
+				if err != nil {
+					errs <- fmt.Errorf("call %s: %w", id, err)
+				} else if string(d.Body) != id {
+					errs <- fmt.Errorf("call %s: got reply %q", id, d.Body)
+				}
+			}
+		}()
+	}
+	eventually(t, ctx, "the server handles requests before the cut", func() string {
+		if n := handled.Load(); n < 50 {
+			return fmt.Sprintf("%d handled", n)
+		}
+		return ""
+	})
+	rig.proxy.CutAll()
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	st := r.Stats()
+	t.Logf("handled %d requests for %d calls; stats %+v", handled.Load(), calls, st)
+	if st.Replies != calls {
+		t.Errorf("Stats: got %+v, want %d replies", st, calls)
+	}
+}
