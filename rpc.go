@@ -92,7 +92,9 @@ type RPCClient struct {
 	seq     atomic.Uint64 // the last sequence number issued
 	lanes   []rpcLane
 	next    atomic.Uint32
-	closing chan struct{}
+	closing chan struct{} // closed when Close begins
+	stop    context.CancelFunc
+	stopped context.Context // ends when Close begins: an open in progress gives up
 	once    sync.Once
 
 	calls, replies, remote, unroutable, timedOut, failed, late, unknown atomic.Int64
@@ -140,6 +142,7 @@ func (c *Client) NewRPCClient(ctx context.Context, opts RPCOptions) (*RPCClient,
 	}
 	r := &RPCClient{c: c, prefix: hex.EncodeToString(b[:]) + "-", lanes: make([]rpcLane, opts.Channels),
 		closing: make(chan struct{})}
+	r.stopped, r.stop = context.WithCancel(context.Background())
 	for i := range r.lanes {
 		if _, err := r.lanes[i].get(ctx, r); err != nil {
 			_ = r.Close(context.WithoutCancel(ctx))
@@ -211,7 +214,7 @@ func (r *RPCClient) Call(ctx context.Context, exchange, key string, req Publishi
 }
 
 func (r *RPCClient) call(ctx context.Context, op, exchange, key string, req Publishing, size int) (*Delivery, error) {
-	lane := &r.lanes[int(r.next.Add(1))%len(r.lanes)]
+	lane := &r.lanes[r.next.Add(1)%uint32(len(r.lanes))]
 	rc, err := lane.get(ctx, r)
 	if err != nil {
 		return nil, err
@@ -263,7 +266,12 @@ func (r *RPCClient) Stats() RPCStats {
 // call from any goroutine; it returns nil, or ctx's error if ctx ended
 // first (the channels then finish closing in the background).
 func (r *RPCClient) Close(ctx context.Context) error {
-	r.once.Do(func() { close(r.closing) })
+	r.once.Do(func() {
+		close(r.closing)
+		if r.stop != nil {
+			r.stop()
+		}
+	})
 	for i := range r.lanes {
 		l := &r.lanes[i]
 		// An open in progress finishes (or gives up on closing) first.
@@ -329,8 +337,19 @@ func (l *rpcLane) get(ctx context.Context, r *RPCClient) (*rpcChan, error) {
 	if rc := l.cur.Load(); rc != nil && rc.usable() {
 		return rc, nil
 	}
+	// Close ends a wait for the connection, so that it need not wait
+	// for this open.
+	if r.stopped != nil {
+		octx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		defer context.AfterFunc(r.stopped, cancel)()
+		ctx = octx
+	}
 	rc, err := r.open(ctx)
 	if err != nil {
+		if r.isClosed() {
+			return nil, fmt.Errorf("%w (%w)", ErrRPCClientClosed, err)
+		}
 		return nil, err
 	}
 	l.cur.Store(rc)
