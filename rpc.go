@@ -55,7 +55,7 @@ type RPCOptions struct {
 
 // RPCStats counts an RPCClient's calls and replies since it was made.
 type RPCStats struct {
-	Calls          int64 // Call invocations that passed the argument checks
+	Calls          int64 // Call invocations that passed the argument checks while the client was open
 	Replies        int64 // replies handed to their caller (RemoteErrors included)
 	RemoteErrors   int64 // replies that carried RPCErrorHeader (*RemoteError)
 	Unroutable     int64 // calls whose request came back unroutable (ErrUnroutable)
@@ -85,7 +85,9 @@ type RPCStats struct {
 // (WithReconnect): when a channel or the connection is lost, every call
 // waiting on it fails at once with the typed cause (a *ConnectionError,
 // IsConnectionLevel, or a *ChannelError), and the next call opens a new
-// channel on the live connection. Close ends it; Client.Close ends it too.
+// channel on the live connection. Close ends it. Client.Close ends its
+// channels too: calls then fail with ErrClientClosed (IsConnectionLevel),
+// and Close is still safe to call.
 type RPCClient struct {
 	c       *Client
 	prefix  string        // correlation ids are prefix + base-36 sequence number
@@ -93,8 +95,6 @@ type RPCClient struct {
 	lanes   []rpcLane
 	next    atomic.Uint32
 	closing chan struct{} // closed when Close begins
-	stop    context.CancelFunc
-	stopped context.Context // ends when Close begins: an open in progress gives up
 	once    sync.Once
 
 	calls, replies, remote, unroutable, timedOut, failed, late, unknown atomic.Int64
@@ -142,7 +142,6 @@ func (c *Client) NewRPCClient(ctx context.Context, opts RPCOptions) (*RPCClient,
 	}
 	r := &RPCClient{c: c, prefix: hex.EncodeToString(b[:]) + "-", lanes: make([]rpcLane, opts.Channels),
 		closing: make(chan struct{})}
-	r.stopped, r.stop = context.WithCancel(context.Background())
 	for i := range r.lanes {
 		if _, err := r.lanes[i].get(ctx, r); err != nil {
 			_ = r.Close(context.WithoutCancel(ctx))
@@ -266,12 +265,7 @@ func (r *RPCClient) Stats() RPCStats {
 // call from any goroutine; it returns nil, or ctx's error if ctx ended
 // first (the channels then finish closing in the background).
 func (r *RPCClient) Close(ctx context.Context) error {
-	r.once.Do(func() {
-		close(r.closing)
-		if r.stop != nil {
-			r.stop()
-		}
-	})
+	r.once.Do(func() { close(r.closing) })
 	for i := range r.lanes {
 		l := &r.lanes[i]
 		// An open in progress finishes (or gives up on closing) first.
@@ -339,12 +333,16 @@ func (l *rpcLane) get(ctx context.Context, r *RPCClient) (*rpcChan, error) {
 	}
 	// Close ends a wait for the connection, so that it need not wait
 	// for this open.
-	if r.stopped != nil {
-		octx, cancel := context.WithCancel(ctx)
-		defer cancel()
-		defer context.AfterFunc(r.stopped, cancel)()
-		ctx = octx
-	}
+	octx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	go func() {
+		select {
+		case <-r.closing:
+			cancel()
+		case <-octx.Done():
+		}
+	}()
+	ctx = octx
 	rc, err := r.open(ctx)
 	if err != nil {
 		if r.isClosed() {

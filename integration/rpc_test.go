@@ -558,3 +558,48 @@ func TestRPCServeAnswersEveryCallWhenItsConnectionIsCut(t *testing.T) {
 		t.Errorf("Stats: got %+v, want %d replies", st, calls)
 	}
 }
+
+func TestRPCClientCloseEndsACallWaitingForTheConnection(t *testing.T) {
+	faultCheckLeaks(t)
+	rig := newFaultRig(t)
+	ctx := testCtx(t, opTimeout)
+	c := rig.dial(warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 20 * time.Millisecond, MaxBackoff: 100 * time.Millisecond}))
+	r, err := c.NewRPCClient(ctx, warren.RPCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The broker becomes unreachable: the client reconnects in vain.
+	if err := rig.proxy.Close(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, ctx, "the connection is lost", func() string {
+		if c.Err() == nil {
+			return "still connected"
+		}
+		return ""
+	})
+	res := make(chan error, 1)
+	go func() {
+		_, err := r.Call(ctx, "", "q", warren.Publishing{})
+		res <- err
+	}()
+	time.Sleep(200 * time.Millisecond) // the call waits for a connection
+	select {
+	case err := <-res:
+		t.Fatalf("Call returned %v while no connection could be made, want it to wait", err)
+	default:
+	}
+	cctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := r.Close(cctx); err != nil {
+		t.Fatalf("Close: got %v, want nil", err)
+	}
+	select {
+	case err := <-res:
+		if !errors.Is(err, warren.ErrRPCClientClosed) {
+			t.Errorf("the waiting call: got %v, want ErrRPCClientClosed", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("the waiting call did not end with Close")
+	}
+}
