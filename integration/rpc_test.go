@@ -603,3 +603,46 @@ func TestRPCClientCloseEndsACallWaitingForTheConnection(t *testing.T) {
 		t.Fatal("the waiting call did not end with Close")
 	}
 }
+
+func TestRPCClientCloseOfTheClientEndsCallsInFlight(t *testing.T) {
+	faultCheckLeaks(t)
+	b := brokertest.Need(t, broker)
+	ctx := testCtx(t, opTimeout)
+	server := dial(t, b.URL)
+	q := rpcQueue(t, ctx, b, server)
+	started := make(chan struct{}, 1)
+	rpcServe(t, server, q, func(ctx context.Context, req *warren.Delivery) (warren.Publishing, error) {
+		started <- struct{}{}
+		<-ctx.Done()
+		return warren.Publishing{}, ctx.Err()
+	}, warren.ServeOptions{ConsumeOptions: warren.ConsumeOptions{ShutdownTimeout: time.Second}})
+	c := dial(t, b.URL)
+	r, err := c.NewRPCClient(ctx, warren.RPCOptions{Channels: 2})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res := make(chan error, 1)
+	go func() {
+		_, err := r.Call(ctx, "", q, warren.Publishing{})
+		res <- err
+	}()
+	select {
+	case <-started:
+	case <-ctx.Done():
+		t.Fatal("the request never reached the server")
+	}
+	if err := c.Close(ctx); err != nil {
+		t.Fatalf("Client.Close: %v", err)
+	}
+	select {
+	case err := <-res:
+		if !warren.IsConnectionLevel(err) {
+			t.Errorf("call in flight: got %v, want a connection-level error", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the call in flight did not end with Client.Close")
+	}
+	if err := r.Close(ctx); err != nil {
+		t.Errorf("RPCClient.Close after Client.Close: %v", err)
+	}
+}
