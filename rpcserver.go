@@ -62,7 +62,9 @@ const maxRemoteError = 4096
 //     (dead-lettered with DeadLetterOnError) and will be handled again.
 //
 // A caller that has given up is not known to the server: its reply is
-// published all the same, and the caller's RPCClient drops it.
+// published all the same (the broker drops a reply to the direct reply-to
+// address of a channel that is gone, and confirms it), the request is
+// acked, and a caller still there drops it as late.
 func (c *Client) Serve(ctx context.Context, queue string, h RPCHandler, opts ServeOptions) error {
 	const op = "rpc serve"
 	if h == nil {

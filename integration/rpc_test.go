@@ -646,3 +646,53 @@ func TestRPCClientCloseOfTheClientEndsCallsInFlight(t *testing.T) {
 		t.Errorf("RPCClient.Close after Client.Close: %v", err)
 	}
 }
+
+func TestRPCServeAcksARequestWhoseCallerIsGone(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	ctx := testCtx(t, opTimeout)
+	c := dial(t, b.URL)
+	q := rpcQueue(t, ctx, b, c)
+	var handled atomic.Int64
+	release := make(chan struct{})
+	replied := make(chan struct{}, 4)
+	rpcServe(t, c, q, func(ctx context.Context, req *warren.Delivery) (warren.Publishing, error) {
+		handled.Add(1)
+		<-release
+		defer func() { replied <- struct{}{} }()
+		return echo(ctx, req)
+	}, warren.ServeOptions{})
+	caller := dial(t, b.URL)
+	r, err := caller.NewRPCClient(ctx, warren.RPCOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+	_, err = r.Call(cctx, "", q, warren.Publishing{Body: []byte("gone")})
+	cancel()
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("Call: got %v, want context.DeadlineExceeded", err)
+	}
+	if err := r.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := caller.Close(ctx); err != nil {
+		t.Fatal(err)
+	}
+	close(release) // the reply goes to a reply-to whose channel is gone
+	<-replied
+	ch := openChannel(t, ctx, c)
+	eventually(t, ctx, "the request is acked", func() string {
+		info, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Passive: true})
+		if err != nil {
+			return err.Error()
+		}
+		if info.Messages != 0 || info.Consumers != 1 {
+			return fmt.Sprintf("%d messages, %d consumers", info.Messages, info.Consumers)
+		}
+		return ""
+	})
+	time.Sleep(300 * time.Millisecond)
+	if n := handled.Load(); n != 1 {
+		t.Errorf("handled %d times, want once: the reply to a gone caller must not requeue its request", n)
+	}
+}
