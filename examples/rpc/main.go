@@ -74,6 +74,7 @@ func run() error {
 	// The server: square the request's number; anything else is an error
 	// the caller receives as a *warren.RemoteError.
 	serveCtx, stopServing := context.WithCancel(ctx)
+	defer stopServing()
 	served := make(chan error, 1)
 	go func() {
 		served <- client.Serve(serveCtx, q.Name, func(_ context.Context, req *warren.Delivery) (warren.Publishing, error) {
