@@ -254,21 +254,19 @@ func (c *Cluster) StartNode(ctx context.Context, i int) error {
 // running. It returns [ErrUnsupported] unless the node's controller is a
 // [Partitioner] (a container on the cluster's network).
 func (c *Cluster) Disconnect(ctx context.Context, i int) error {
-	n, err := c.lockNode(i)
-	if err != nil {
-		return err
-	}
-	defer c.mu.Unlock()
-	p, ok := n.(Partitioner)
-	if !ok {
-		return fmt.Errorf("%w: disconnecting %s", ErrUnsupported, c.Nodes[i])
-	}
-	return p.Disconnect(ctx)
+	return c.partition(ctx, i, "disconnecting", Partitioner.Disconnect)
 }
 
 // Connect joins node i to the cluster's network again after
 // [Cluster.Disconnect].
 func (c *Cluster) Connect(ctx context.Context, i int) error {
+	return c.partition(ctx, i, "connecting", Partitioner.Connect)
+}
+
+// partition runs op, a Partitioner method, on node i's controller under
+// c.mu; what names op in the ErrUnsupported error for a node whose
+// controller cannot partition.
+func (c *Cluster) partition(ctx context.Context, i int, what string, op func(Partitioner, context.Context) error) error {
 	n, err := c.lockNode(i)
 	if err != nil {
 		return err
@@ -276,9 +274,9 @@ func (c *Cluster) Connect(ctx context.Context, i int) error {
 	defer c.mu.Unlock()
 	p, ok := n.(Partitioner)
 	if !ok {
-		return fmt.Errorf("%w: connecting %s", ErrUnsupported, c.Nodes[i])
+		return fmt.Errorf("%w: %s %s", ErrUnsupported, what, c.Nodes[i])
 	}
-	return p.Connect(ctx)
+	return op(p, ctx)
 }
 
 // lockNode locks c.mu and returns the controller of node i, or returns an
