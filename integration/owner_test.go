@@ -12,6 +12,7 @@ import (
 	"regexp"
 	"slices"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -387,4 +388,150 @@ func drainBodies(t *testing.T, ctx context.Context, c *warren.Client, queue stri
 	}
 	slices.Sort(bodies)
 	return bodies
+}
+
+// A handler that ignores its ctx does not hold up the consumer after a cut:
+// the consumer subscribes again on the new connection and receives while
+// that handler still runs. When the handler at last acks its delivery
+// (which the broker has requeued), the ack fails with ErrDeliveryVoid
+// instead of settling the new channel's delivery of the same tag; every message is acked once and none is lost.
+func TestAHandlerThatIgnoresItsCtxAndAcksLateAfterACutNeitherDelaysTheConsumerNorAcksANewDelivery(t *testing.T) {
+	ownerLeakCheck(t)
+	needPrivate(t, broker)
+	ctx := testCtx(t, opTimeout)
+	name := uniqueName(t, "conn-")
+	log := newStateLog()
+	c := dial(t, broker.URL, warren.WithName(name),
+		warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}),
+		warren.WithStateCallback(log.record))
+	ch := openChannel(t, ctx, c)
+	q := uniqueName(t, "q-")
+	declareQueue(t, ctx, broker, ch, q)
+	const n = 20
+	for i := 0; i < n; i++ {
+		if err := ch.Publish(ctx, "", q, warren.Publishing{MessageId: fmt.Sprint(i), Body: []byte("m")}); err != nil {
+			t.Fatal(err)
+		}
+	}
+
+	var (
+		mu       sync.Mutex
+		acked    = map[string]int{} // message id -> acks that reached the broker
+		deliver  int                // deliveries so far
+		cut      bool
+		newTag   uint64                // delivery tag of the first delivery after the cut
+		oldTag   uint64                // delivery tag of the stuck handler's delivery
+		held     = make(chan struct{}) // the first delivery's handler is stuck
+		release  = make(chan struct{}) // unsticks it
+		lateAck  = make(chan error, 1) // its late Ack's result
+		newHeld  = make(chan struct{}) // the first handler after the cut runs
+		lateDone = make(chan struct{}) // lets that handler return
+	)
+	var releaseOnce, lateDoneOnce sync.Once
+	defer releaseOnce.Do(func() { close(release) })
+	defer lateDoneOnce.Do(func() { close(lateDone) })
+	handler := func(_ context.Context, d *warren.Delivery) error {
+		mu.Lock()
+		deliver++
+		first, afterCut := deliver == 1, cut && newTag == 0
+		if afterCut {
+			newTag = d.DeliveryTag
+		}
+		if first {
+			oldTag = d.DeliveryTag
+		}
+		mu.Unlock()
+		switch {
+		case first:
+			close(held)
+			<-release // ignores its ctx
+			err := d.Ack(context.Background())
+			if err == nil {
+				mu.Lock()
+				acked[d.MessageId]++
+				mu.Unlock()
+			}
+			lateAck <- err
+			return nil
+		case afterCut:
+			close(newHeld)
+			<-lateDone
+		}
+		mu.Lock()
+		acked[d.MessageId]++
+		mu.Unlock()
+		return nil
+	}
+	cctx, stop := context.WithCancel(ctx)
+	defer stop()
+	done := make(chan error, 1)
+	go func() {
+		done <- c.Consume(cctx, q, handler, warren.ConsumeOptions{Prefetch: 1, ShutdownTimeout: 5 * time.Second})
+	}()
+	select {
+	case <-held:
+	case <-ctx.Done():
+		t.Fatal("no delivery before the cut")
+	}
+	mu.Lock()
+	cut = true
+	mu.Unlock()
+	ctl(t, broker, "close_connection", mustConnectionPid(t, broker, name), "test: cut under a stuck handler")
+	log.await(t, warren.StateDisconnected, 10*time.Second)
+	log.await(t, warren.StateReconnected, 10*time.Second)
+	select {
+	case <-newHeld:
+	case err := <-done:
+		t.Fatalf("Consume returned %v after the cut, want it to subscribe again", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery within 10 s of the reconnect while a handler of the lost subscription still runs: resubscription waited for it")
+	}
+	mu.Lock()
+	t.Logf("stuck handler's delivery tag %d; first delivery after the cut: tag %d", oldTag, newTag)
+	mu.Unlock()
+
+	// The stuck handler acks now, while the new channel holds an unacked
+	// delivery (with Prefetch 1, of the same tag).
+	releaseOnce.Do(func() { close(release) })
+	select {
+	case err := <-lateAck:
+		if !errors.Is(err, warren.ErrDeliveryVoid) {
+			t.Errorf("the late Ack of a delivery of the lost connection: got %v, want an error matching ErrDeliveryVoid", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the released handler never acked")
+	}
+	lateDoneOnce.Do(func() { close(lateDone) })
+
+	deadline := time.Now().Add(15 * time.Second)
+	for {
+		mu.Lock()
+		got := len(acked)
+		mu.Unlock()
+		if got == n || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(pollEvery)
+	}
+	stop()
+	if err := <-done; !errors.Is(err, context.Canceled) {
+		t.Errorf("Consume: got %v, want context.Canceled", err)
+	}
+	mu.Lock()
+	if len(acked) != n {
+		t.Errorf("acked %d distinct messages, want %d", len(acked), n)
+	}
+	for id, k := range acked {
+		if k != 1 {
+			t.Errorf("message %s acked %d times, want once", id, k)
+		}
+	}
+	mu.Unlock()
+	if left := queueDepthOn(t, ctx, c, q); left != 0 {
+		t.Errorf("%d messages left in the queue, want 0", left)
+	}
+	// The late ack cost neither the new channel nor the connection.
+	if got, want := log.states(), []warren.State{warren.StateConnected, warren.StateDisconnected, warren.StateReconnected}; !equalStates(got, want) {
+		t.Errorf("events: %v, want %v", got, want)
+	}
 }
