@@ -394,7 +394,8 @@ func drainBodies(t *testing.T, ctx context.Context, c *warren.Client, queue stri
 // the consumer subscribes again on the new connection and receives while
 // that handler still runs. When the handler at last acks its delivery
 // (which the broker has requeued), the ack fails with ErrDeliveryVoid
-// instead of settling the new channel's delivery of the same tag; every message is acked once and none is lost.
+// instead of settling the new channel's delivery of the same tag; every
+// message is acked once and none is lost.
 func TestAHandlerThatIgnoresItsCtxAndAcksLateAfterACutNeitherDelaysTheConsumerNorAcksANewDelivery(t *testing.T) {
 	ownerLeakCheck(t)
 	needPrivate(t, broker)
