@@ -536,3 +536,61 @@ func TestAHandlerThatIgnoresItsCtxAndAcksLateAfterACutNeitherDelaysTheConsumerNo
 		t.Errorf("events: %v, want %v", got, want)
 	}
 }
+
+// A Publisher's channels come from a pool of its own, budgeted like any
+// other: when a reconnect lands on a channel_max its pool no longer fits
+// (it was made after a pool that still fits), Publish fails with an error
+// matching ErrChannelMax instead of waiting for a channel that cannot come,
+// and the pool made before it goes on working.
+func TestAPublisherThatNoLongerFitsTheChannelMaxOfTheNewConnectionFailsWithErrChannelMax(t *testing.T) {
+	ownerLeakCheck(t)
+	needPrivate(t, broker)
+	ctx := testCtx(t, opTimeout)
+	setChannelMax := brokerChannelMaxSetter(t)
+	setChannelMax(64)
+	name := uniqueName(t, "conn-")
+	log := newStateLog()
+	c := dial(t, broker.URL, warren.WithName(name),
+		warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}),
+		warren.WithStateCallback(log.record))
+	ch := openChannel(t, ctx, c)
+	q := uniqueName(t, "q-")
+	declareQueue(t, ctx, broker, ch, q)
+
+	// 20+4 and 20+4+4 fit 64; after the reconnect only 20+4 fits 26.
+	pool, err := c.NewPool(ctx, warren.PoolOptions{Size: 20, Headroom: 4})
+	if err != nil {
+		t.Fatalf("NewPool: %v", err)
+	}
+	defer pool.Close(ctx)
+	pub, err := c.NewPublisher(ctx, warren.PublisherOptions{Channels: 4, Headroom: 4})
+	if err != nil {
+		t.Fatalf("NewPublisher: %v", err)
+	}
+	defer pub.Close(ctx)
+	if err := pub.Publish(ctx, "", q, warren.Publishing{Body: []byte("before")}); err != nil {
+		t.Fatalf("Publish before the reconnect: %v", err)
+	}
+
+	setChannelMax(26)
+	ctl(t, broker, "close_connection", mustConnectionPid(t, broker, name), "test: reconnect to a lower channel_max")
+	log.await(t, warren.StateDisconnected, 10*time.Second)
+	log.await(t, warren.StateReconnected, 10*time.Second)
+	if got := c.ChannelMax(); got != 26 {
+		t.Fatalf("ChannelMax after the reconnect: %d, want the broker's new 26", got)
+	}
+	pctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	err = pub.Publish(pctx, "", q, warren.Publishing{Body: []byte("after")})
+	cancel()
+	if !errors.Is(err, warren.ErrChannelMax) {
+		t.Fatalf("Publish on the Publisher that no longer fits: got %v, want an error matching ErrChannelMax", err)
+	}
+	t.Logf("Publish on the Publisher that no longer fits: %v", err)
+	publishOnLeases(t, ctx, pool, 20, q)
+	if got, want := queueDepthOn(t, ctx, c, q), 1+20; got != want {
+		t.Errorf("queue holds %d messages, want %d", got, want)
+	}
+	if got, want := log.states(), []warren.State{warren.StateConnected, warren.StateDisconnected, warren.StateReconnected}; !equalStates(got, want) {
+		t.Errorf("events: %v, want %v", got, want)
+	}
+}
