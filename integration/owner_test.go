@@ -165,8 +165,8 @@ func TestPoolsThatNoLongerFitTheChannelMaxOfTheNewConnectionFailWithErrChannelMa
 }
 
 // entryPoint is one of the Client's ways to open something on its
-// connection, used at once: it publishes body to queue (Consume instead
-// receives it; see TestEveryEntryPoint...).
+// connection (Consume aside), used at once: use opens it and publishes body
+// to queue through it.
 type entryPoint struct {
 	name string
 	use  func(ctx context.Context, c *warren.Client, queue, body string) error
