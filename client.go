@@ -285,7 +285,9 @@ func (c *Client) Stats() ClientStats {
 
 // NewPool makes a pool of channels on c. It opens opts.MinIdle channels
 // before returning (bounded by ctx). A size that cannot fit in the
-// negotiated channel_max is refused with an error that says why.
+// negotiated channel_max, beside the Client's other pools (see
+// PoolOptions.Size), is refused with an error that says why and matches
+// both ErrInvalidArgument and ErrChannelMax.
 func (c *Client) NewPool(ctx context.Context, opts PoolOptions) (*Pool, error) {
 	return c.newPool(ctx, opts)
 }

@@ -64,7 +64,7 @@ func TestPoolsThatNoLongerFitANewConnectionsChannelMaxGetAClearError(t *testing.
 	}
 	older.Release(ch)
 	// 10 + 8 + 16 > 30: the older pool's numbers still count.
-	if _, err := client.NewPool(ctx, warren.PoolOptions{Size: 8}); !errors.Is(err, warren.ErrInvalidArgument) {
+	if _, err := client.NewPool(ctx, warren.PoolOptions{Size: 8}); !errors.Is(err, warren.ErrInvalidArgument) || !errors.Is(err, warren.ErrChannelMax) {
 		t.Fatalf("NewPool 8 after the reconnect: got %v, want refused (10 of 30 held by the older pool, 16 headroom)", err)
 	}
 	p, err := client.NewPool(ctx, warren.PoolOptions{Size: 4})

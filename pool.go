@@ -144,8 +144,8 @@ func (c *Client) newPool(ctx context.Context, opts PoolOptions) (*Pool, error) {
 	if c.pooled+opts.Size+opts.Headroom > int(s.channelMax) {
 		other := c.pooled
 		c.poolMu.Unlock()
-		return nil, fmt.Errorf("%w: pool: Size %d + Headroom %d + %d channels of other pools exceeds the negotiated channel_max %d",
-			ErrInvalidArgument, opts.Size, opts.Headroom, other, s.channelMax)
+		return nil, fmt.Errorf("%w: pool: Size %d + Headroom %d + %d channels of other pools exceeds the negotiated channel_max %d (%w)",
+			ErrInvalidArgument, opts.Size, opts.Headroom, other, s.channelMax, ErrChannelMax)
 	}
 	c.pooled += opts.Size
 	c.pools = append(c.pools, p)
