@@ -21,11 +21,13 @@ import (
 // may settle the delivery itself (Ack, Nack, Reject); warren then leaves
 // it alone. A panic is recovered and treated as an error.
 //
-// ctx is not Consume's ctx: it stays valid while Consume shuts down, so an
-// in-flight handler can finish, and ends at the shutdown bound. It ends at
-// once when the consumer's channel or connection is lost, or the broker
-// cancels or times out the consumer: the broker has returned the delivery
-// to the queue, and Ack, Nack and Reject return an error wrapping
+// ctx is not Consume's (or StartConsumer's) ctx, though it carries its
+// values: it stays valid while the consumer shuts down (Consume's ctx
+// ended, Consumer.Cancel), so an in-flight handler can finish, and ends at
+// the shutdown bound. It ends at once when the consumer's channel or
+// connection is lost (Client.Close included), or the broker cancels or
+// times out the consumer: the broker has returned the delivery to the
+// queue, and Ack, Nack and Reject return an error wrapping
 // ErrDeliveryVoid. (With WithReconnect the consumer subscribes again at
 // once; it does not wait for such handlers.)
 //
@@ -35,9 +37,12 @@ import (
 // idempotent, or deduplicate on a message id.
 type Handler func(ctx context.Context, d *Delivery) error
 
-// ConsumeOptions configure Consume. The zero value consumes with a
+// ConsumeOptions configure Consume and StartConsumer (and, within
+// BatchOptions, StartBatchConsumer). The zero value consumes with a
 // prefetch of 200, one handler at a time, manual acks, and a 30 s shutdown
-// bound.
+// bound. Negative Prefetch, Workers or ShutdownTimeout, and a Prefetch
+// above 65535, are refused with ErrInvalidArgument before anything is
+// sent.
 type ConsumeOptions struct {
 	// Prefetch is how many unacknowledged deliveries the broker may have
 	// sent at once (basic.qos; default 200, within RabbitMQ's recommended
@@ -75,12 +80,13 @@ type ConsumeOptions struct {
 	// requeued, and on a quorum queue dead-lettered once it exceeds the
 	// queue's DeliveryLimit (RabbitMQ 4.x has a default limit of 20).
 	DeadLetterOnError bool
-	// ShutdownTimeout bounds how long in-flight handlers may run after ctx
-	// ends (default 30 s); then their ctx is cancelled and the channel is
-	// closed, returning their messages to the queue. When the consumer
-	// ends for another reason (lost channel or connection, broker cancel),
-	// the handlers' ctx is cancelled at once, and Consume waits at most
-	// this long for them before it returns.
+	// ShutdownTimeout bounds how long in-flight handlers may run after
+	// Consume's ctx ends or Consumer.Cancel (default 30 s); then their ctx
+	// is cancelled and the channel is closed, returning their messages to
+	// the queue. When the consumer ends for another reason (lost channel
+	// or connection, Client.Close, broker cancel), the handlers' ctx is
+	// cancelled at once, and Consume waits at most this long for them
+	// before it returns (a Consumer's Done is closed after that wait).
 	ShutdownTimeout time.Duration
 	// OnPanic, if set, is called (on the worker) with what a handler
 	// panicked with and the stack; the panic is also logged.
@@ -316,10 +322,23 @@ func (cs *consumer) endReason(r *round) error {
 		return cs.cancelled(tag, r)
 	default:
 	}
-	if err := cs.st.awaitCause("basic.consume"); err != nil {
+	if err := cs.closedCause(); err != nil {
 		return err
 	}
 	return fmt.Errorf("warren: consume %q: deliveries ended", cs.queue)
+}
+
+// closedCause returns why the subscription's channel closed (nil if it
+// cannot tell).
+func (cs *consumer) closedCause() error {
+	if cs.c.isClosing() {
+		// Client.Close: amqp091-go may hand the channel the end of the
+		// socket (501 FRAME_ERROR - EOF, once the broker has answered
+		// connection.close) before warren records the close as the
+		// client's.
+		return fmt.Errorf("warren: consume %q: %w", cs.queue, ErrClientClosed)
+	}
+	return cs.st.awaitCause("basic.consume")
 }
 
 // cancelled returns the error for the broker's basic.cancel of the

@@ -48,6 +48,12 @@ import (
 //
 // A Consumer is safe for concurrent use: every method may be called from
 // any goroutine, at any time, also after it has ended.
+//
+// A Consumer not made by StartConsumer or StartBatchConsumer (a nil
+// *Consumer, a zero Consumer{}) does not panic: Pause, Resume and Cancel
+// return an error matching ErrInvalidArgument, Done is closed, Err
+// returns that error, Ready is never closed, Stats is zero, and Tag and
+// Queue are empty.
 type Consumer struct {
 	c     *Client
 	queue string
@@ -197,10 +203,38 @@ func (c *Client) startConsumer(ctx context.Context, queue string, opts ConsumeOp
 
 // Tag returns the consumer tag (ConsumeOptions.Tag, or the one warren
 // made up), the same for every subscription of the Consumer.
-func (k *Consumer) Tag() string { return k.opts.Tag }
+func (k *Consumer) Tag() string {
+	if !k.valid() {
+		return ""
+	}
+	return k.opts.Tag
+}
 
 // Queue returns the name of the queue the Consumer consumes.
-func (k *Consumer) Queue() string { return k.queue }
+func (k *Consumer) Queue() string {
+	if !k.valid() {
+		return ""
+	}
+	return k.queue
+}
+
+// valid reports whether k was made by StartConsumer or
+// StartBatchConsumer.
+func (k *Consumer) valid() bool { return k != nil && k.done != nil }
+
+// errNotMade is the error of an operation on a Consumer that
+// StartConsumer did not make.
+func errNotMade(op string) error {
+	return fmt.Errorf("%w: %s of a Consumer not made by Client.StartConsumer or StartBatchConsumer", ErrInvalidArgument, op)
+}
+
+// closedChan is a closed channel: the Done of a Consumer not made by
+// StartConsumer.
+var closedChan = func() chan struct{} { ch := make(chan struct{}); close(ch); return ch }()
+
+// neverChan is never closed: the Ready of a Consumer not made by
+// StartConsumer.
+var neverChan = make(chan struct{})
 
 // Ready returns a channel that is closed while the consumer is subscribed:
 // once the broker's basic.consume-ok has arrived. When the subscription is
@@ -213,6 +247,9 @@ func (k *Consumer) Queue() string { return k.queue }
 // After the Consumer has ended, the channel Ready returns is never closed;
 // wait on Done as well.
 func (k *Consumer) Ready() <-chan struct{} {
+	if !k.valid() {
+		return neverChan
+	}
 	k.mu.Lock()
 	defer k.mu.Unlock()
 	return k.ready
@@ -221,13 +258,21 @@ func (k *Consumer) Ready() <-chan struct{} {
 // Done returns a channel that is closed when the Consumer has ended (Cancel,
 // the end of its Client, an error it cannot recover from) and its handlers
 // have returned (or ShutdownTimeout passed).
-func (k *Consumer) Done() <-chan struct{} { return k.done }
+func (k *Consumer) Done() <-chan struct{} {
+	if !k.valid() {
+		return closedChan
+	}
+	return k.done
+}
 
 // Err returns nil while the Consumer runs and after it ended by Cancel;
 // otherwise, once Done is closed, why it ended (see Consumer), wrapping
 // ErrShutdownTimeout as well when handlers were still running
 // ShutdownTimeout after that.
 func (k *Consumer) Err() error {
+	if !k.valid() {
+		return errNotMade("Err")
+	}
 	select {
 	case <-k.done:
 		return k.err
@@ -238,6 +283,9 @@ func (k *Consumer) Err() error {
 
 // Stats returns a snapshot of the Consumer's counters.
 func (k *Consumer) Stats() ConsumerStats {
+	if !k.valid() {
+		return ConsumerStats{}
+	}
 	return ConsumerStats{
 		Delivered:       k.st.delivered.Load(),
 		Acked:           k.st.tally[tallyAck].Load(),
@@ -269,6 +317,9 @@ func (k *Consumer) Stats() ConsumerStats {
 // error, and the pause still takes effect. After the Consumer has ended,
 // Pause returns an error matching ErrConsumerEnded.
 func (k *Consumer) Pause(ctx context.Context) error {
+	if !k.valid() {
+		return errNotMade("Pause")
+	}
 	select {
 	case <-k.done:
 		return k.ended("pause")
@@ -302,6 +353,9 @@ func (k *Consumer) Pause(ctx context.Context) error {
 // Ready the same way. After the Consumer has ended, Resume returns an
 // error matching ErrConsumerEnded.
 func (k *Consumer) Resume(ctx context.Context) error {
+	if !k.valid() {
+		return errNotMade("Resume")
+	}
 	select {
 	case <-k.done:
 		return k.ended("resume")
@@ -347,11 +401,22 @@ func (k *Consumer) ended(op string) error {
 // (and ctx's error when ctx ended). It returns nil otherwise.
 //
 // Cancel is idempotent and safe from many goroutines: every call returns
-// once the Consumer has ended, with the result of the first call's stop
-// (or its own ctx's error when that ends first: the stop then hurries).
-// On a Consumer that had already ended Cancel returns nil; Err keeps why
-// it ended. After Cancel, Err returns nil.
+// once the Consumer has ended, with the result of the stop (nil, or the
+// ErrShutdownTimeout error above); a call whose own ctx ends first hurries
+// the stop as above, and adds its ctx's error to an ErrShutdownTimeout
+// result. A Cancel made before Done is closed wins over any other end that
+// races it (a lost subscription, Client.Close): Err then returns nil. On a
+// Consumer that had already ended (Done closed) Cancel returns nil, and
+// Err keeps why it ended.
+//
+// Cancel waits for the Consumer's handlers: called from one of them, it
+// waits for that handler too, until ctx or ShutdownTimeout ends, and
+// reports ErrShutdownTimeout. A handler that wants to stop its Consumer
+// calls Cancel on a goroutine of its own.
 func (k *Consumer) Cancel(ctx context.Context) error {
+	if !k.valid() {
+		return errNotMade("Cancel")
+	}
 	k.stop(nil)
 	select {
 	case <-k.done:
@@ -369,8 +434,10 @@ func (k *Consumer) Cancel(ctx context.Context) error {
 // stop asks the run loop to stop, for cause (nil: Cancel).
 func (k *Consumer) stop(cause error) {
 	k.stopOnce.Do(func() {
+		k.mu.Lock()
 		k.stopCause = cause
 		close(k.stopping)
+		k.mu.Unlock()
 		k.endLife()
 	})
 }
@@ -458,24 +525,41 @@ func (k *Consumer) run(life context.Context, sub *consumer) {
 	stopped := false
 	select {
 	case <-k.stopping:
-		stopped = err == nil
+		stopped = true
 	default:
 	}
+	var n int64 // handlers still running at the bound
 	if stopped {
-		if n := k.shutdown(sub); n > 0 {
+		n = k.shutdown(sub)
+	} else {
+		n = k.fl.wait(k.opts.ShutdownTimeout, k.hurry)
+	}
+	k.endLife()
+	k.setIdle()
+	k.mu.Lock()
+	defer k.mu.Unlock()
+	select {
+	case <-k.stopping:
+		// A stop asked for before the end wins over a loss or failure
+		// that raced it, or that came first and whose handlers were
+		// still awaited: after a Cancel made before Done is closed, Err
+		// is nil. (stop closes stopping under mu: it comes before this
+		// or after done is closed.)
+		if n > 0 {
 			k.stopErr = fmt.Errorf("warren: consumer %q: cancel: %d handlers still running (%w), their messages return to the queue", k.opts.Tag, n, ErrShutdownTimeout)
 		}
+		err = nil
 		if k.stopCause != nil {
 			err = fmt.Errorf("warren: consume %q: stopped: %w", k.queue, k.stopCause)
 			if k.stopErr != nil {
 				err = fmt.Errorf("%w; %w", err, k.stopErr)
 			}
 		}
-	} else if n := k.fl.wait(k.opts.ShutdownTimeout, k.hurry); n > 0 && err != nil {
-		err = fmt.Errorf("%w; %d handlers still running (%w)", err, n, ErrShutdownTimeout)
+	default:
+		if n > 0 && err != nil {
+			err = fmt.Errorf("%w; %d handlers still running (%w)", err, n, ErrShutdownTimeout)
+		}
 	}
-	k.endLife()
-	k.setIdle()
 	k.err = err
 	close(k.done)
 }
@@ -518,7 +602,7 @@ func (k *Consumer) serve(sub *consumer) error {
 			k.st.brokerCancels.Add(1)
 			return sub.cancelled(tag, sub.cur)
 		case <-sub.closed:
-			if err := sub.st.awaitCause("basic.consume"); err != nil {
+			if err := sub.closedCause(); err != nil {
 				return err
 			}
 			return fmt.Errorf("warren: consume %q: channel closed", k.queue)
