@@ -235,6 +235,14 @@ func (cs *consumer) handleBatch(ads []amqp.Delivery) {
 			}
 		}
 	}
+	for _, d := range ds {
+		if d.settled.Load() != settled {
+			// Still being settled by a goroutine the handler left behind,
+			// or its settlement failed: the batch stays outstanding, so
+			// that no later batch's multiple ack covers that delivery.
+			return
+		}
+	}
 	cs.batches.remove(ds[0].DeliveryTag)
 }
 
