@@ -669,7 +669,13 @@ func (k *Consumer) resubscribe(life context.Context, lost error) (*consumer, err
 			case <-life.Done():
 				return nil, nil
 			case <-k.c.done:
-				return nil, fmt.Errorf("%w (then: %w)", lost, k.c.Err())
+				// Why the Client ended: ErrClientClosed after Close (its
+				// Err may still be the lost connection's).
+				_, err := k.c.live(life)
+				if err == nil {
+					err = ErrClientClosed
+				}
+				return nil, fmt.Errorf("%w (then: %w)", lost, err)
 			}
 		}
 		s, err := k.c.live(life)

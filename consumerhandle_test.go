@@ -596,3 +596,40 @@ func isDone(ch <-chan struct{}) bool {
 		return false
 	}
 }
+
+// FIXED BUG (consumerhandle.go resubscribe): a paused Consumer whose
+// connection was lost, ended by Client.Close while the Client was still
+// reconnecting, reported the lost connection's error (Client.Err still
+// showed it) instead of ErrClientClosed.
+func TestAPausedConsumerEndedByCloseWhileReconnectingReportsErrClientClosed(t *testing.T) {
+	f := newConsumeFake()
+	var conns atomic.Int64
+	script := func(c *fb.Conn) {
+		if conns.Add(1) > 1 {
+			c.Close() // every later connection is lost at once: the Client keeps reconnecting
+			return
+		}
+		f.script(c)
+	}
+	client := startFake(t, fb.Config{}, script, warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 10 * time.Millisecond, MaxBackoff: 20 * time.Millisecond}))
+	ctx := testCtx(t)
+	k, err := client.StartConsumer(ctx, "q", nopHandler, warren.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.nextConsume(t)
+	if err := k.Pause(ctx); err != nil {
+		t.Fatal(err)
+	}
+	f.mu.Lock()
+	f.c.Close()
+	f.mu.Unlock()
+	waitFor(t, "a few reconnects", testBound, func() bool { return conns.Load() >= 3 })
+	if err := client.Close(ctx); err != nil {
+		t.Logf("Close: %v", err)
+	}
+	waitConsumerDone(t, "the paused consumer after Close", k)
+	if err := k.Err(); !errors.Is(err, warren.ErrClientClosed) {
+		t.Errorf("Err: got %v, want ErrClientClosed", err)
+	}
+}
