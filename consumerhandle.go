@@ -124,7 +124,8 @@ type ConsumerStats struct {
 	// counts its size).
 	InFlight int
 	// Resubscriptions counts the subscriptions made after the first,
-	// following a lost one (Resume after Pause is not counted).
+	// following a lost one (Resume after Pause is not counted); each is
+	// counted before Ready is closed for it.
 	Resubscriptions uint64
 	// BrokerCancels counts basic.cancel sent by the broker (queue deleted,
 	// leader moved, consumer timeout on RabbitMQ 4.x quorum queues).
@@ -699,8 +700,8 @@ func (k *Consumer) resubscribe(life context.Context, lost error) (*consumer, err
 		}
 		sub, err := s.subscribe(life, k)
 		if err == nil {
+			k.st.resubscriptions.Add(1) // counted by the time Ready is closed
 			k.setConsuming()
-			k.st.resubscriptions.Add(1)
 			return sub, nil
 		}
 		k.setIdle()
