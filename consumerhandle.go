@@ -27,7 +27,7 @@ import (
 // new channel, with the same consumer tag:
 //
 //   - after a lost connection, on the next connection, as soon as it is
-//     up;
+//     up (if the queue is missing then, as below);
 //   - after the broker's consumer timeout (ErrAckTimeout), at once;
 //   - after any other basic.cancel from the broker (the queue was deleted,
 //     a queue leader moved or failed over), once the queue exists again:
@@ -352,7 +352,13 @@ func (k *Consumer) Pause(ctx context.Context) error {
 // closed), or when ctx ends: the Consumer then goes on trying to subscribe
 // (Pause stops it). Resume on a Consumer that is not paused waits for
 // Ready the same way. After the Consumer has ended, Resume returns an
-// error matching ErrConsumerEnded.
+// error matching ErrConsumerEnded (and why it ended).
+//
+// A queue deleted while the Consumer was paused is found by Resume's
+// basic.consume (404), and handled like the broker's cancel for a deleted
+// queue: with WithReconnect the Consumer subscribes again once the queue
+// exists again (Resume waits for that, bounded by ctx); without, it ends,
+// Err matching ErrConsumerCancelled and ErrNotFound.
 func (k *Consumer) Resume(ctx context.Context) error {
 	if !k.valid() {
 		return errNotMade("Resume")
@@ -588,7 +594,7 @@ func (k *Consumer) again(err error) bool {
 // way.
 func (k *Consumer) serve(sub *consumer) error {
 	if err := k.apply(sub); err != nil {
-		return err
+		return k.applyFailed(err)
 	}
 	for {
 		var ended <-chan struct{}
@@ -613,12 +619,24 @@ func (k *Consumer) serve(sub *consumer) error {
 			return sub.endReason(sub.cur)
 		case <-k.wake:
 			if err := k.apply(sub); err != nil {
-				return err
+				return k.applyFailed(err)
 			}
 		case <-k.stopping:
 			return nil
 		}
 	}
+}
+
+// applyFailed is the loss of the subscription when a pause or resume
+// failed with err. A resume's basic.consume refused with 404 (the queue
+// was deleted while the Consumer was paused, which no consumer's cancel
+// reports) is a broker's cancel of a deleted queue: with WithReconnect a
+// Consumer that resubscribes after one waits for the queue to exist again.
+func (k *Consumer) applyFailed(err error) error {
+	if errors.Is(err, ErrNotFound) {
+		return fmt.Errorf("warren: consume %q: %w: resume: %w", k.queue, ErrConsumerCancelled, err)
+	}
+	return err
 }
 
 // apply pauses or resumes sub as paused says.
@@ -709,8 +727,12 @@ func (k *Consumer) resubscribe(life context.Context, lost error) (*consumer, err
 			return nil, nil
 		}
 		switch {
-		case missing && errors.Is(err, ErrNotFound):
-			// Deleted again between the check and basic.consume.
+		case k.resubscribeOnCancel && errors.Is(err, ErrNotFound):
+			// Deleted again between the check and basic.consume, or
+			// gone with the lost connection (a queue that did not
+			// survive a broker restart and that no declaration recovered):
+			// wait for it as after the broker's cancel.
+			missing = true
 			if !backoff() && life.Err() != nil {
 				return nil, nil
 			}

@@ -394,3 +394,70 @@ func TestClientCloseEndsAConsumerWithErrClientClosed(t *testing.T) {
 		t.Errorf("Err after Client.Close: got %v, want ErrClientClosed", err)
 	}
 }
+
+// A queue deleted while its Consumer was paused (no consumer, so no
+// broker cancel): Resume's basic.consume finds it missing (404). With
+// WithReconnect the Consumer waits for the queue as after a broker cancel;
+// without, it ends with ErrConsumerCancelled and ErrNotFound.
+func TestConsumerResumeOnAQueueDeletedWhilePaused(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	for _, reconnect := range []bool{false, true} {
+		t.Run(fmt.Sprintf("reconnect=%v", reconnect), func(t *testing.T) {
+			ctx := testCtx(t, opTimeout)
+			var opts []warren.Option
+			if reconnect {
+				opts = append(opts, warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}))
+			}
+			c := dial(t, b.URL, opts...)
+			ch := openChannel(t, ctx, c)
+			q := uniqueName(t, "q-")
+			declareQueue(t, ctx, b, ch, q)
+			var got idSet
+			k := startConsumer(t, ctx, c, q, func(_ context.Context, d *warren.Delivery) error { got.add(t, d); return nil }, warren.ConsumeOptions{})
+			if err := k.Pause(ctx); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := ch.QueueDelete(ctx, q, warren.QueueDeleteOptions{}); err != nil {
+				t.Fatal(err)
+			}
+			short, cancel := context.WithTimeout(ctx, time.Second)
+			err := k.Resume(short)
+			cancel()
+			if !reconnect {
+				if !errors.Is(err, warren.ErrConsumerEnded) || !errors.Is(err, warren.ErrNotFound) {
+					t.Fatalf("Resume on a deleted queue: got %v, want ErrConsumerEnded and ErrNotFound", err)
+				}
+				if err := k.Err(); !errors.Is(err, warren.ErrConsumerCancelled) || !errors.Is(err, warren.ErrNotFound) {
+					t.Fatalf("Err: got %v, want ErrConsumerCancelled and ErrNotFound", err)
+				}
+				return
+			}
+			if !errors.Is(err, context.DeadlineExceeded) {
+				t.Fatalf("Resume on a deleted queue with reconnect: got %v, want DeadlineExceeded (still waiting for the queue)", err)
+			}
+			eventually(t, ctx, "the consumer checking for its missing queue", func() string {
+				if s := k.Stats(); s.QueueChecks < 2 {
+					return fmt.Sprintf("stats %+v", s)
+				}
+				return ""
+			})
+			if isClosed(k.Done()) {
+				t.Fatalf("the consumer ended: %v", k.Err())
+			}
+			ready := k.Ready()
+			if _, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true}); err != nil {
+				t.Fatal(err)
+			}
+			if !closedWithin(ready, 10*time.Second) {
+				t.Fatalf("Ready not closed within 10 s of the queue's return (stats %+v)", k.Stats())
+			}
+			fillNumbered(t, ctx, c, q, 10)
+			eventually(t, ctx, "the 10 messages after the queue came back", func() string {
+				if n := got.len(); n != 10 {
+					return fmt.Sprint(n, " handled")
+				}
+				return ""
+			})
+		})
+	}
+}
