@@ -27,7 +27,8 @@ import (
 // new channel, with the same consumer tag:
 //
 //   - after a lost connection, on the next connection, as soon as it is
-//     up (if the queue is missing then, as below);
+//     up (a queue missing then, 404, ends the Consumer: an exclusive or
+//     server-named queue does not come back);
 //   - after the broker's consumer timeout (ErrAckTimeout), at once;
 //   - after any other basic.cancel from the broker (the queue was deleted,
 //     a queue leader moved or failed over), once the queue exists again:
@@ -727,12 +728,8 @@ func (k *Consumer) resubscribe(life context.Context, lost error) (*consumer, err
 			return nil, nil
 		}
 		switch {
-		case k.resubscribeOnCancel && errors.Is(err, ErrNotFound):
-			// Deleted again between the check and basic.consume, or
-			// gone with the lost connection (a queue that did not
-			// survive a broker restart and that no declaration recovered):
-			// wait for it as after the broker's cancel.
-			missing = true
+		case missing && errors.Is(err, ErrNotFound):
+			// Deleted again between the check and basic.consume.
 			if !backoff() && life.Err() != nil {
 				return nil, nil
 			}
