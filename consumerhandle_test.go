@@ -86,8 +86,12 @@ func (f *consumeFake) script(c *fb.Conn) {
 		case fbBasicConsume:
 			r := m.Reader()
 			r.Short()
-			r.ShortStr() // queue
+			queue := r.ShortStr()
 			tag := r.ShortStr()
+			if queue == "missing" {
+				c.CloseChannel(m.Channel, 404, "NOT_FOUND - no queue 'missing' in vhost '/'")
+				continue
+			}
 			c.Send(m.Channel, fbBasicConsumeOK, new(fb.Args).ShortStr(tag))
 			f.consumes <- subscribed{m.Channel, tag}
 		case fbBasicCancel:
@@ -631,5 +635,68 @@ func TestAPausedConsumerEndedByCloseWhileReconnectingReportsErrClientClosed(t *t
 	waitConsumerDone(t, "the paused consumer after Close", k)
 	if err := k.Err(); !errors.Is(err, warren.ErrClientClosed) {
 		t.Errorf("Err: got %v, want ErrClientClosed", err)
+	}
+}
+
+func TestAStartRefusedByTheBrokerLeavesNothingRunning(t *testing.T) {
+	f, client := startConsumeFake(t)
+	ctx := testCtx(t)
+	for _, batch := range []bool{false, true} {
+		var err error
+		if batch {
+			_, err = client.StartBatchConsumer(ctx, "missing", func(context.Context, []*warren.Delivery) error { return nil }, warren.BatchOptions{})
+		} else {
+			_, err = client.StartConsumer(ctx, "missing", nopHandler, warren.ConsumeOptions{})
+		}
+		if !errors.Is(err, warren.ErrNotFound) {
+			t.Fatalf("batch=%v: got %v, want ErrNotFound", batch, err)
+		}
+		asChannelError(t, "StartConsumer on a missing queue", err)
+	}
+	waitFor(t, "no channel left open", testBound, func() bool { return client.OpenChannels() == 0 })
+	if n := f.opens.Load(); n != 2 {
+		t.Errorf("channels opened: %d, want 2", n)
+	}
+}
+
+// With AutoAck a batch consumer settles nothing and counts no settlement;
+// a batch is Size deliveries, or what came within MaxWait.
+func TestAnAutoAckBatchConsumerSendsNoSettlement(t *testing.T) {
+	f, client := startConsumeFake(t)
+	ctx := testCtx(t)
+	sizes := make(chan int, 8)
+	k, err := client.StartBatchConsumer(ctx, "q", func(_ context.Context, batch []*warren.Delivery) error {
+		sizes <- len(batch)
+		if err := batch[0].Ack(context.Background()); !errors.Is(err, warren.ErrAlreadySettled) {
+			t.Errorf("Ack of an AutoAck delivery: %v, want ErrAlreadySettled", err)
+		}
+		return errors.New("ignored: AutoAck")
+	}, warren.BatchOptions{Size: 3, MaxWait: 50 * time.Millisecond, ConsumeOptions: warren.ConsumeOptions{AutoAck: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s := f.nextConsume(t)
+	for tag := uint64(1); tag <= 4; tag++ {
+		f.deliver(t, s, tag, "x")
+	}
+	for _, want := range []int{3, 1} {
+		select {
+		case n := <-sizes:
+			if n != want {
+				t.Errorf("batch of %d, want %d", n, want)
+			}
+		case <-time.After(testBound):
+			t.Fatal("no batch")
+		}
+	}
+	if err := k.Cancel(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := f.settlements(); len(got) != 0 {
+		t.Errorf("settlements with AutoAck: %v", got)
+	}
+	st := k.Stats()
+	if st.Delivered != 4 || st.Acked+st.Nacked+st.Rejected != 0 || st.HandlerErrors != 2 {
+		t.Errorf("Stats: %+v, want 4 delivered, no settlement, 2 handler errors", st)
 	}
 }
