@@ -33,11 +33,13 @@ type BatchHandler func(ctx context.Context, batch []*Delivery) error
 type BatchOptions struct {
 	ConsumeOptions
 	// Size is the most deliveries a batch holds (default 100, at most
-	// 65535). Unless AutoAck is set, Prefetch must be at least Size: a
-	// smaller one is refused with ErrInvalidArgument before anything is
-	// sent, since the broker would never send a full batch. The default
-	// Prefetch is Size × (Workers+1), at most 65535: a full batch for
-	// each handler and the next one filling.
+	// 65535; a negative Size, like a negative MaxWait or Workers, is
+	// refused with ErrInvalidArgument). Unless AutoAck is set, Prefetch
+	// must be at least Size: a smaller one is refused with
+	// ErrInvalidArgument before anything is sent, since the broker would
+	// never send a full batch. The default Prefetch is Size × (Workers+1),
+	// at most 65535: a full batch for each handler and the next one
+	// filling.
 	Size int
 	// MaxWait bounds how long a batch waits to fill (default 100 ms): the
 	// handler gets Size deliveries, or what arrived within MaxWait of the

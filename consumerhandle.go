@@ -144,7 +144,9 @@ type ConsumerStats struct {
 // error of basic.qos or basic.consume (for instance a *ChannelError
 // matching ErrNotFound for a missing queue) and nothing is left running;
 // bad options and a nil h are refused with ErrInvalidArgument before
-// anything is sent.
+// anything is sent. A ctx that has ended fails the start with its error
+// (wrapped), and a Client that has ended with its error (ErrClientClosed
+// after Close).
 //
 // ctx bounds the start only (with WithReconnect, a start that finds the
 // connection lost waits for the next one, bounded by ctx); the Consumer
