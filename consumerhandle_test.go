@@ -23,11 +23,8 @@ import (
 
 // Basic-class methods the fake broker package does not name.
 var (
-	fbBasicConsume   = fb.ID(60, 20)
-	fbBasicConsumeOK = fb.ID(60, 21)
-	fbBasicCancel    = fb.ID(60, 30)
-	fbBasicCancelOK  = fb.ID(60, 31)
-	fbBasicReject    = fb.ID(60, 90)
+	fbBasicCancelOK = fb.ID(60, 31)
+	fbBasicReject   = fb.ID(60, 90)
 )
 
 // settlement is an ack, nack or reject the fake broker received.
