@@ -25,7 +25,17 @@ import (
 
 // dial opens a session with options o; see Dial.
 func dial(ctx context.Context, rawURL string, o options) (*session, error) {
-	uri, sasl, err := checkURL("dial", rawURL, &o)
+	uri, _, err := checkURL("dial", rawURL, &o)
+	if err != nil {
+		return nil, err
+	}
+	life, err := applyCredentials(ctx, &uri, &o)
+	if err != nil {
+		return nil, fmt.Errorf("warren: dial %s: %w", redact(uri), err)
+	}
+	// With the provider's or UpdateSecret's credentials (checkURL has
+	// checked the mechanisms).
+	sasl, err := saslFor("dial", uri)
 	if err != nil {
 		return nil, err
 	}
@@ -39,6 +49,9 @@ func dial(ctx context.Context, rawURL string, o options) (*session, error) {
 		channels:  make(map[uint16]*channel),
 		dead:      make(chan struct{}),
 		closeDone: make(chan struct{}),
+	}
+	if life != nil {
+		c.cred.Store(life)
 	}
 	if err := c.connect(ctx, uri, sasl); err != nil {
 		return nil, fmt.Errorf("warren: dial %s: %w", c.endpoint, err)
@@ -224,6 +237,9 @@ func checkURL(op, rawURL string, o *options) (amqp.URI, []amqp.Authentication, e
 			"use an amqps:// URL", ErrInvalidArgument, op)
 	}
 	if err := urlParams(op, u, o); err != nil {
+		return amqp.URI{}, nil, err
+	}
+	if err := checkCredentialOptions(op, o); err != nil {
 		return amqp.URI{}, nil, err
 	}
 	// The vhost is a short string of connection.open: RabbitMQ answers a

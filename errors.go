@@ -489,3 +489,16 @@ var (
 // Consumer has ended (Cancel, the end of its Client, an error it could not
 // recover from; its Err says which).
 var ErrConsumerEnded = errors.New("warren: consumer ended")
+
+// Credentials that change (WithCredentials, Client.UpdateSecret).
+
+// ErrCredentialsProvider matches a dial attempt or a credential refresh
+// that failed because the WithCredentials provider returned an error (also
+// wrapped) or an empty Secret. Nothing was sent to the broker.
+var ErrCredentialsProvider = errors.New("warren: credentials provider failed")
+
+// ErrSecretRefused matches the error of Client.UpdateSecret (and of a
+// refresh) when the broker refused the new secret: it closes the
+// connection (530 NOT_ALLOWED on RabbitMQ), and the error also wraps that
+// *ConnectionError.
+var ErrSecretRefused = errors.New("warren: new secret refused by the broker")

@@ -57,6 +57,10 @@ type MetricsHook struct {
 	// a new connection, with the dials it took and how long publishing
 	// and consuming were without a connection.
 	Reconnected func(attempts int, downtime time.Duration)
+	// CredentialsRefreshed is called for every attempt of the credential
+	// refresher (WithCredentialRefresh), with whether it succeeded and how
+	// long the provider and update-secret took.
+	CredentialsRefreshed func(ok bool, took time.Duration)
 }
 
 // outcomeOf classifies a confirmation's result.

@@ -26,8 +26,11 @@ type options struct {
 	reconnect    *ReconnectPolicy
 	onState      []func(StateEvent)
 	topology     func(context.Context, Channel) error
-	order        EndpointOrder // DialCluster: the order endpoints are tried in
-	counters     *counters     // shared by a Client's connections; set by dialClient
+	order        EndpointOrder       // DialCluster: the order endpoints are tried in
+	counters     *counters           // shared by a Client's connections; set by dialClient
+	provider     CredentialsProvider // WithCredentials; nil: the URL's (or UpdateSecret's)
+	refresh      *RefreshPolicy      // WithCredentialRefresh
+	secret       *secretCell         // the last secret UpdateSecret set; one per Client (defaultOptions)
 }
 
 const (
@@ -42,6 +45,7 @@ func defaultOptions() options {
 		frameSize:    defaultFrameSize,
 		logger:       slog.New(slog.NewTextHandler(io.Discard, nil)),
 		closeTimeout: defaultCloseTimeout,
+		secret:       new(secretCell),
 	}
 }
 

@@ -94,9 +94,20 @@ const (
 	StateDisconnected              // the connection was lost (Err says why)
 	StateReconnected               // a new connection is open (Attempt says after how many dials)
 	StateClosed                    // the Client has ended: Close, or it gave up (Err)
+
+	// StateCredentialsRefreshed: the refresher (WithCredentialRefresh)
+	// got new credentials from the provider and the broker accepted their
+	// secret on the live connection; ValidUntil is their expiry. The
+	// connection state itself does not change.
+	StateCredentialsRefreshed
+	// StateCredentialsRefreshFailed: a refresh failed (Err says why: the
+	// provider, ErrSecretRefused, a lost connection); Attempt counts the
+	// failed attempts in a row. The refresher retries with backoff.
+	StateCredentialsRefreshFailed
 )
 
-// String returns "connected", "disconnected", "reconnected" or "closed".
+// String returns "connected", "disconnected", "reconnected", "closed",
+// "credentials refreshed" or "credentials refresh failed".
 func (s State) String() string {
 	switch s {
 	case StateConnected:
@@ -107,17 +118,25 @@ func (s State) String() string {
 		return "reconnected"
 	case StateClosed:
 		return "closed"
+	case StateCredentialsRefreshed:
+		return "credentials refreshed"
+	case StateCredentialsRefreshFailed:
+		return "credentials refresh failed"
 	}
 	return fmt.Sprintf("State(%d)", int(s))
 }
 
-// StateEvent is one change of a Client's connection state.
+// StateEvent is one change of a Client's connection state, or a
+// credential refresh (see WithCredentialRefresh). It never holds a secret.
 type StateEvent struct {
 	State    State
-	Err      error  // why the connection was lost, why the Client ended (nil for Close), or, for StateReconnected, why WithTopology failed
-	Attempt  int    // StateReconnected: the dial that succeeded (1 = the first)
+	Err      error  // why the connection was lost, why the Client ended (nil for Close), for StateReconnected why WithTopology failed, for StateCredentialsRefreshFailed why the refresh failed
+	Attempt  int    // StateReconnected: the dial that succeeded (1 = the first); StateCredentialsRefreshFailed: failed refreshes in a row
 	Endpoint string // the broker, without credentials
 	At       time.Time
+	// ValidUntil is, for StateCredentialsRefreshed, when the new
+	// credentials expire (zero: never); zero for the other states.
+	ValidUntil time.Time
 }
 
 // dispatcher delivers events to fn in order on its own goroutine, without
@@ -179,6 +198,10 @@ func (c *Client) emit(e StateEvent) {
 		c.opts.logger.Warn("warren: connection lost", "endpoint", e.Endpoint, "err", e.Err)
 	case StateReconnected:
 		c.opts.logger.Info("warren: reconnected", "endpoint", e.Endpoint, "attempt", e.Attempt)
+	case StateCredentialsRefreshed:
+		c.opts.logger.Info("warren: credentials refreshed", "endpoint", e.Endpoint, "valid_until", e.ValidUntil)
+	case StateCredentialsRefreshFailed:
+		c.opts.logger.Warn("warren: credential refresh failed", "endpoint", e.Endpoint, "attempt", e.Attempt, "err", e.Err)
 	}
 	if c.events != nil {
 		c.events.send(e)
@@ -204,6 +227,7 @@ func (c *Client) finish(err error) {
 // per the policy or ends the Client.
 func (c *Client) supervise() {
 	defer close(c.loopDone)
+	c.startRefresher()
 	up := time.Now() // when the current connection was put in place
 	unstable := 0    // connections in a row lost before they were stable
 	limited := 0     // connections in a row closed by the broker for a limit

@@ -54,6 +54,12 @@ type session struct {
 
 	cnt *counters // the Client's, shared by all its connections (see ClientStats)
 
+	// secretLock serialises connection.update-secret (see updateSecret);
+	// cred is the life of the credentials the connection logged in with
+	// or was last refreshed with (nil without WithCredentials).
+	secretLock ctxLock
+	cred       atomic.Pointer[credLife]
+
 	abortReason atomic.Pointer[string]     // why warren cut the socket, if it did
 	wireClose   atomic.Pointer[amqp.Error] // connection.close as read off the wire
 }
