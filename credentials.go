@@ -103,7 +103,9 @@ type RefreshPolicy struct {
 	// attempts (exponential with full jitter, as ReconnectPolicy); while
 	// the credentials are still valid, a wait is also cut to half the time
 	// left, so that several attempts fit before they expire. Defaults 500
-	// ms and 30 s.
+	// ms and 30 s. Two refreshes are at least MinBackoff apart, however
+	// short the credentials' life (a provider answering with an expiry
+	// already past is not asked in a loop).
 	MinBackoff time.Duration
 	MaxBackoff time.Duration
 }
@@ -134,7 +136,9 @@ const (
 // ErrCredentialsProvider (and p's error): Dial and DialCluster return it,
 // and a reconnect counts it as a failed attempt and goes on with its
 // backoff. p may be called from several goroutines at once (the
-// reconnect and the refresher) and must be safe for that.
+// reconnect and the refresher) and must be safe for that. It should return
+// when ctx ends: Client.Close cancels a call in progress and waits for it
+// (bounded by Close's ctx).
 func WithCredentials(p CredentialsProvider) Option {
 	return func(o *options) error {
 		if p == nil {
@@ -442,6 +446,7 @@ func (p *RefreshPolicy) backoff(n int, l *credLife) time.Duration {
 func (c *Client) refreshLoop() {
 	p := c.opts.refresh
 	stop := closingCtx{c.closing}
+	var last time.Time // the last refresh attempt: the next waits MinBackoff at least
 	for {
 		s, err := c.live(stop)
 		if err != nil {
@@ -457,9 +462,14 @@ func (c *Client) refreshLoop() {
 			if fails > 0 {
 				wait = p.backoff(fails, l)
 			}
+			// Credentials that are due at once again and again (a
+			// provider answering with an expiry already past) must not
+			// spin.
+			wait = max(wait, time.Until(last.Add(p.MinBackoff)))
 			if !c.sleepOn(s, wait) {
 				break
 			}
+			last = time.Now()
 			if c.refreshOnce(s, fails+1) {
 				fails = 0
 			} else {

@@ -523,3 +523,21 @@ func TestPrintedCredentialsOptionsAndErrorsNeverHoldTheSecret(t *testing.T) {
 		})
 	}
 }
+
+// Credentials that are always already expired do not make the refresher
+// spin: refreshes stay MinBackoff apart.
+func TestTheRefresherDoesNotSpinOnCredentialsAlreadyExpired(t *testing.T) {
+	var calls atomic.Int32
+	provider := func(context.Context) (warren.Credentials, error) {
+		calls.Add(1)
+		return warren.Credentials{Secret: "guest", ValidUntil: time.Now().Add(-time.Minute)}, nil
+	}
+	c := startFake(t, fb.Config{}, serveUpdates(nil), warren.WithCredentials(provider),
+		warren.WithCredentialRefresh(warren.RefreshPolicy{MinBackoff: 100 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}))
+	time.Sleep(450 * time.Millisecond)
+	_ = c.Close(testCtx(t))
+	// The dial, then a refresh at once and one every 100 ms: 6 at most.
+	if n := calls.Load(); n < 2 || n > 6 {
+		t.Errorf("provider called %d times in 450 ms with MinBackoff 100 ms, want 2 to 6", n)
+	}
+}
