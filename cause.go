@@ -17,7 +17,9 @@ package warren
 //     holds only for a close that is not the connection's own (amqp091-go
 //     hands the connection's error to every channel's listener);
 //  3. the connection gone: its *ConnectionError (connError, recorded by the
-//     watcher before dead is closed);
+//     watcher before dead is closed), or ErrClientClosed once the
+//     application closed it (whatever amqp091-go then hands the channel,
+//     unless the wire saw the broker close this channel);
 //  4. nothing: ErrChannelClosed (the application closed the channel).
 //
 // A socket error returned by amqp091-go before it has marked the
@@ -102,6 +104,14 @@ func (ch *channel) classify(e *amqp.Error, ok bool) error {
 		// warren's watcher records the cause before dead is closed.
 		<-ch.c.dead
 		if !ok || e == nil || e == ch.c.rawErr {
+			return ch.c.connError("")
+		}
+		if ch.c.isClosing() && ch.brokerClose.Load() == nil {
+			// The application closed the connection, and the broker
+			// did not close this channel: what amqp091-go hands the
+			// channel as the socket ends (a 501 FRAME_ERROR for the
+			// EOF after close-ok) is the connection's end, not the
+			// channel's.
 			return ch.c.connError("")
 		}
 		return channelCause(ch.id, "", e)
