@@ -188,10 +188,24 @@ type Options struct {
 	// when it fails, Find stops that broker and returns the error, wrapping
 	// [ErrNoBroker].
 	Check func(ctx context.Context, b *Broker) error
+	// Container, if set, is the container provider for this call, in place
+	// of the one registered with [RegisterContainerProvider].
+	Container ContainerProvider
+	// Name prefixes the lines Find and [RunMain] log ("brokertest" when
+	// empty); warrentest sets its own.
+	Name string
 
 	// For this package's tests.
 	sbinDir   string // if set, use this sbin dir instead of looking for the installation
 	localAddr string // if set, probe this address instead of 127.0.0.1:5672
+}
+
+// name returns the prefix of the lines o logs.
+func (o Options) name() string {
+	if o.Name != "" {
+		return o.Name
+	}
+	return "brokertest"
 }
 
 func (o Options) logf(format string, args ...any) {
@@ -224,7 +238,12 @@ func RegisterContainerProvider(p ContainerProvider) {
 	provider = p
 }
 
-func containerProvider() ContainerProvider {
+// provider returns the container provider for a Find with o: o.Container,
+// else the registered one.
+func (o Options) provider() ContainerProvider {
+	if o.Container != nil {
+		return o.Container
+	}
 	providerMu.Lock()
 	defer providerMu.Unlock()
 	return provider
@@ -248,9 +267,9 @@ func Find(ctx context.Context, opts Options) (*Broker, error) {
 		}
 	}
 	if b.Private() {
-		opts.logf("brokertest: using %s (started in %.1fs)", b, b.BootTime().Seconds())
+		opts.logf("%s: using %s (started in %.1fs)", opts.name(), b, b.BootTime().Seconds())
 	} else {
-		opts.logf("brokertest: using %s", b)
+		opts.logf("%s: using %s", opts.name(), b)
 	}
 	return b, nil
 }
@@ -277,7 +296,7 @@ func find(ctx context.Context, opts Options) (*Broker, error) {
 		// Programs (TryLocalDefault) have no container provider: for them
 		// AMQP_URL or the local default broker stands for the version.
 		if v := WantedVersion(); v != "" && !opts.TryLocalDefault {
-			return fromProvider(ctx, v)
+			return fromProvider(ctx, opts.provider(), v)
 		}
 
 		if opts.TryLocalDefault {
@@ -303,7 +322,7 @@ func find(ctx context.Context, opts Options) (*Broker, error) {
 	fail("private node", err)
 
 	if !opts.ForcePrivate {
-		if p := containerProvider(); p == nil {
+		if p := opts.provider(); p == nil {
 			tried = append(tried, "container provider: none registered")
 		} else if b, err := callProvider(ctx, p, ""); err != nil {
 			fail("container provider", err)
@@ -320,8 +339,7 @@ func find(ctx context.Context, opts Options) (*Broker, error) {
 
 // fromProvider returns a broker of RabbitMQ version v from the container
 // provider, which must be registered.
-func fromProvider(ctx context.Context, v string) (*Broker, error) {
-	p := containerProvider()
+func fromProvider(ctx context.Context, p ContainerProvider, v string) (*Broker, error) {
 	if p == nil {
 		return nil, fmt.Errorf("%w: %s=%s asks for RabbitMQ %s in a container, and no container provider is registered (the integration tests register one)",
 			ErrNoBroker, VersionEnv, v, v)

@@ -30,22 +30,21 @@ var (
 // It finds a broker with [Find] and stores it in *dst, runs the tests, stops
 // a private node afterwards and returns the exit code. If no broker is found
 // and [Required] reports true, it prints why and returns 1 without running
-// any test. Otherwise it prints a "no broker: integration tests will skip"
-// line and runs the tests with *dst == nil; [Need] then skips them.
+// any test. Otherwise it prints a "no broker: the tests that need one will
+// skip" line and runs the tests with *dst == nil; [Need] then skips them.
+// Before the tests run, it calls [SetMain].
 func RunMain(m *testing.M, dst **Broker, opts Options) int {
 	ctx, cancel := context.WithTimeout(context.Background(), findTimeout)
 	b, err := Find(ctx, opts)
 	cancel()
 	*dst = b
+	SetMain(b, err)
 	if err != nil {
-		reasonMu.Lock()
-		noBrokerReason = err.Error()
-		reasonMu.Unlock()
 		if Required() {
-			fmt.Fprintf(os.Stderr, "brokertest: FAIL: a broker is required (CI or WARREN_REQUIRE_BROKER is set) but none was found: %v\n", err)
+			fmt.Fprintf(os.Stderr, "%s: FAIL: a broker is required (CI, WARREN_BROKER or WARREN_REQUIRE_BROKER is set) but none was found: %v\n", opts.name(), err)
 			return 1
 		}
-		fmt.Fprintf(os.Stderr, "brokertest: no broker: integration tests will skip (%v)\n", err)
+		fmt.Fprintf(os.Stderr, "%s: no broker: the tests that need one will skip (%v)\n", opts.name(), err)
 	}
 
 	code := m.Run()
@@ -54,13 +53,27 @@ func RunMain(m *testing.M, dst **Broker, opts Options) int {
 		ctx, cancel := context.WithTimeout(context.Background(), stopTimeout)
 		defer cancel()
 		if err := b.Stop(ctx); err != nil {
-			fmt.Fprintf(os.Stderr, "brokertest: stopping %s: %v\n", b.Source, err)
+			fmt.Fprintf(os.Stderr, "%s: stopping %s: %v\n", opts.name(), b.Source, err)
 			if code == 0 {
 				code = 1
 			}
 		}
 	}
 	return code
+}
+
+// SetMain records the outcome of the search for the broker a test binary's
+// tests share: the reason [Need] gives when b is nil (err's message), and
+// the broker passed to the functions registered with [OnMain], which it
+// calls. [RunMain] calls it; so does warrentest.Run, which finds the broker
+// itself.
+func SetMain(b *Broker, err error) {
+	if err != nil {
+		reasonMu.Lock()
+		noBrokerReason = err.Error()
+		reasonMu.Unlock()
+	}
+	notifyMain(b)
 }
 
 // Need returns b, or ends the test if b is nil: with t.Fatal when [Required]
