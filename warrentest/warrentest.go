@@ -171,7 +171,9 @@ func find(ctx context.Context, o options) (*Broker, error) {
 // in warrentest's name.
 type findError struct{ err error }
 
-func (e *findError) Error() string { return strings.ReplaceAll(e.err.Error(), "brokertest: ", "warrentest: ") }
+func (e *findError) Error() string {
+	return strings.ReplaceAll(e.err.Error(), "brokertest: ", "warrentest: ")
+}
 
 func (e *findError) Unwrap() error { return e.err }
 
