@@ -88,3 +88,44 @@ func TestExamples(t *testing.T) {
 		}
 	}
 }
+
+// warrentestExample is the runnable example of the warrentest module that
+// TestWarrentestExample runs, and the line its verbose output must hold.
+const warrentestExample = "Example_consumerAcrossAConnectionCut"
+
+// TestWarrentestExample runs the examples of the warrentest module (its
+// own module: `go test -run ^Example` in ../warrentest) against the test
+// broker, passed as AMQP_URL: each must pass, and the one that tests a
+// consumer across a connection cut must be among them.
+func TestWarrentestExample(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	goTool, err := exec.LookPath("go")
+	if err != nil {
+		t.Skipf("no go command to run the examples with: %v", err)
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 2*exampleTimeout)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, goTool, "test", "-count=1", "-run", "^Example", "-v", ".")
+	cmd.Dir = filepath.Join(filepath.Dir(wd), "warrentest")
+	cmd.Env = append(os.Environ(), "AMQP_URL="+b.URL)
+	cmd.WaitDelay = 10 * time.Second
+	start := time.Now()
+	out, err := cmd.CombinedOutput()
+	t.Logf("go test -run ^Example in warrentest (%v):\n%s", time.Since(start).Round(time.Millisecond), out)
+	if ctx.Err() != nil {
+		t.Fatalf("the warrentest examples did not finish within %v", 2*exampleTimeout)
+	}
+	if err != nil {
+		t.Fatalf("the warrentest examples: %v", err)
+	}
+	if !strings.Contains(string(out), "--- PASS: "+warrentestExample) {
+		t.Errorf("the output lacks --- PASS: %s", warrentestExample)
+	}
+	if !strings.Contains(string(out), "warrentest: using AMQP_URL") {
+		t.Errorf("the warrentest examples did not use the test broker from AMQP_URL")
+	}
+}
