@@ -17,12 +17,14 @@ run:
 
 # make test: the unit tests, then the integration suite, the examples and
 # the cluster test against every RabbitMQ version of the matrix below (set
-# up first, idempotently), then the OTel adapter's tests.
+# up first, idempotently), then the OTel adapter's tests and warrentest's
+# (against a private node; the matrix runs them against each version too).
 test:
 	.ci/brokers.sh $(BROKER_VERSIONS)
 	$(GO) test -race -count=1 -timeout 20m ./...
 	$(MAKE) test-matrix
 	cd otelwarren && $(GO) test -race -count=1 -timeout 10m ./...
+	cd warrentest && $(GO) test -race -count=1 -timeout 10m ./...
 
 # The broker matrix: RabbitMQ versions the integration suite, the cluster
 # test and the examples run against, each in containers started by
@@ -31,7 +33,7 @@ test:
 # WARREN_RABBITMQ_IMAGE_3_10 / WARREN_RABBITMQ_IMAGE_4_3.
 #
 #   make brokers      set up the Docker engine and every version's image (idempotent)
-#   make test-3.10    the integration suite and the cluster test against 3.10
+#   make test-3.10    the integration suite, the cluster test and warrentest's tests against 3.10
 #   make test-4.3     the same against 4.3
 #   make test-matrix  both
 BROKER_VERSIONS ?= 3.10 4.3
@@ -49,15 +51,17 @@ $(BROKER_TESTS): test-%:
 	cd integration && AMQP_URL= WARREN_BROKER=$* $(GO) test -race -count=1 -timeout 30m -skip '^TestCluster' ./...
 	@# The three-node cluster test prints its failover times and counts (-v).
 	cd integration && AMQP_URL= WARREN_BROKER=$* $(GO) test -race -count=1 -timeout 15m -run '^TestCluster' -v .
+	cd warrentest && AMQP_URL= WARREN_BROKER=$* $(GO) test -race -count=1 -timeout 10m ./...
 
 vet:
 	test -z "$$(gofmt -l . | tee /dev/stderr)"
 	$(GO) vet ./...
 	cd integration && $(GO) vet ./...
 	cd otelwarren && $(GO) vet ./...
+	cd warrentest && $(GO) vet ./...
 
 # make lint   staticcheck (pinned; installed from the Go module proxy into
-#             .ci/bin) over the four modules, then govulncheck when its
+#             .ci/bin) over the five modules, then govulncheck when its
 #             vulnerability database (vuln.go.dev) is reachable
 STATICCHECK_VERSION ?= v0.8.2
 GOVULNCHECK_VERSION ?= v1.1.4
@@ -69,6 +73,7 @@ lint:
 	cd integration && $(BIN)/staticcheck ./...
 	cd benchmarks && $(BIN)/staticcheck ./...
 	cd otelwarren && $(BIN)/staticcheck ./...
+	cd warrentest && $(BIN)/staticcheck ./...
 	GOBIN=$(BIN) $(GO) install golang.org/x/vuln/cmd/govulncheck@$(GOVULNCHECK_VERSION)
 	@if curl -fsS -m 10 -o /dev/null https://vuln.go.dev/index/db.json.gz 2>/dev/null; then \
 		$(BIN)/govulncheck ./... ; \
