@@ -28,10 +28,12 @@
 //  2. when WARREN_BROKER names a RabbitMQ version ("3.10", "4.3"): a
 //     container of that version, and nothing else (see below);
 //  3. a private RabbitMQ node started from the local rabbitmq-server
-//     installation (the Debian/Ubuntu package, or the directory holding
-//     rabbitmq-server and rabbitmqctl named by WARREN_RABBITMQ_SBIN), on
-//     free loopback ports with its own temporary directories; it boots in
-//     about 5 s and halts by itself if the test binary dies;
+//     installation — the directory holding rabbitmq-server and rabbitmqctl
+//     named by WARREN_RABBITMQ_SBIN, else the Debian/Ubuntu package's inner
+//     scripts, else rabbitmq-server on PATH (a generic Unix or Homebrew
+//     installation) — on free loopback ports with its own temporary
+//     directories; it boots in about 5 s and halts by itself if the test
+//     binary dies;
 //  4. a container started with testcontainers-go on the local Docker
 //     engine, from the image given by [WithImage], else [DefaultImage].
 //

@@ -188,7 +188,7 @@ func TestBlockBlocksPublishersUntilUnblock(t *testing.T) {
 	}
 }
 
-func TestRestartDropsConnectionsAndKeepsDurableQueues(t *testing.T) {
+func TestRestartDropsConnectionsKeepsDurableQueuesAndEndsABlock(t *testing.T) {
 	b := controllable(t)
 	ctx := testCtx(t, 2*time.Minute)
 	c := dial(t, ctx, b.URL())
@@ -202,6 +202,10 @@ func TestRestartDropsConnectionsAndKeepsDurableQueues(t *testing.T) {
 	}
 	if err := ch.Publish(ctx, "", q, warren.Publishing{Body: []byte("kept"), DeliveryMode: warren.Persistent}); err != nil {
 		t.Fatal(err)
+	}
+	// A block does not outlive the restart.
+	if err := b.Block(ctx); err != nil {
+		t.Fatalf("Block: %v", err)
 	}
 	start := time.Now()
 	if err := b.Restart(ctx); err != nil {
@@ -225,6 +229,11 @@ func TestRestartDropsConnectionsAndKeepsDurableQueues(t *testing.T) {
 	d, ok, err := ch2.Get(ctx, q, warren.GetOptions{AutoAck: true})
 	if err != nil || !ok || string(d.Body) != "kept" {
 		t.Fatalf("Get after Restart: ok=%v err=%v, want the persistent message in the durable queue", ok, err)
+	}
+	rctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	if err := roundTrip(t, rctx, c2); err != nil || c2.Blocked() {
+		t.Fatalf("publishing after Block and Restart: %v (blocked %v), want the block gone", err, c2.Blocked())
 	}
 }
 

@@ -79,8 +79,9 @@ type node struct {
 }
 
 // StartNode starts a private RabbitMQ node from the local rabbitmq-server
-// installation (the Debian package's inner scripts, or the directory named by
-// the WARREN_RABBITMQ_SBIN environment variable) and waits until its AMQP
+// installation (the directory named by the WARREN_RABBITMQ_SBIN environment
+// variable, else the Debian package's inner scripts, else rabbitmq-server
+// on PATH) and waits until its AMQP
 // listener answers. The node listens on free loopback ports, keeps its
 // cookie, database and logs in its own temporary directory, and accepts
 // guest/guest. ctx bounds the whole start, which takes about 5 s.
@@ -540,12 +541,21 @@ func findInstalledSbin() (string, error) {
 	for _, p := range globbed {
 		candidates = append(candidates, filepath.Dir(p))
 	}
+	// Last, rabbitmq-server on PATH, for installations that run as the
+	// user who starts them (the generic Unix tarball, Homebrew): its
+	// directory, symlinks resolved, must hold rabbitmqctl too. Debian's
+	// wrapper in /usr/sbin is never reached: its inner scripts come first.
+	if p, err := exec.LookPath("rabbitmq-server"); err == nil {
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			candidates = append(candidates, filepath.Dir(real))
+		}
+	}
 	for _, dir := range candidates {
 		if checkSbin(dir) == nil {
 			return dir, nil
 		}
 	}
-	return "", fmt.Errorf("%w: no %s (from dpkg -L rabbitmq-server or on disk), and %s is not set",
+	return "", fmt.Errorf("%w: no %s (from dpkg -L rabbitmq-server or on disk), no rabbitmq-server on PATH, and %s is not set",
 		errNotInstalled, sbinGlob, sbinEnv)
 }
 
