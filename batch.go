@@ -220,14 +220,20 @@ func (cs *consumer) handleBatch(ads []amqp.Delivery) {
 	for i, ad := range ads {
 		ds[i] = cs.delivery(ad)
 	}
-	err := cs.callBatch(ds)
+	ctx, err := cs.hctx, error(nil)
+	if t := cs.c.opts.tracer; t != nil {
+		var end func(error)
+		ctx, end = t.startBatch(ctx, cs, ds)
+		defer func() { end(err) }()
+	}
+	err = cs.callBatch(ctx, ds)
 	if err != nil {
 		cs.k.st.handlerErrors.Add(1)
 	}
 	if cs.opts.AutoAck {
 		return
 	}
-	bg := context.Background()
+	bg := ds[0].ownCtx()
 	if err == nil {
 		cs.ackBatch(ds)
 	} else {
@@ -249,13 +255,13 @@ func (cs *consumer) handleBatch(ads []amqp.Delivery) {
 }
 
 // callBatch runs the batch handler, turning a panic into an error.
-func (cs *consumer) callBatch(ds []*Delivery) (err error) {
+func (cs *consumer) callBatch(ctx context.Context, ds []*Delivery) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = cs.panicked(ds[0], v)
 		}
 	}()
-	return cs.k.batch.h(cs.hctx, ds)
+	return cs.k.batch.h(ctx, ds)
 }
 
 // ackBatch acks the deliveries of a batch the handler left unsettled: with
@@ -263,7 +269,7 @@ func (cs *consumer) callBatch(ds []*Delivery) (err error) {
 // settled deliveries of this batch between them, and no other batch
 // outstanding below it), the rest one by one.
 func (cs *consumer) ackBatch(ds []*Delivery) {
-	bg := context.Background()
+	bg := ds[0].ownCtx()
 	if cs.batches.earliest(ds[0].DeliveryTag) {
 		var mine []*Delivery
 		for _, d := range ds {

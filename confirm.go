@@ -38,6 +38,7 @@ type Confirmation struct {
 	err  error                        // valid once done is closed
 	ret  *amqp.Return                 // set by the drainer, under the tracker's lock
 	hook func(Outcome, time.Duration) // MetricsHook.PublishConfirmed, if set
+	span *pubSpan                     // the publish's trace (Tracer.Publish), if any
 	sent time.Time                    // when the publish was written (only with hook)
 	// to, if set, is told the outcome in place of done being closed: an
 	// internal publish whose owner waits on a signal of its own (a
@@ -100,6 +101,7 @@ func (c *Confirmation) waitDone(ctx context.Context) (error, bool) {
 
 func (c *Confirmation) resolve(err error) {
 	c.err = err
+	c.span.finish(err)
 	if c.hook != nil {
 		c.hook(outcomeOf(err), time.Since(c.sent))
 	}

@@ -441,7 +441,13 @@ func (cs *consumer) delivery(ad amqp.Delivery) *Delivery {
 // handle runs the handler for one delivery and settles it.
 func (cs *consumer) handle(ad amqp.Delivery) {
 	d := cs.delivery(ad)
-	err := cs.call(d)
+	ctx, err := cs.hctx, error(nil)
+	if t := cs.c.opts.tracer; t != nil {
+		var end func(error)
+		ctx, end = t.startProcess(ctx, cs, d)
+		defer func() { end(err) }()
+	}
+	err = cs.call(ctx, d)
 	if err != nil {
 		cs.k.st.handlerErrors.Add(1)
 	}
@@ -450,7 +456,7 @@ func (cs *consumer) handle(ad amqp.Delivery) {
 	}
 	// Settled without a caller's ctx: an ack is a frame write, and a
 	// ctx ending mid-write would cost the connection.
-	bg := context.Background()
+	bg := d.ownCtx()
 	if err == nil {
 		_ = d.Ack(bg)
 	} else {
@@ -461,13 +467,13 @@ func (cs *consumer) handle(ad amqp.Delivery) {
 }
 
 // call runs the handler, turning a panic into an error.
-func (cs *consumer) call(d *Delivery) (err error) {
+func (cs *consumer) call(ctx context.Context, d *Delivery) (err error) {
 	defer func() {
 		if v := recover(); v != nil {
 			err = cs.panicked(d, v)
 		}
 	}()
-	return cs.k.h(cs.hctx, d)
+	return cs.k.h(ctx, d)
 }
 
 // panicked logs and reports a handler's panic, and returns it as an error.

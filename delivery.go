@@ -24,6 +24,9 @@ type Delivery struct {
 	counted bool         // fetched by Get: counted in its channel's unsettled messages
 	settled atomic.Int32 // unsettled, settling or settled
 	tally   *settleTally // a Consumer's settlement counters, or nil
+	// tctx is the processing trace's ctx (without cancellation), the
+	// parent of warren's own settlement's trace; nil when not traced.
+	tctx context.Context
 }
 
 // settleTally counts a Consumer's settlements (see ConsumerStats), by
@@ -105,6 +108,10 @@ type GetOptions struct {
 // Reject on the returned Delivery.
 func (ch Channel) Get(ctx context.Context, queue string, opts GetOptions) (d *Delivery, ok bool, err error) {
 	const op = "basic.get"
+	if ch.s != nil && ch.s.c.opts.tracer != nil {
+		end := ch.s.c.opts.tracer.startReceive(ctx, ch.s.c, queue)
+		defer func() { end(d, err) }()
+	}
 	if err := checkNames(op, "queue", queue); err != nil {
 		return nil, false, err
 	}
@@ -132,7 +139,7 @@ func (ch Channel) Get(ctx context.Context, queue string, opts GetOptions) (d *De
 
 // Ack acknowledges the delivery.
 func (d *Delivery) Ack(ctx context.Context) error {
-	return d.count(tallyAck, d.settle(ctx, func() error { return d.ch.Ack(ctx, d.DeliveryTag, false) }))
+	return d.count(tallyAck, d.settle(ctx, tallyAck, func() error { return d.ch.Ack(ctx, d.DeliveryTag, false) }))
 }
 
 // Nack negatively acknowledges the delivery; requeue puts it back on the
@@ -141,7 +148,7 @@ func (d *Delivery) Ack(ctx context.Context) error {
 // does not raise a quorum queue's delivery count, so it never trips a
 // DeliveryLimit. To report a failure, use Reject (see DeliveryCount).
 func (d *Delivery) Nack(ctx context.Context, requeue bool) error {
-	return d.count(tallyNack, d.settle(ctx, func() error { return d.ch.Nack(ctx, d.DeliveryTag, false, requeue) }))
+	return d.count(tallyNack, d.settle(ctx, tallyNack, func() error { return d.ch.Nack(ctx, d.DeliveryTag, false, requeue) }))
 }
 
 // Reject rejects the delivery: processing it failed. requeue puts it back
@@ -149,16 +156,21 @@ func (d *Delivery) Nack(ctx context.Context, requeue bool) error {
 // message's delivery count rises on every RabbitMQ version, so a quorum
 // queue's DeliveryLimit dead-letters a message rejected too often.
 func (d *Delivery) Reject(ctx context.Context, requeue bool) error {
-	return d.count(tallyReject, d.settle(ctx, func() error { return d.ch.Reject(ctx, d.DeliveryTag, requeue) }))
+	return d.count(tallyReject, d.settle(ctx, tallyReject, func() error { return d.ch.Reject(ctx, d.DeliveryTag, requeue) }))
 }
 
-// settle sends the settlement fn. The delivery counts as settled only once
+// settle sends the settlement fn, of kind (tallyAck, tallyNack or
+// tallyReject). The delivery counts as settled only once
 // fn has handed its frame to the socket: an error from before the write
 // (ctx, concurrent use, a closed or released channel, a bad argument)
 // leaves it unsettled.
-func (d *Delivery) settle(ctx context.Context, fn func() error) error {
+func (d *Delivery) settle(ctx context.Context, kind int, fn func() error) (err error) {
 	if d.ch.s == nil {
 		return fmt.Errorf("%w: delivery does not come from a warren Channel", ErrInvalidArgument)
+	}
+	if t := d.ch.s.c.opts.tracer; t != nil {
+		end := t.startSettle(ctx, kind, d)
+		defer func() { end(err) }()
 	}
 	if d.DeliveryTag <= d.ch.s.settledThrough.Load() {
 		return fmt.Errorf("%w (delivery tag %d on channel %d, by a multiple ack or nack through the Channel)", ErrAlreadySettled, d.DeliveryTag, d.ch.ID())
@@ -173,7 +185,7 @@ func (d *Delivery) settle(ctx context.Context, fn func() error) error {
 		d.lock.Lock()
 		defer d.lock.Unlock()
 	}
-	err := fn()
+	err = fn()
 	var unknown *OutcomeUnknownError
 	if err != nil && !errors.As(err, &unknown) {
 		// Nothing reached the socket (or the channel is gone, and with it

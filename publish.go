@@ -32,6 +32,15 @@ func (ch Channel) Publish(ctx context.Context, exchange, key string, msg Publish
 // the message and returns its Confirmation; otherwise the Confirmation is
 // nil. deferred demands confirm mode.
 func (ch Channel) publish(ctx context.Context, m *Message, deferred bool) (*Confirmation, error) {
+	if ch.s != nil && ch.s.c.opts.tracer != nil {
+		return ch.publishTraced(ctx, ch.s.c.opts.tracer, m, deferred)
+	}
+	return ch.publishSpan(ctx, m, deferred, nil)
+}
+
+// publishSpan is publish; span, if not nil, is the message's trace, ended
+// by its Confirmation on a confirm channel.
+func (ch Channel) publishSpan(ctx context.Context, m *Message, deferred bool, span *pubSpan) (*Confirmation, error) {
 	const op = "basic.publish"
 	if ch.s == nil {
 		return nil, errZeroChannel
@@ -50,7 +59,7 @@ func (ch Channel) publish(ctx context.Context, m *Message, deferred bool) (*Conf
 	if err != nil {
 		return nil, err
 	}
-	c, err := ch.s.write(m, deferred)
+	c, err := ch.s.write(m, deferred, span)
 	if err = ch.s.endSend(ctx, op, seq, err); err != nil {
 		return nil, err
 	}
@@ -61,7 +70,7 @@ func (ch Channel) publish(ctx context.Context, m *Message, deferred bool) (*Conf
 // and tracks it on a confirm channel. The mode is checked again here, where
 // it can change: an untracked publish on a confirm channel would put every
 // later outcome out of step.
-func (ch *channel) write(m *Message, deferred bool) (*Confirmation, error) {
+func (ch *channel) write(m *Message, deferred bool, span *pubSpan) (*Confirmation, error) {
 	mode := Mode(ch.mode.Load())
 	if err := ch.publishableIn(mode, m, deferred); err != nil {
 		return nil, err
@@ -69,6 +78,7 @@ func (ch *channel) write(m *Message, deferred bool) (*Confirmation, error) {
 	switch mode {
 	case ModeConfirm:
 		c := newConfirmation()
+		c.span = span
 		return c, ch.confirm.publish(m, c)
 	case ModeTx:
 		ch.txDirty.Store(true)

@@ -196,7 +196,11 @@ func (p *Publisher) Publish(ctx context.Context, exchange, key string, msg Publi
 }
 
 // PublishMessage publishes m and returns once the broker has answered.
-func (p *Publisher) PublishMessage(ctx context.Context, m Message) error {
+func (p *Publisher) PublishMessage(ctx context.Context, m Message) (err error) {
+	if t := p.client.opts.tracer; t != nil {
+		span := t.publisherMessage(ctx, p.client.s(), &m)
+		defer func() { span.finish(err) }()
+	}
 	for {
 		r, err := p.submit(ctx, &m)
 		if err != nil {
@@ -226,6 +230,11 @@ func (p *Publisher) republish(ctx context.Context, err error) bool {
 // message in input order, once every message has been answered.
 func (p *Publisher) PublishBatch(ctx context.Context, msgs []Message) []error {
 	errs := make([]error, len(msgs))
+	if t := p.client.opts.tracer; t != nil {
+		var spans []*pubSpan
+		msgs, spans = p.traceMessages(ctx, t, msgs)
+		defer endSpans(spans, errs)
+	}
 	reqs := make([]*pubReq, len(msgs))
 	for i := range msgs {
 		reqs[i], errs[i] = p.submit(ctx, &msgs[i])

@@ -176,13 +176,17 @@ func (c *Client) NewRPCClient(ctx context.Context, opts RPCOptions) (*RPCClient,
 //   - ErrRPCClientClosed after Close, or when Close interrupted it.
 //
 // A Call without a deadline waits until one of these happens.
-func (r *RPCClient) Call(ctx context.Context, exchange, key string, req Publishing) (*Delivery, error) {
+func (r *RPCClient) Call(ctx context.Context, exchange, key string, req Publishing) (d *Delivery, err error) {
 	const op = "rpc call"
 	if req.CorrelationId != "" || req.ReplyTo != "" {
 		return nil, fmt.Errorf("%w: %s: CorrelationId and ReplyTo are set by the RPC client; leave them empty (MessageId is free for an id of the caller's)", ErrInvalidArgument, op)
 	}
 	// Checked with the properties Call sets: their length counts.
 	req.CorrelationId, req.ReplyTo = r.prefix+strconv.FormatUint(1<<63, 36), DirectReplyTo
+	if r.c != nil && r.c.opts.tracer != nil {
+		span := r.c.opts.tracer.traceRPC(ctx, r.c.s(), exchange, key, &req)
+		defer func() { span.finish(err) }()
+	}
 	size, widen, err := checkPublishing(op, exchange, key, &req)
 	if err != nil {
 		return nil, err
@@ -194,7 +198,7 @@ func (r *RPCClient) Call(ctx context.Context, exchange, key string, req Publishi
 		return nil, ErrRPCClientClosed
 	}
 	r.calls.Add(1)
-	d, err := r.call(ctx, op, exchange, key, req, size)
+	d, err = r.call(ctx, op, exchange, key, req, size)
 	if err != nil {
 		switch {
 		case errors.Is(err, ErrUnroutable):
