@@ -23,7 +23,7 @@ type options struct {
 	closeTimeout time.Duration // bound on Close when its ctx has no deadline
 	flowPolicy   FlowPolicy    // what publishes do while the broker pauses publishing
 	metrics      MetricsHook   // per-event figures, every field optional
-	tracer       *Tracer       // nil: nothing traced (see WithTracer)
+	tracer       *tracing      // nil: nothing traced (see WithTracer)
 	reconnect    *ReconnectPolicy
 	onState      []func(StateEvent)
 	topology     func(context.Context, Channel) error

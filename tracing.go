@@ -70,7 +70,7 @@ func WithTracer(t Tracer) Option {
 			o.tracer = nil
 			return nil
 		}
-		o.tracer = &t
+		o.tracer = &tracing{Tracer: t}
 		return nil
 	}
 }
@@ -150,14 +150,36 @@ func (o SettleOp) String() string {
 	return fmt.Sprintf("SettleOp(%d)", int(o))
 }
 
-// serverOf splits a session's redacted endpoint URL into host and port.
-func serverOf(endpoint string) (string, int) {
-	u, err := url.Parse(endpoint)
-	if err != nil {
+// tracing is an installed Tracer, with what its hooks are told that does
+// not change from one call to the next.
+type tracing struct {
+	Tracer
+	server atomic.Pointer[serverAddr] // the endpoint last parsed
+}
+
+// serverAddr is an endpoint URL's host and port.
+type serverAddr struct {
+	endpoint string
+	host     string
+	port     int
+}
+
+// serverOf splits a session's redacted endpoint URL into host and port,
+// parsing it only when it changed (a reconnect to another node).
+func (t *tracing) serverOf(s *session) (string, int) {
+	if s == nil {
 		return "", 0
 	}
-	port, _ := strconv.Atoi(u.Port())
-	return u.Hostname(), port
+	if a := t.server.Load(); a != nil && a.endpoint == s.endpoint {
+		return a.host, a.port
+	}
+	a := &serverAddr{endpoint: s.endpoint}
+	if u, err := url.Parse(s.endpoint); err == nil {
+		a.host = u.Hostname()
+		a.port, _ = strconv.Atoi(u.Port())
+	}
+	t.server.Store(a)
+	return a.host, a.port
 }
 
 // pubSpan is the end of one publish's trace, called once: a confirmed
@@ -176,14 +198,12 @@ func (s *pubSpan) finish(err error) {
 // startPublish calls the Publish hook for m and returns the message to
 // send (m, or a copy with the headers the hook added) and the trace's end
 // (nil without a Publish hook).
-func (t *Tracer) startPublish(ctx context.Context, s *session, m *Message, confirmed, rpc bool) (*Message, *pubSpan) {
+func (t *tracing) startPublish(ctx context.Context, s *session, m *Message, confirmed, rpc bool) (*Message, *pubSpan) {
 	if t.Publish == nil {
 		return m, nil
 	}
 	p := &PublishInfo{Message: *m, Confirmed: confirmed, RPC: rpc}
-	if s != nil {
-		p.ServerAddress, p.ServerPort = serverOf(s.endpoint)
-	}
+	p.ServerAddress, p.ServerPort = t.serverOf(s)
 	end := t.Publish(ctx, p)
 	if end == nil {
 		end = func(error) {}
@@ -196,7 +216,7 @@ func (t *Tracer) startPublish(ctx context.Context, s *session, m *Message, confi
 }
 
 // publishTraced is Channel.publish with a Tracer installed.
-func (ch Channel) publishTraced(ctx context.Context, t *Tracer, m *Message, deferred bool) (*Confirmation, error) {
+func (ch Channel) publishTraced(ctx context.Context, t *tracing, m *Message, deferred bool) (*Confirmation, error) {
 	m, span := t.startPublish(ctx, ch.s.c, m, Mode(ch.s.mode.Load()) == ModeConfirm, false)
 	c, err := ch.publishSpan(ctx, m, deferred, span)
 	if err != nil || c == nil {
@@ -208,7 +228,7 @@ func (ch Channel) publishTraced(ctx context.Context, t *Tracer, m *Message, defe
 // traceMessages is what a Publisher's PublishBatch sends with a Tracer
 // installed: copies of the messages with the hook's headers,
 // and each one's trace end.
-func (p *Publisher) traceMessages(ctx context.Context, t *Tracer, msgs []Message) ([]Message, []*pubSpan) {
+func (p *Publisher) traceMessages(ctx context.Context, t *tracing, msgs []Message) ([]Message, []*pubSpan) {
 	if t.Publish == nil {
 		return msgs, nil
 	}
@@ -224,7 +244,7 @@ func (p *Publisher) traceMessages(ctx context.Context, t *Tracer, msgs []Message
 
 // publisherMessage calls the Publish hook for m, a Publisher's own copy,
 // and adds the headers it set to m.
-func (t *Tracer) publisherMessage(ctx context.Context, s *session, m *Message) *pubSpan {
+func (t *tracing) publisherMessage(ctx context.Context, s *session, m *Message) *pubSpan {
 	out, span := t.startPublish(ctx, s, m, true, false)
 	m.Headers = out.Headers
 	return span
@@ -240,7 +260,7 @@ func endSpans(spans []*pubSpan, errs []error) {
 
 // traceRPC calls the Publish hook for an RPC request and adds the headers
 // it set to req.
-func (t *Tracer) traceRPC(ctx context.Context, s *session, exchange, key string, req *Publishing) *pubSpan {
+func (t *tracing) traceRPC(ctx context.Context, s *session, exchange, key string, req *Publishing) *pubSpan {
 	if t.Publish == nil {
 		return nil
 	}
@@ -252,20 +272,20 @@ func (t *Tracer) traceRPC(ctx context.Context, s *session, exchange, key string,
 }
 
 // consumeInfo describes queue on session s.
-func consumeInfo(s *session, queue string) *ConsumeInfo {
+func (t *tracing) consumeInfo(s *session, queue string) *ConsumeInfo {
 	c := &ConsumeInfo{Queue: queue}
-	c.ServerAddress, c.ServerPort = serverOf(s.endpoint)
+	c.ServerAddress, c.ServerPort = t.serverOf(s)
 	return c
 }
 
 // startProcess calls the Process hook for d, consumed from cs's queue, and
 // returns the handler's ctx and the end of the trace (never nil). d
 // remembers the trace's ctx for warren's own settlement.
-func (t *Tracer) startProcess(ctx context.Context, cs *consumer, d *Delivery) (context.Context, func(error)) {
+func (t *tracing) startProcess(ctx context.Context, cs *consumer, d *Delivery) (context.Context, func(error)) {
 	if t.Process == nil {
 		return ctx, func(error) {}
 	}
-	ctx, end := t.Process(ctx, consumeInfo(cs.c, cs.queue), d)
+	ctx, end := t.Process(ctx, t.consumeInfo(cs.c, cs.queue), d)
 	d.tctx = context.WithoutCancel(ctx)
 	if end == nil {
 		end = func(error) {}
@@ -274,11 +294,11 @@ func (t *Tracer) startProcess(ctx context.Context, cs *consumer, d *Delivery) (c
 }
 
 // startBatch is startProcess for a batch.
-func (t *Tracer) startBatch(ctx context.Context, cs *consumer, ds []*Delivery) (context.Context, func(error)) {
+func (t *tracing) startBatch(ctx context.Context, cs *consumer, ds []*Delivery) (context.Context, func(error)) {
 	if t.ProcessBatch == nil {
 		return ctx, func(error) {}
 	}
-	ctx, end := t.ProcessBatch(ctx, consumeInfo(cs.c, cs.queue), ds)
+	ctx, end := t.ProcessBatch(ctx, t.consumeInfo(cs.c, cs.queue), ds)
 	tctx := context.WithoutCancel(ctx)
 	for _, d := range ds {
 		d.tctx = tctx
@@ -290,11 +310,11 @@ func (t *Tracer) startBatch(ctx context.Context, cs *consumer, ds []*Delivery) (
 }
 
 // startReceive calls the Receive hook for a basic.get from queue.
-func (t *Tracer) startReceive(ctx context.Context, s *session, queue string) func(*Delivery, error) {
+func (t *tracing) startReceive(ctx context.Context, s *session, queue string) func(*Delivery, error) {
 	if t.Receive == nil {
 		return func(*Delivery, error) {}
 	}
-	end := t.Receive(ctx, consumeInfo(s, queue))
+	end := t.Receive(ctx, t.consumeInfo(s, queue))
 	if end == nil {
 		end = func(*Delivery, error) {}
 	}
@@ -303,7 +323,7 @@ func (t *Tracer) startReceive(ctx context.Context, s *session, queue string) fun
 
 // startSettle calls the Settle hook for a settlement of d of kind (a
 // tally index).
-func (t *Tracer) startSettle(ctx context.Context, kind int, d *Delivery) func(error) {
+func (t *tracing) startSettle(ctx context.Context, kind int, d *Delivery) func(error) {
 	if t.Settle == nil {
 		return func(error) {}
 	}
