@@ -1,6 +1,14 @@
-// Package otelwarren reports warren's figures to OpenTelemetry metrics. It
-// is a module of its own, so that warren itself depends on nothing but
-// amqp091-go.
+// Package otelwarren reports warren's figures to OpenTelemetry metrics, and
+// traces messages with OpenTelemetry spans (see NewTracer). It is a module
+// of its own, so that warren itself depends on nothing but amqp091-go.
+//
+// Tracing, with W3C trace context and baggage in message headers:
+//
+//	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(
+//		propagation.TraceContext{}, propagation.Baggage{}))
+//	client, err := warren.Dial(ctx, url, warren.WithTracer(otelwarren.NewTracer()))
+//
+// Metrics:
 //
 //	meter := otel.Meter("billing")
 //	hook, err := otelwarren.Hook(meter)
