@@ -14,8 +14,10 @@ import (
 // publish's outcome, and wrap the handling and settlement of deliveries.
 // Install it with WithTracer. warren itself depends on no tracing library.
 //
-// Every field may be nil. A hook is called on the goroutine of the
-// operation it traces, except that the end of a confirmed publish's trace
+// Every field may be nil. Hooks are called concurrently from every
+// goroutine that publishes or consumes, so they must be safe for
+// concurrent use. A hook is called on the goroutine of the operation it
+// traces, except that the end of a confirmed publish's trace
 // may be called on amqp091-go's frame reader or a goroutine of warren's:
 // hooks must be cheap and must not block. Every start is matched by exactly
 // one call of the end function it returns, unless the hook returned a nil
@@ -62,8 +64,9 @@ type Tracer struct {
 	Settle func(ctx context.Context, op SettleOp, d *Delivery) (end func(err error))
 }
 
-// WithTracer installs t (see Tracer). Without it nothing is traced, at the
-// cost of one nil check per traced operation.
+// WithTracer installs t (see Tracer). Without it, or with a Tracer whose
+// fields are all nil, nothing is traced, at the cost of one nil check per
+// traced operation.
 func WithTracer(t Tracer) Option {
 	return func(o *options) error {
 		if t.Publish == nil && t.Process == nil && t.ProcessBatch == nil && t.Receive == nil && t.Settle == nil {
@@ -76,7 +79,8 @@ func WithTracer(t Tracer) Option {
 }
 
 // PublishInfo is what a Tracer's Publish hook is told of one message, and
-// its way to add headers to it.
+// its way to add headers to it. It is valid only during the hook's call,
+// and is not safe for concurrent use.
 type PublishInfo struct {
 	// Message is the message as it is about to be sent: the hook must not
 	// modify it (its Headers table is the caller's); add headers with
