@@ -43,7 +43,9 @@ type Tracer struct {
 	// Client.StartConsumer and Client.Serve. The ctx it returns is the
 	// handler's; end is called with the handler's error after warren
 	// settled the delivery (when the handler did not), so the settlement's
-	// own trace (Settle) can be a child of the processing.
+	// own trace (Settle) can be a child of the processing. Deliveries of
+	// a Subscription (Channel.Consume) are handled by the caller's own
+	// loop, which warren does not wrap: call Process there if wanted.
 	Process func(ctx context.Context, c *ConsumeInfo, d *Delivery) (context.Context, func(err error))
 
 	// ProcessBatch is Process for a batch consumer
