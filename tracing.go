@@ -108,9 +108,12 @@ type PublishInfo struct {
 // already has a header key (the caller's value is never replaced), and
 // reports whether it did. The caller's Headers table is not modified:
 // the first header added copies it. A key AMQP cannot carry (over 255
-// bytes, or not UTF-8) is refused: SetHeader returns false.
+// bytes, or not UTF-8), or a header beyond the 8192 a table may hold, is
+// refused: SetHeader returns false. The message with the added headers is
+// checked as the caller's would be (see Publishing): a header that made
+// its properties too large for a frame fails the publish.
 func (p *PublishInfo) SetHeader(key, value string) bool {
-	if _, ok := p.Headers[key]; ok || shortstrProblem(key) != "" {
+	if _, ok := p.Headers[key]; ok || shortstrProblem(key) != "" || len(p.Headers) >= maxTableEntries {
 		return false
 	}
 	if !p.owned {
