@@ -2,10 +2,9 @@
 // traces messages with OpenTelemetry spans (see NewTracer). It is a module
 // of its own, so that warren itself depends on nothing but amqp091-go.
 //
-// Tracing, with W3C trace context and baggage in message headers:
+// Tracing, with the trace context and baggage in message headers (W3C
+// traceparent, tracestate and baggage unless another propagator is set):
 //
-//	otel.SetTextMapPropagator(propagation.NewCompositeTextMapPropagator(
-//		propagation.TraceContext{}, propagation.Baggage{}))
 //	client, err := warren.Dial(ctx, url, warren.WithTracer(otelwarren.NewTracer()))
 //
 // Metrics:

@@ -43,9 +43,12 @@ func WithTracerProvider(tp trace.TracerProvider) TracerOption {
 
 // WithPropagator sets the propagator that writes the trace context and
 // baggage into published messages' headers and reads them from delivered
-// ones (default otel.GetTextMapPropagator(), the global one; configure it
-// with propagation.TraceContext{} and propagation.Baggage{} for W3C
-// traceparent, tracestate and baggage headers). nil keeps the default.
+// ones. nil keeps the default: the global propagator
+// (otel.GetTextMapPropagator(), as it is at each publish or delivery), or,
+// while the global one is OpenTelemetry's no-op default (it has no
+// fields), W3C trace context and baggage (propagation.TraceContext{} and
+// propagation.Baggage{}: traceparent, tracestate and baggage headers), so
+// that messages carry their trace without further setup.
 func WithPropagator(p propagation.TextMapPropagator) TracerOption {
 	return func(c *tracerConfig) {
 		if p != nil {
@@ -115,7 +118,7 @@ func WithSettleSpans(on bool) TracerOption {
 // Header values are read as strings or byte arrays (other clients write
 // byte arrays).
 func NewTracer(opts ...TracerOption) warren.Tracer {
-	c := tracerConfig{provider: otel.GetTracerProvider(), propagator: otel.GetTextMapPropagator()}
+	c := tracerConfig{provider: otel.GetTracerProvider()}
 	for _, o := range opts {
 		if o != nil {
 			o(&c)
@@ -135,6 +138,21 @@ type tracer struct {
 	tr  trace.Tracer
 }
 
+// w3c is the propagator used while no other is configured.
+var w3c = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+
+// propagator returns the configured propagator: WithPropagator's, else
+// the global one unless it is the no-op default, else w3c.
+func (t *tracer) propagator() propagation.TextMapPropagator {
+	if t.cfg.propagator != nil {
+		return t.cfg.propagator
+	}
+	if g := otel.GetTextMapPropagator(); len(g.Fields()) > 0 {
+		return g
+	}
+	return w3c
+}
+
 // traceparent is the W3C trace context header.
 const traceparent = "traceparent"
 
@@ -152,13 +170,13 @@ func (t *tracer) publish(ctx context.Context, p *warren.PublishInfo) func(error)
 	attrs = serverAttrs(attrs, p.ServerAddress, p.ServerPort)
 	ctx, span := t.tr.Start(ctx, "publish "+name, trace.WithSpanKind(trace.SpanKindProducer), trace.WithAttributes(attrs...))
 	if _, set := p.Headers[traceparent]; !set {
-		t.cfg.propagator.Inject(ctx, publishCarrier{p})
+		t.propagator().Inject(ctx, publishCarrier{p})
 	}
 	return func(err error) { end(span, err) }
 }
 
 func (t *tracer) process(ctx context.Context, c *warren.ConsumeInfo, d *warren.Delivery) (context.Context, func(error)) {
-	pctx := t.cfg.propagator.Extract(ctx, deliveryCarrier(d.Headers))
+	pctx := t.propagator().Extract(ctx, deliveryCarrier(d.Headers))
 	producer := trace.SpanContextFromContext(pctx)
 	opts := []trace.SpanStartOption{trace.WithSpanKind(trace.SpanKindConsumer),
 		trace.WithAttributes(t.deliveryAttrs(semconv.MessagingOperationTypeProcess, "process", c, d)...)}
@@ -179,7 +197,7 @@ func (t *tracer) process(ctx context.Context, c *warren.ConsumeInfo, d *warren.D
 func (t *tracer) processBatch(ctx context.Context, c *warren.ConsumeInfo, batch []*warren.Delivery) (context.Context, func(error)) {
 	links := make([]trace.Link, 0, len(batch))
 	for _, d := range batch {
-		sc := trace.SpanContextFromContext(t.cfg.propagator.Extract(ctx, deliveryCarrier(d.Headers)))
+		sc := trace.SpanContextFromContext(t.propagator().Extract(ctx, deliveryCarrier(d.Headers)))
 		if sc.IsValid() {
 			l := trace.Link{SpanContext: sc}
 			if d.MessageId != "" {
@@ -221,7 +239,7 @@ func (t *tracer) receive(ctx context.Context, c *warren.ConsumeInfo) func(*warre
 	return func(d *warren.Delivery, err error) {
 		if d != nil {
 			span.SetAttributes(t.deliveryAttrs(semconv.MessagingOperationTypeReceive, "receive", c, d)...)
-			sc := trace.SpanContextFromContext(t.cfg.propagator.Extract(ctx, deliveryCarrier(d.Headers)))
+			sc := trace.SpanContextFromContext(t.propagator().Extract(ctx, deliveryCarrier(d.Headers)))
 			if sc.IsValid() {
 				span.AddLink(trace.Link{SpanContext: sc})
 			}

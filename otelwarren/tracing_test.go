@@ -30,14 +30,14 @@ type traced struct {
 	tp  *sdktrace.TracerProvider
 }
 
-var w3c = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
+var w3cProp = propagation.NewCompositeTextMapPropagator(propagation.TraceContext{}, propagation.Baggage{})
 
 func dialTraced(t *testing.T, ctx context.Context, opts ...otelwarren.TracerOption) *traced {
 	t.Helper()
 	b := brokertest.Need(t, broker)
 	rec := tracetest.NewSpanRecorder()
 	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
-	opts = append([]otelwarren.TracerOption{otelwarren.WithTracerProvider(tp), otelwarren.WithPropagator(w3c)}, opts...)
+	opts = append([]otelwarren.TracerOption{otelwarren.WithTracerProvider(tp), otelwarren.WithPropagator(w3cProp)}, opts...)
 	c, err := warren.Dial(ctx, b.URL, warren.WithTracer(otelwarren.NewTracer(opts...)))
 	if err != nil {
 		t.Fatal(err)
@@ -290,7 +290,7 @@ func TestTracingNeverOverwritesATraceparentAndReadsOneWrittenAsBytes(t *testing.
 	ch := tc.channel(t, ctx, warren.ModeConfirm)
 	q := queue(t, ctx, ch, nil)
 	const preset = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
-	presetSC := trace.SpanContextFromContext(w3c.Extract(ctx, propagation.MapCarrier{"traceparent": preset}))
+	presetSC := trace.SpanContextFromContext(w3cProp.Extract(ctx, propagation.MapCarrier{"traceparent": preset}))
 	for i, v := range []any{preset, []byte(preset)} {
 		if err := ch.Publish(ctx, "", q, warren.Publishing{Headers: warren.Table{"traceparent": v}}); err != nil {
 			t.Fatal(err)
@@ -546,5 +546,39 @@ func TestErrorTypeNamesWarrensErrors(t *testing.T) {
 		if got := otelwarren.ErrorType(c.err); got != c.want {
 			t.Errorf("ErrorType(%v) = %q, want %q", c.err, got, c.want)
 		}
+	}
+}
+
+func TestTracingWithoutAPropagatorWritesW3CHeaders(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	b := brokertest.Need(t, broker)
+	rec := tracetest.NewSpanRecorder()
+	tp := sdktrace.NewTracerProvider(sdktrace.WithSpanProcessor(rec))
+	// The global propagator is OpenTelemetry's no-op default here.
+	c, err := warren.Dial(ctx, b.URL, warren.WithTracer(otelwarren.NewTracer(otelwarren.WithTracerProvider(tp))))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(ctx)
+	tc := &traced{c: c, rec: rec, tp: tp}
+	ch := tc.channel(t, ctx, warren.ModePlain)
+	q := queue(t, ctx, ch, nil)
+	pctx, root := parent(t, ctx, tp)
+	err = ch.Publish(pctx, "", q, warren.Publishing{})
+	root.End()
+	if err != nil {
+		t.Fatal(err)
+	}
+	d, ok, err := ch.Get(ctx, q, warren.GetOptions{AutoAck: true})
+	if err != nil || !ok {
+		t.Fatalf("Get: %v %v", ok, err)
+	}
+	pub := tc.spans(t, ctx, "publish", 1)[0]
+	if tp, _ := d.Headers["traceparent"].(string); !strings.Contains(tp, pub.SpanContext().SpanID().String()) {
+		t.Errorf("traceparent %q, want the publish span %v", tp, pub.SpanContext().SpanID())
+	}
+	if bg, _ := d.Headers["baggage"].(string); bg != "tenant=acme" {
+		t.Errorf("baggage header %q, want %q", bg, "tenant=acme")
 	}
 }
