@@ -140,6 +140,7 @@ type ConsumeInfo struct {
 // SettleOp is how a delivery is settled, for a Tracer's Settle hook.
 type SettleOp int
 
+// The settlements a Tracer's Settle hook is told of.
 const (
 	SettleAck    SettleOp = iota // Delivery.Ack
 	SettleNack                   // Delivery.Nack
