@@ -5,7 +5,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"encoding/json"
-	"errors"
 	"fmt"
 	"net"
 	"slices"
@@ -16,6 +15,8 @@ import (
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
 
 	"github.com/warrenmq/warren"
 	"github.com/warrenmq/warren/internal/brokertest"
@@ -63,9 +64,7 @@ func dial(t *testing.T, url string, opts ...warren.Option) *warren.Client {
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 	defer cancel()
 	c, err := warren.Dial(ctx, url, opts...)
-	if err != nil {
-		t.Fatalf("Dial: %v", err)
-	}
+	require.NoError(t, err, "Dial")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
@@ -78,9 +77,7 @@ func dial(t *testing.T, url string, opts ...warren.Option) *warren.Client {
 func openChannel(t *testing.T, ctx context.Context, c *warren.Client) warren.Channel {
 	t.Helper()
 	ch, err := c.Channel(ctx)
-	if err != nil {
-		t.Fatalf("Channel: %v", err)
-	}
+	require.NoError(t, err, "Channel")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 		defer cancel()
@@ -95,9 +92,8 @@ func openChannel(t *testing.T, ctx context.Context, c *warren.Client) warren.Cha
 // 4.3 denies; see QueueOptions.)
 func declareQueue(t *testing.T, ctx context.Context, b *brokertest.Broker, ch warren.Channel, name string) {
 	t.Helper()
-	if _, err := ch.QueueDeclare(ctx, name, warren.QueueOptions{Durable: true}); err != nil {
-		t.Fatalf("QueueDeclare(%q): %v", name, err)
-	}
+	_, err := ch.QueueDeclare(ctx, name, warren.QueueOptions{Durable: true})
+	require.NoError(t, err, "QueueDeclare(%q)", name)
 	deleteQueueLater(t, b, name)
 }
 
@@ -291,9 +287,7 @@ func getOne(t *testing.T, ctx context.Context, ch warren.Channel, queue string) 
 	t.Helper()
 	for {
 		d, ok, err := ch.Get(ctx, queue, warren.GetOptions{})
-		if err != nil {
-			t.Fatalf("Get(%q): %v", queue, err)
-		}
+		require.NoError(t, err, "Get(%q)", queue)
 		if ok {
 			return d
 		}
@@ -310,28 +304,16 @@ func getOne(t *testing.T, ctx context.Context, ch warren.Channel, queue string) 
 func roundTrip(t *testing.T, ctx context.Context, c *warren.Client) {
 	t.Helper()
 	ch, err := c.Channel(ctx)
-	if err != nil {
-		t.Fatalf("round trip: Channel: got %v, want nil", err)
-	}
+	require.NoError(t, err, "round trip: Channel")
 	defer ch.Close(ctx)
 	q, err := ch.QueueDeclare(ctx, "", warren.QueueOptions{Exclusive: true, AutoDelete: true})
-	if err != nil {
-		t.Fatalf("round trip: QueueDeclare: got %v, want nil", err)
-	}
+	require.NoError(t, err, "round trip: QueueDeclare")
 	body := "round-trip-" + randHex(4)
-	if err := ch.Publish(ctx, "", q.Name, warren.Publishing{Body: []byte(body)}); err != nil {
-		t.Fatalf("round trip: Publish: got %v, want nil", err)
-	}
+	require.NoError(t, ch.Publish(ctx, "", q.Name, warren.Publishing{Body: []byte(body)}), "round trip: Publish")
 	d := getOne(t, ctx, ch, q.Name)
-	if string(d.Body) != body {
-		t.Fatalf("round trip: got body %q, want %q", d.Body, body)
-	}
-	if err := d.Ack(ctx); err != nil {
-		t.Fatalf("round trip: Ack: got %v, want nil", err)
-	}
-	if err := ch.Close(ctx); err != nil {
-		t.Fatalf("round trip: channel Close: got %v, want nil", err)
-	}
+	require.Equal(t, body, string(d.Body), "round trip: body")
+	require.NoError(t, d.Ack(ctx), "round trip: Ack")
+	require.NoError(t, ch.Close(ctx), "round trip: channel Close")
 }
 
 // wantChannelError checks that err is the broker closing channel id with
@@ -339,35 +321,19 @@ func roundTrip(t *testing.T, ctx context.Context, c *warren.Client) {
 // returns the *ChannelError.
 func wantChannelError(t *testing.T, what string, err error, sentinel error, code warren.ReplyCode, id uint16, texts ...string) *warren.ChannelError {
 	t.Helper()
-	if err == nil {
-		t.Fatalf("%s: got nil error, want a *warren.ChannelError with code %d", what, code)
-	}
-	if !errors.Is(err, sentinel) {
-		t.Errorf("%s: errors.Is(err, %v) = false, want true; err = %v", what, sentinel, err)
-	}
+	require.Error(t, err, "%s: want a *warren.ChannelError with code %d", what, code)
+	assert.ErrorIs(t, err, sentinel, what)
 	var ce *warren.ChannelError
-	if !errors.As(err, &ce) {
-		t.Fatalf("%s: got %T (%v), want a *warren.ChannelError", what, err, err)
-	}
-	if ce.ChannelID != id {
-		t.Errorf("%s: got ChannelID %d, want %d", what, ce.ChannelID, id)
-	}
-	if ce.Code != code {
-		t.Errorf("%s: got Code %d, want %d", what, ce.Code, code)
-	}
-	if got, ok := warren.CodeOf(err); !ok || got != code {
-		t.Errorf("%s: CodeOf = %d, %v; want %d, true", what, got, ok, code)
-	}
-	if !warren.IsChannelLevel(err) {
-		t.Errorf("%s: IsChannelLevel = false, want true", what)
-	}
-	if warren.IsConnectionLevel(err) {
-		t.Errorf("%s: IsConnectionLevel = true, want false", what)
-	}
+	require.ErrorAs(t, err, &ce, what)
+	assert.Equal(t, id, ce.ChannelID, "%s: ChannelID", what)
+	assert.Equal(t, code, ce.Code, "%s: Code", what)
+	got, ok := warren.CodeOf(err)
+	assert.True(t, ok, "%s: CodeOf reports no code", what)
+	assert.Equal(t, code, got, "%s: CodeOf", what)
+	assert.True(t, warren.IsChannelLevel(err), "%s: IsChannelLevel", what)
+	assert.False(t, warren.IsConnectionLevel(err), "%s: IsConnectionLevel", what)
 	for _, s := range texts {
-		if !strings.Contains(err.Error(), s) {
-			t.Errorf("%s: error text %q does not contain %q", what, err.Error(), s)
-		}
+		assert.ErrorContains(t, err, s, "%s: error text", what)
 	}
 	return ce
 }

@@ -11,11 +11,14 @@ import (
 	"errors"
 	"fmt"
 	"slices"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/warrenmq/warren"
 	"github.com/warrenmq/warren/internal/brokertest"
@@ -91,44 +94,32 @@ func TestRPCThousandConcurrentCallsAreEachAnsweredWithTheirOwnReply(t *testing.T
 	r := newRPCClient(t, ctx, c, warren.RPCOptions{})
 
 	const calls, callers = 1000, 32
-	var next atomic.Int64
 	var mu sync.Mutex
 	var lat []time.Duration
-	var wg sync.WaitGroup
-	errs := make(chan error, calls)
-	for g := 0; g < callers; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for {
-				i := next.Add(1)
-				if i > calls {
-					return
-				}
-				id := fmt.Sprintf("req-%d-%s", i, randHex(4))
-				cctx, cancel := context.WithTimeout(ctx, 20*time.Second)
-				start := time.Now()
-				d, err := r.Call(cctx, "", q, warren.Publishing{MessageId: id, Body: []byte(id)})
-				took := time.Since(start)
-				cancel()
-				switch {
-				case err != nil:
-					errs <- fmt.Errorf("call %s: %w", id, err)
-				case string(d.Body) != id || d.MessageId != id:
-					errs <- fmt.Errorf("call %s: got reply body %q, message id %q", id, d.Body, d.MessageId)
-				default:
-					mu.Lock()
-					lat = append(lat, took)
-					mu.Unlock()
-				}
+	// At most callers calls at once; the first failure cancels the rest.
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(callers)
+	for i := range calls {
+		g.Go(func() error {
+			id := fmt.Sprintf("req-%d-%s", i, randHex(4))
+			cctx, cancel := context.WithTimeout(gctx, 20*time.Second)
+			defer cancel()
+			start := time.Now()
+			d, err := r.Call(cctx, "", q, warren.Publishing{MessageId: id, Body: []byte(id)})
+			took := time.Since(start)
+			switch {
+			case err != nil:
+				return fmt.Errorf("call %s: %w", id, err)
+			case string(d.Body) != id || d.MessageId != id:
+				return fmt.Errorf("call %s: got reply body %q, message id %q", id, d.Body, d.MessageId)
 			}
-		}()
+			mu.Lock()
+			lat = append(lat, took)
+			mu.Unlock()
+			return nil
+		})
 	}
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	require.NoError(t, g.Wait(), "%d calls from %d goroutines: every call answered with its own reply", calls, callers)
 	slices.Sort(lat)
 	t.Logf("%d calls from %d goroutines, 4 server workers: p50 %v, p99 %v, max %v", len(lat), callers,
 		percentile(lat, 0.50), percentile(lat, 0.99), percentile(lat, 1))
@@ -153,12 +144,13 @@ func TestRPCCallToAnUnboundKeyFailsFastAsUnroutable(t *testing.T) {
 	start := time.Now()
 	d, err := r.Call(cctx, "", uniqueName(t, "no-such-queue-"), warren.Publishing{Body: []byte("anyone?")})
 	took := time.Since(start)
-	if d != nil || !errors.Is(err, warren.ErrUnroutable) || !errors.Is(err, warren.ErrNoRoute) {
-		t.Fatalf("Call: got %v, %v; want nil and an error matching ErrUnroutable and ErrNoRoute", d, err)
-	}
+	require.ErrorIs(t, err, warren.ErrUnroutable, "Call")
+	require.ErrorIs(t, err, warren.ErrNoRoute, "Call")
+	require.Nil(t, d, "Call: a delivery with the error")
 	var ue *warren.UnroutableError
-	if !errors.As(err, &ue) || ue.Code != 312 || string(ue.Return.Body) != "anyone?" {
-		t.Errorf("got %#v, want an *UnroutableError with code 312 and the request", err)
+	if assert.ErrorAs(t, err, &ue, "Call") {
+		assert.EqualValues(t, 312, ue.Code, "UnroutableError.Code")
+		assert.Equal(t, "anyone?", string(ue.Return.Body), "UnroutableError.Return: the request")
 	}
 	if took >= deadline/2 {
 		t.Errorf("the unroutable call took %v, with a deadline of %v: it waited instead of failing on the return", took, deadline)
@@ -169,9 +161,9 @@ func TestRPCCallToAnUnboundKeyFailsFastAsUnroutable(t *testing.T) {
 	// The channel is fine afterwards.
 	q := rpcQueue(t, ctx, b, c)
 	rpcServe(t, c, q, echo, warren.ServeOptions{})
-	if d, err := r.Call(ctx, "", q, warren.Publishing{Body: []byte("x")}); err != nil || string(d.Body) != "x" {
-		t.Fatalf("Call after the return: got %v, %v; want the echo", d, err)
-	}
+	d, err = r.Call(ctx, "", q, warren.Publishing{Body: []byte("x")})
+	require.NoError(t, err, "Call after the return")
+	require.Equal(t, "x", string(d.Body), "Call after the return: the echo")
 }
 
 func TestRPCCallPastItsDeadlineReturnsTheContextErrorAndCountsTheLateReply(t *testing.T) {
@@ -189,9 +181,8 @@ func TestRPCCallPastItsDeadlineReturnsTheContextErrorAndCountsTheLateReply(t *te
 	cctx, cancel := context.WithTimeout(ctx, 200*time.Millisecond)
 	defer cancel()
 	d, err := r.Call(cctx, "", q, warren.Publishing{Body: []byte("slow")})
-	if d != nil || !errors.Is(err, context.DeadlineExceeded) {
-		t.Fatalf("Call: got %v, %v; want nil and an error matching context.DeadlineExceeded", d, err)
-	}
+	require.ErrorIs(t, err, context.DeadlineExceeded, "Call past its deadline")
+	require.Nil(t, d, "Call past its deadline: a delivery with the error")
 	select {
 	case <-answered:
 	case <-ctx.Done():
@@ -233,16 +224,13 @@ func TestRPCHandlerErrorsAndPanicsReachTheCallerAsRemoteErrors(t *testing.T) {
 		d, err := r.Call(cctx, "", q, warren.Publishing{Body: []byte(tc.body)})
 		cancel()
 		var re *warren.RemoteError
-		if !errors.As(err, &re) {
-			t.Fatalf("%s: got %v, %v; want a *RemoteError", tc.body, d, err)
-		}
-		if !strings.Contains(re.Message, tc.want) || re.Reply == nil {
-			t.Errorf("%s: got RemoteError %q (reply %v), want its message to contain %q and the reply", tc.body, re.Message, re.Reply, tc.want)
-		}
+		require.ErrorAs(t, err, &re, "%s: got delivery %v", tc.body, d)
+		assert.Contains(t, re.Message, tc.want, "%s: RemoteError.Message", tc.body)
+		assert.NotNil(t, re.Reply, "%s: RemoteError.Reply", tc.body)
 	}
-	if d, err := r.Call(ctx, "", q, warren.Publishing{Body: []byte("fine")}); err != nil || string(d.Body) != "fine" {
-		t.Fatalf("Call after errors: got %v, %v; want the echo", d, err)
-	}
+	d, err := r.Call(ctx, "", q, warren.Publishing{Body: []byte("fine")})
+	require.NoError(t, err, "Call after errors")
+	require.Equal(t, "fine", string(d.Body), "Call after errors: the echo")
 	// Each request was handled once and acked: none comes back.
 	time.Sleep(300 * time.Millisecond)
 	if n := handled.Load(); n != 4 {
@@ -469,9 +457,8 @@ func TestRPCRepliesWithUnknownOrRepeatedCorrelationIdsAreCountedAndNeverDelivere
 	for i := 0; i < 3; i++ {
 		body := fmt.Sprintf("call-%d", i)
 		d, err := r.Call(ctx, "", q, warren.Publishing{Body: []byte(body)})
-		if err != nil || string(d.Body) != body {
-			t.Fatalf("Call %d: got %v, %v; want the echo %q", i, d, err, body)
-		}
+		require.NoError(t, err, "Call %d", i)
+		require.Equal(t, body, string(d.Body), "Call %d: the echo", i)
 	}
 	eventually(t, ctx, "the stray replies are counted", func() string {
 		if st := r.Stats(); st.UnknownReplies != 3 || st.Replies != 3 || st.LateReplies != 3 {
@@ -492,15 +479,14 @@ func TestRPCCallToAMissingExchangeFailsWithNotFoundAndTheNextCallWorks(t *testin
 	defer cancel()
 	start := time.Now()
 	_, err := r.Call(cctx, uniqueName(t, "no-such-exchange-"), "k", warren.Publishing{})
-	if !errors.Is(err, warren.ErrNotFound) || !warren.IsChannelLevel(err) {
-		t.Fatalf("Call to a missing exchange: got %v, want a *ChannelError matching ErrNotFound", err)
-	}
+	require.ErrorIs(t, err, warren.ErrNotFound, "Call to a missing exchange")
+	require.True(t, warren.IsChannelLevel(err), "Call to a missing exchange: IsChannelLevel(%v)", err)
 	if took := time.Since(start); took >= 10*time.Second {
 		t.Errorf("the call took %v: it waited instead of failing with the channel", took)
 	}
-	if d, err := r.Call(ctx, "", q, warren.Publishing{Body: []byte("after")}); err != nil || string(d.Body) != "after" {
-		t.Fatalf("next Call: got %v, %v; want the echo", d, err)
-	}
+	d, err := r.Call(ctx, "", q, warren.Publishing{Body: []byte("after")})
+	require.NoError(t, err, "next Call")
+	require.Equal(t, "after", string(d.Body), "next Call: the echo")
 }
 
 func TestRPCServeAnswersEveryCallWhenItsConnectionIsCut(t *testing.T) {
@@ -521,24 +507,24 @@ func TestRPCServeAnswersEveryCallWhenItsConnectionIsCut(t *testing.T) {
 
 	const calls = 300
 	var next atomic.Int64
-	errs := make(chan error, calls)
-	var wg sync.WaitGroup
-	for g := 0; g < 16; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+	// 16 callers share the calls; the cut comes while they are in flight.
+	var g errgroup.Group
+	for range 16 {
+		g.Go(func() error {
 			for i := next.Add(1); i <= calls; i = next.Add(1) {
 				id := fmt.Sprint(i)
 				cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 				d, err := r.Call(cctx, "", q, warren.Publishing{Body: []byte(id)})
 				cancel()
 				if err != nil {
-					errs <- fmt.Errorf("call %s: %w", id, err)
-				} else if string(d.Body) != id {
-					errs <- fmt.Errorf("call %s: got reply %q", id, d.Body)
+					return fmt.Errorf("call %s: %w", id, err)
+				}
+				if string(d.Body) != id {
+					return fmt.Errorf("call %s: got reply %q", id, d.Body)
 				}
 			}
-		}()
+			return nil
+		})
 	}
 	eventually(t, ctx, "the server handles requests before the cut", func() string {
 		if n := handled.Load(); n < 50 {
@@ -547,11 +533,7 @@ func TestRPCServeAnswersEveryCallWhenItsConnectionIsCut(t *testing.T) {
 		return ""
 	})
 	rig.proxy.CutAll()
-	wg.Wait()
-	close(errs)
-	for err := range errs {
-		t.Error(err)
-	}
+	assert.NoError(t, g.Wait(), "every call answered across the cut")
 	st := r.Stats()
 	t.Logf("handled %d requests for %d calls; stats %+v", handled.Load(), calls, st)
 	if st.Replies != calls {
