@@ -5,10 +5,11 @@ import (
 	"fmt"
 	"runtime"
 	"slices"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/warrenmq/warren"
 	"github.com/warrenmq/warren/internal/brokertest"
@@ -113,13 +114,11 @@ func TestConcurrentUseOfOneChannelIsReportedAndNeverGarblesTheWire(t *testing.T)
 		declared   atomic.Int64 // declares that returned nil
 		concurrent atomic.Int64 // calls refused with ErrConcurrentUse
 		calls      atomic.Int64
-		mu         sync.Mutex
-		unexpected []error
 	)
 	stop := time.Now().Add(runFor)
-	var wg sync.WaitGroup
-	worker := func(op func() error, onOK func()) {
-		defer wg.Done()
+	// worker runs op until stop and returns its first error other than
+	// ErrConcurrentUse.
+	worker := func(op func() error, onOK func()) error {
 		for time.Now().Before(stop) && ctx.Err() == nil {
 			calls.Add(1)
 			err := op()
@@ -131,28 +130,28 @@ func TestConcurrentUseOfOneChannelIsReportedAndNeverGarblesTheWire(t *testing.T)
 			case errors.Is(err, warren.ErrConcurrentUse):
 				concurrent.Add(1)
 			default:
-				mu.Lock()
-				unexpected = append(unexpected, err)
-				mu.Unlock()
-				return
+				return err
 			}
 			// Let the other goroutine in even with GOMAXPROCS=1, so that
 			// both operations really interleave.
 			runtime.Gosched()
 		}
+		return nil
 	}
 	body := []byte("concurrent")
-	wg.Add(2)
-	go worker(func() error {
-		return ch.Publish(ctx, "", q, warren.Publishing{Body: body})
-	}, func() { published.Add(1) })
-	go worker(func() error {
-		_, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Passive: true})
-		return err
-	}, func() { declared.Add(1) })
-	wg.Wait()
-
-	for _, err := range unexpected {
+	var g errgroup.Group
+	g.Go(func() error {
+		return worker(func() error {
+			return ch.Publish(ctx, "", q, warren.Publishing{Body: body})
+		}, func() { published.Add(1) })
+	})
+	g.Go(func() error {
+		return worker(func() error {
+			_, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Passive: true})
+			return err
+		}, func() { declared.Add(1) })
+	})
+	if err := g.Wait(); err != nil {
 		t.Errorf("concurrent call: got %v, want nil or ErrConcurrentUse", err)
 	}
 	t.Logf("%d calls: %d publishes and %d declares succeeded, %d refused with ErrConcurrentUse",

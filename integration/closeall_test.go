@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/warrenmq/warren"
 	"github.com/warrenmq/warren/internal/brokertest"
 	"github.com/warrenmq/warren/internal/faultproxy"
@@ -263,25 +265,21 @@ func TestEveryCloseCalledFromFiftyGoroutinesAtOnceGivesEachCallerTheFirstResultA
 			t.Fatalf("NewPublisher: %v", err)
 		}
 		var acked atomic.Int64
-		var pubs sync.WaitGroup
-		unexpected := make(chan error, 8)
+		var pubs errgroup.Group
 		for range 8 {
-			pubs.Add(1)
-			go func() {
-				defer pubs.Done()
+			pubs.Go(func() error {
 				for {
 					err := pub.Publish(ctx, "", q, warren.Publishing{Body: []byte("x")})
 					switch {
 					case err == nil:
 						acked.Add(1)
 					case errors.Is(err, warren.ErrPublisherClosed):
-						return
+						return nil
 					default:
-						unexpected <- err
-						return
+						return err
 					}
 				}
-			}()
+			})
 		}
 		eventually(t, ctx, "publishes are acked", func() string {
 			if acked.Load() < 20 {
@@ -290,9 +288,7 @@ func TestEveryCloseCalledFromFiftyGoroutinesAtOnceGivesEachCallerTheFirstResultA
 			return ""
 		})
 		wantAllNil(t, "Publisher.Close", fromMany(t, "Publisher.Close", func() error { return pub.Close(ctx) }))
-		pubs.Wait()
-		close(unexpected)
-		for err := range unexpected {
+		if err := pubs.Wait(); err != nil {
 			t.Errorf("Publish during Close: got %v, want nil (answered before Close returned) or ErrPublisherClosed", err)
 		}
 		wantErrIs(t, "Publish after Close", pub.Publish(ctx, "", q, warren.Publishing{}), warren.ErrPublisherClosed)

@@ -10,9 +10,10 @@ import (
 	"fmt"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/warrenmq/warren"
 	"github.com/warrenmq/warren/internal/brokertest"
@@ -562,27 +563,22 @@ func TestPublisherManyGoroutinesAllAckedAllInTheQueue(t *testing.T) {
 	}
 
 	const goroutines, each = 32, 320
-	var failed atomic.Int64
-	var wg sync.WaitGroup
+	var g errgroup.Group
 	start := time.Now()
-	for g := 0; g < goroutines; g++ {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			for i := 0; i < each; i++ {
+	for range goroutines {
+		g.Go(func() error {
+			for i := range each {
 				if err := pub.Publish(ctx, "", q, warren.Publishing{Body: body128}); err != nil {
-					if failed.Add(1) == 1 {
-						t.Errorf("Publish: %v", err)
-					}
+					return fmt.Errorf("Publish %d: %w", i, err)
 				}
 			}
-		}()
+			return nil
+		})
 	}
-	wg.Wait()
+	if err := g.Wait(); err != nil {
+		t.Fatalf("%d goroutines publishing %d each: got %v, want every publish acked", goroutines, each, err)
+	}
 	elapsed := time.Since(start)
-	if n := failed.Load(); n != 0 {
-		t.Fatalf("%d publishes failed", n)
-	}
 	st := pub.Stats()
 	t.Logf("%d messages from %d goroutines in %v (%.0f msg/s); stats %+v", goroutines*each, goroutines, elapsed,
 		float64(goroutines*each)/elapsed.Seconds(), st)

@@ -21,6 +21,8 @@ import (
 	"testing"
 	"time"
 
+	"golang.org/x/sync/errgroup"
+
 	"github.com/warrenmq/warren"
 )
 
@@ -53,13 +55,10 @@ func TestSoakPublishAndConsumeAcrossCutsAndABrokerRestart(t *testing.T) {
 	var mu sync.Mutex
 	seen := map[string]*sighting{}
 	cctx, stopConsumers := context.WithCancel(ctx)
-	var cwg sync.WaitGroup
-	consumeErrs := make(chan error, 4)
-	for i := 0; i < 4; i++ {
-		cwg.Add(1)
-		go func() {
-			defer cwg.Done()
-			consumeErrs <- c.Consume(cctx, q, func(ctx context.Context, d *warren.Delivery) error {
+	var consumers errgroup.Group
+	for range 4 {
+		consumers.Go(func() error {
+			err := c.Consume(cctx, q, func(ctx context.Context, d *warren.Delivery) error {
 				mu.Lock()
 				s := seen[string(d.Body)]
 				if s == nil {
@@ -73,7 +72,11 @@ func TestSoakPublishAndConsumeAcrossCutsAndABrokerRestart(t *testing.T) {
 				mu.Unlock()
 				return nil
 			}, warren.ConsumeOptions{Prefetch: 100, ShutdownTimeout: 5 * time.Second})
-		}()
+			if !errors.Is(err, context.Canceled) {
+				return fmt.Errorf("got %v, want context.Canceled", err)
+			}
+			return nil
+		})
 	}
 
 	// Faults: cuts every 2–5 s, one broker restart.
@@ -178,12 +181,8 @@ func TestSoakPublishAndConsumeAcrossCutsAndABrokerRestart(t *testing.T) {
 		return ""
 	})
 	stopConsumers()
-	cwg.Wait()
-	close(consumeErrs)
-	for err := range consumeErrs {
-		if !errors.Is(err, context.Canceled) {
-			t.Errorf("Consume: %v, want context.Canceled", err)
-		}
+	if err := consumers.Wait(); err != nil {
+		t.Errorf("Consume: %v", err)
 	}
 	st := pub.Stats()
 	if err := pub.Close(ctx); err != nil {
