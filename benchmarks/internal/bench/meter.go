@@ -4,10 +4,11 @@ import (
 	"context"
 	"fmt"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"syscall"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 )
 
 // The metrics of every scenario that moves messages through a broker, in
@@ -78,38 +79,35 @@ type Loop func(ctx context.Context, stop *atomic.Bool) (int64, error)
 // or an error if no message was completed.
 func RunLoops(ctx context.Context, d time.Duration, g int, loop Loop) (Result, int64, error) {
 	var (
-		stop    atomic.Bool
-		start   = make(chan struct{})
-		wg      sync.WaitGroup
-		counts  = make([]int64, g)
-		errOnce sync.Once
-		runErr  error
-		failed  = make(chan struct{})
+		stop   atomic.Bool
+		start  = make(chan struct{})
+		counts = make([]int64, g)
 	)
+	// gctx ends when ctx does or a loop fails; the loops themselves get
+	// ctx and stop on the flag, so that a failure ends a pass the same way
+	// its timer does.
+	eg, gctx := errgroup.WithContext(ctx)
 	for i := range g {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		eg.Go(func() error {
 			<-start
 			n, err := loop(ctx, &stop)
 			counts[i] = n
 			if err != nil {
-				errOnce.Do(func() { runErr = err; close(failed) })
 				stop.Store(true)
 			}
-		}()
+			return err
+		})
 	}
 	m := StartMeter()
 	close(start)
 	timer := time.NewTimer(d)
 	select {
 	case <-timer.C:
-	case <-failed:
-	case <-ctx.Done():
+	case <-gctx.Done():
 	}
 	timer.Stop()
 	stop.Store(true)
-	wg.Wait()
+	runErr := eg.Wait()
 	m.Stop()
 
 	var msgs int64

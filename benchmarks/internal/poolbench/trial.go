@@ -3,9 +3,10 @@ package poolbench
 import (
 	"fmt"
 	"runtime"
-	"sync"
 	"sync/atomic"
 	"time"
+
+	"golang.org/x/sync/errgroup"
 
 	"github.com/warrenmq/warren/benchmarks/internal/bench"
 )
@@ -134,12 +135,10 @@ type parallelSpec struct {
 // Acquire latency and hand-off distributions as well.
 func parallelTrial(c contender, spec parallelSpec) (bench.Result, error) {
 	var (
-		stop    atomic.Bool
-		relAt   []atomic.Int64
-		start   = make(chan struct{})
-		wg      sync.WaitGroup
-		errOnce sync.Once
-		runErr  error
+		stop  atomic.Bool
+		relAt []atomic.Int64
+		start = make(chan struct{})
+		g     errgroup.Group
 	)
 	if spec.timed {
 		relAt = make([]atomic.Int64, maxID)
@@ -153,15 +152,14 @@ func parallelTrial(c contender, spec parallelSpec) (bench.Result, error) {
 		}
 	}
 	for _, w := range ws {
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
+		g.Go(func() error {
 			<-start
-			if err := c.loop(w); err != nil {
-				errOnce.Do(func() { runErr = err })
-				stop.Store(true)
+			err := c.loop(w)
+			if err != nil {
+				stop.Store(true) // the first error ends the trial
 			}
-		}()
+			return err
+		})
 	}
 	runtime.GC()
 	var m0, m1 runtime.MemStats
@@ -170,7 +168,7 @@ func parallelTrial(c contender, spec parallelSpec) (bench.Result, error) {
 	close(start)
 	time.Sleep(spec.d)
 	stop.Store(true)
-	wg.Wait()
+	runErr := g.Wait()
 	el := time.Since(t0)
 	runtime.ReadMemStats(&m1)
 	if runErr != nil {
