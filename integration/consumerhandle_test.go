@@ -15,6 +15,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/warrenmq/warren"
 	"github.com/warrenmq/warren/internal/brokertest"
 )
@@ -49,9 +52,7 @@ func (s *idSet) len() int {
 func startConsumer(t *testing.T, ctx context.Context, c *warren.Client, q string, h warren.Handler, opts warren.ConsumeOptions) *warren.Consumer {
 	t.Helper()
 	k, err := c.StartConsumer(ctx, q, h, opts)
-	if err != nil {
-		t.Fatalf("StartConsumer: %v", err)
-	}
+	require.NoError(t, err, "StartConsumer")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
@@ -85,15 +86,12 @@ func TestStartConsumerReturnsReadyAndAMissingQueueIsErrNotFoundWithNothingLeft(t
 	c := dial(t, b.URL)
 	before := c.OpenChannels()
 	_, err := c.StartConsumer(ctx, uniqueName(t, "missing-"), func(context.Context, *warren.Delivery) error { return nil }, warren.ConsumeOptions{})
-	if !errors.Is(err, warren.ErrNotFound) {
-		t.Fatalf("StartConsumer on a missing queue: got %v, want ErrNotFound", err)
-	}
+	require.ErrorIs(t, err, warren.ErrNotFound, "StartConsumer on a missing queue")
 	if n := c.OpenChannels(); n != before {
 		t.Errorf("open channels after a failed start: got %d, want %d", n, before)
 	}
-	if _, err := c.StartConsumer(ctx, "q", nil, warren.ConsumeOptions{}); !errors.Is(err, warren.ErrInvalidArgument) {
-		t.Errorf("StartConsumer with a nil handler: got %v, want ErrInvalidArgument", err)
-	}
+	_, err = c.StartConsumer(ctx, "q", nil, warren.ConsumeOptions{})
+	assert.ErrorIs(t, err, warren.ErrInvalidArgument, "StartConsumer with a nil handler")
 
 	q := uniqueName(t, "q-")
 	declareQueue(t, ctx, b, openChannel(t, ctx, c), q)
@@ -113,18 +111,12 @@ func TestStartConsumerReturnsReadyAndAMissingQueueIsErrNotFoundWithNothingLeft(t
 		}
 		return ""
 	})
-	if err := k.Cancel(ctx); err != nil {
-		t.Fatalf("Cancel: %v", err)
-	}
+	require.NoError(t, k.Cancel(ctx), "Cancel")
 	if !isClosed(k.Done()) || k.Err() != nil {
 		t.Fatalf("after Cancel: Done closed %v, Err %v; want closed and nil", isClosed(k.Done()), k.Err())
 	}
-	if err := k.Cancel(ctx); err != nil {
-		t.Errorf("a second Cancel: %v, want nil", err)
-	}
-	if err := k.Pause(ctx); !errors.Is(err, warren.ErrConsumerEnded) {
-		t.Errorf("Pause after Cancel: got %v, want ErrConsumerEnded", err)
-	}
+	assert.NoError(t, k.Cancel(ctx), "a second Cancel")
+	assert.ErrorIs(t, k.Pause(ctx), warren.ErrConsumerEnded, "Pause after Cancel")
 	wantOpenChannels(t, ctx, "after Cancel", c, before+1) // + the test's own channel
 }
 
@@ -173,9 +165,7 @@ func TestConsumerReadyRearmsAfterACutAndClosesAgainOnResubscription(t *testing.T
 		}
 		return ""
 	})
-	if err := k.Err(); err != nil {
-		t.Fatalf("Err of a running consumer: %v", err)
-	}
+	require.NoError(t, k.Err(), "Err of a running consumer")
 }
 
 func TestConsumerPauseDeliversNothingAndResumeLetsTheMessagesFlow(t *testing.T) {
@@ -191,15 +181,11 @@ func TestConsumerPauseDeliversNothingAndResumeLetsTheMessagesFlow(t *testing.T) 
 		got.add(t, d)
 		return nil
 	}, warren.ConsumeOptions{})
-	if err := k.Pause(ctx); err != nil {
-		t.Fatalf("Pause: %v", err)
-	}
+	require.NoError(t, k.Pause(ctx), "Pause")
 	if isClosed(k.Ready()) {
 		t.Error("Ready closed while paused")
 	}
-	if err := k.Pause(ctx); err != nil {
-		t.Errorf("a second Pause: %v", err)
-	}
+	assert.NoError(t, k.Pause(ctx), "a second Pause")
 	fillNumbered(t, ctx, c, q, 50)
 	time.Sleep(500 * time.Millisecond)
 	if n := received.Load(); n != 0 {
@@ -208,9 +194,7 @@ func TestConsumerPauseDeliversNothingAndResumeLetsTheMessagesFlow(t *testing.T) 
 	if d := queueDepthOn(t, ctx, c, q); d != 50 {
 		t.Errorf("queue depth while paused: got %d, want 50", d)
 	}
-	if err := k.Resume(ctx); err != nil {
-		t.Fatalf("Resume: %v", err)
-	}
+	require.NoError(t, k.Resume(ctx), "Resume")
 	if !isClosed(k.Ready()) {
 		t.Error("Ready not closed after Resume returned")
 	}
@@ -244,9 +228,7 @@ func TestConsumerPausedHandlersFinishAndSettleOnTheOpenChannel(t *testing.T) {
 		return nil
 	}, warren.ConsumeOptions{Prefetch: 5})
 	<-started
-	if err := k.Pause(ctx); err != nil {
-		t.Fatalf("Pause: %v", err)
-	}
+	require.NoError(t, k.Pause(ctx), "Pause")
 	close(release)
 	// The 5 prefetched before the pause are handled and acked.
 	eventually(t, ctx, "the 5 prefetched deliveries acked while paused", func() string {
@@ -280,9 +262,7 @@ func TestConsumerCancelUnderLoadAckedPlusLeftEqualsPublished(t *testing.T) {
 		}
 		return ""
 	})
-	if err := k.Cancel(ctx); err != nil {
-		t.Fatalf("Cancel: %v", err)
-	}
+	require.NoError(t, k.Cancel(ctx), "Cancel")
 	s := k.Stats()
 	left := 0
 	eventually(t, ctx, "the unacked messages back in the queue", func() string {
@@ -304,28 +284,20 @@ func TestConsumerBrokerCancelWithoutReconnectEndsWithErrConsumerCancelled(t *tes
 	c := dial(t, b.URL)
 	ch := openChannel(t, ctx, c)
 	q := uniqueName(t, "q-")
-	if _, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true}); err != nil {
-		t.Fatal(err)
-	}
+	_, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true})
+	require.NoError(t, err, "QueueDeclare")
 	k := startConsumer(t, ctx, c, q, func(context.Context, *warren.Delivery) error { return nil }, warren.ConsumeOptions{})
-	if _, err := ch.QueueDelete(ctx, q, warren.QueueDeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	_, err = ch.QueueDelete(ctx, q, warren.QueueDeleteOptions{})
+	require.NoError(t, err, "QueueDelete")
 	if !closedWithin(k.Done(), 10*time.Second) {
 		t.Fatal("the consumer did not end within 10 s of its queue's deletion")
 	}
-	if err := k.Err(); !errors.Is(err, warren.ErrConsumerCancelled) {
-		t.Fatalf("Err: got %v, want ErrConsumerCancelled", err)
-	}
+	require.ErrorIs(t, k.Err(), warren.ErrConsumerCancelled, "Err")
 	if s := k.Stats(); s.BrokerCancels != 1 {
 		t.Errorf("BrokerCancels: got %d, want 1", s.BrokerCancels)
 	}
-	if err := k.Cancel(ctx); err != nil {
-		t.Errorf("Cancel of an ended consumer: got %v, want nil", err)
-	}
-	if err := k.Err(); !errors.Is(err, warren.ErrConsumerCancelled) {
-		t.Errorf("Err after a late Cancel: got %v, want it kept (ErrConsumerCancelled)", err)
-	}
+	assert.NoError(t, k.Cancel(ctx), "Cancel of an ended consumer")
+	assert.ErrorIs(t, k.Err(), warren.ErrConsumerCancelled, "Err after a late Cancel: the first cause kept")
 }
 
 func TestConsumerWithReconnectResubscribesOnceTheDeletedQueueExistsAgain(t *testing.T) {
@@ -337,9 +309,8 @@ func TestConsumerWithReconnectResubscribesOnceTheDeletedQueueExistsAgain(t *test
 	declareQueue(t, ctx, b, ch, q)
 	var got idSet
 	k := startConsumer(t, ctx, c, q, func(_ context.Context, d *warren.Delivery) error { got.add(t, d); return nil }, warren.ConsumeOptions{})
-	if _, err := ch.QueueDelete(ctx, q, warren.QueueDeleteOptions{}); err != nil {
-		t.Fatal(err)
-	}
+	_, err := ch.QueueDelete(ctx, q, warren.QueueDeleteOptions{})
+	require.NoError(t, err, "QueueDelete")
 	eventually(t, ctx, "the consumer checking for its missing queue", func() string {
 		if s := k.Stats(); s.BrokerCancels != 1 || s.QueueChecks < 2 {
 			return fmt.Sprintf("stats %+v", s)
@@ -353,9 +324,8 @@ func TestConsumerWithReconnectResubscribesOnceTheDeletedQueueExistsAgain(t *test
 	if isClosed(k.Done()) {
 		t.Fatalf("the consumer ended: %v", k.Err())
 	}
-	if _, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true}); err != nil {
-		t.Fatal(err)
-	}
+	_, err = ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true})
+	require.NoError(t, err, "QueueDeclare")
 	if !closedWithin(ready, 10*time.Second) {
 		t.Fatalf("Ready not closed within 10 s of the queue's return (stats %+v)", k.Stats())
 	}
@@ -378,21 +348,13 @@ func TestClientCloseEndsAConsumerWithErrClientClosed(t *testing.T) {
 	q := uniqueName(t, "q-")
 	declareQueue(t, ctx, b, openChannel(t, ctx, c), q)
 	k, err := c.StartConsumer(ctx, q, func(context.Context, *warren.Delivery) error { return nil }, warren.ConsumeOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := k.Pause(ctx); err != nil { // a paused consumer ends too
-		t.Fatal(err)
-	}
-	if err := c.Close(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, err, "StartConsumer")
+	require.NoError(t, k.Pause(ctx), "Pause") // a paused consumer ends too
+	require.NoError(t, c.Close(ctx), "Close")
 	if !closedWithin(k.Done(), 10*time.Second) {
 		t.Fatal("the consumer did not end within 10 s of Client.Close")
 	}
-	if err := k.Err(); !errors.Is(err, warren.ErrClientClosed) {
-		t.Errorf("Err after Client.Close: got %v, want ErrClientClosed", err)
-	}
+	assert.ErrorIs(t, k.Err(), warren.ErrClientClosed, "Err after Client.Close")
 }
 
 // A queue deleted while its Consumer was paused (no consumer, so no
@@ -414,14 +376,11 @@ func TestConsumerResumeOnAQueueDeletedWhilePaused(t *testing.T) {
 			declareQueue(t, ctx, b, ch, q)
 			var got idSet
 			k := startConsumer(t, ctx, c, q, func(_ context.Context, d *warren.Delivery) error { got.add(t, d); return nil }, warren.ConsumeOptions{})
-			if err := k.Pause(ctx); err != nil {
-				t.Fatal(err)
-			}
-			if _, err := ch.QueueDelete(ctx, q, warren.QueueDeleteOptions{}); err != nil {
-				t.Fatal(err)
-			}
+			require.NoError(t, k.Pause(ctx), "Pause")
+			_, err := ch.QueueDelete(ctx, q, warren.QueueDeleteOptions{})
+			require.NoError(t, err, "QueueDelete")
 			short, cancel := context.WithTimeout(ctx, time.Second)
-			err := k.Resume(short)
+			err = k.Resume(short)
 			cancel()
 			if !reconnect {
 				if !errors.Is(err, warren.ErrConsumerEnded) || !errors.Is(err, warren.ErrNotFound) {
@@ -445,9 +404,8 @@ func TestConsumerResumeOnAQueueDeletedWhilePaused(t *testing.T) {
 				t.Fatalf("the consumer ended: %v", k.Err())
 			}
 			ready := k.Ready()
-			if _, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true}); err != nil {
-				t.Fatal(err)
-			}
+			_, err = ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true})
+			require.NoError(t, err, "QueueDeclare")
 			if !closedWithin(ready, 10*time.Second) {
 				t.Fatalf("Ready not closed within 10 s of the queue's return (stats %+v)", k.Stats())
 			}
