@@ -9,10 +9,13 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/stretchr/testify/require"
 
 	"github.com/warrenmq/warren"
 	"github.com/warrenmq/warren/internal/brokertest"
@@ -23,9 +26,7 @@ import (
 func startBatchConsumer(t *testing.T, ctx context.Context, c *warren.Client, q string, h warren.BatchHandler, opts warren.BatchOptions) *warren.Consumer {
 	t.Helper()
 	k, err := c.StartBatchConsumer(ctx, q, h, opts)
-	if err != nil {
-		t.Fatalf("StartBatchConsumer: %v", err)
-	}
+	require.NoError(t, err, "StartBatchConsumer")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
 		defer cancel()
@@ -70,15 +71,7 @@ func TestBatchConsumerHandsFullBatchesOfSize(t *testing.T) {
 		}
 		return ""
 	})
-	got := sizes.get()
-	if len(got) != 10 {
-		t.Fatalf("batch sizes %v: want 10 batches of 10", got)
-	}
-	for _, n := range got {
-		if n != 10 {
-			t.Fatalf("batch sizes %v: want 10 batches of 10", got)
-		}
-	}
+	require.Equal(t, slices.Repeat([]int{10}, 10), sizes.get(), "batch sizes: want 10 batches of 10")
 	if d := queueDepthOn(t, ctx, c, q); d != 0 {
 		t.Errorf("queue depth: got %d, want 0", d)
 	}
@@ -189,9 +182,7 @@ func TestBatchConsumerLosesNothingAcrossTenThousandMessages(t *testing.T) {
 		}
 		return ""
 	})
-	if err := k.Cancel(ctx); err != nil {
-		t.Fatal(err)
-	}
+	require.NoError(t, k.Cancel(ctx), "Cancel")
 	mu.Lock()
 	defer mu.Unlock()
 	for i, k := range seen {

@@ -8,6 +8,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/warrenmq/warren"
 	"github.com/warrenmq/warren/internal/brokertest"
 )
@@ -72,9 +75,7 @@ func waitUnacked(t *testing.T, ctx context.Context, ch warren.Channel, queue str
 	deadline := time.Now().Add(streamWait)
 	for {
 		qs, err := ch.QueueDeclare(ctx, queue, warren.QueueOptions{Passive: true})
-		if err != nil {
-			t.Fatalf("QueueDeclare(passive %q): %v", queue, err)
-		}
+		require.NoError(t, err, "QueueDeclare(passive %q)", queue)
 		if qs.Messages == 0 {
 			return
 		}
@@ -92,15 +93,11 @@ func TestChannelConsumeDeliversWarrenDeliveriesThatSettleSafely(t *testing.T) {
 	ch := openChannel(t, ctx, c)
 	q := uniqueName(t, "")
 	declareQueue(t, ctx, b, ch, q)
-	if err := ch.Qos(ctx, warren.QosOptions{PrefetchCount: 10}); err != nil {
-		t.Fatalf("Qos: %v", err)
-	}
+	require.NoError(t, ch.Qos(ctx, warren.QosOptions{PrefetchCount: 10}), "Qos")
 	publishN(t, ctx, ch, q, "m", 3)
 
 	sub, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{})
-	if err != nil {
-		t.Fatalf("Consume: %v", err)
-	}
+	require.NoError(t, err, "Consume")
 	if sub.Tag() == "" {
 		t.Errorf("Tag: got empty, want a generated tag")
 	}
@@ -119,33 +116,21 @@ func TestChannelConsumeDeliversWarrenDeliveriesThatSettleSafely(t *testing.T) {
 			t.Errorf("second Ack %d: got %v, want ErrAlreadySettled", i, err)
 		}
 	}
-	if err := sub.Err(); err != nil {
-		t.Errorf("Err while the stream is open: got %v, want nil", err)
-	}
-	if err := sub.Cancel(ctx); err != nil {
-		t.Fatalf("Cancel: %v", err)
-	}
+	assert.NoError(t, sub.Err(), "Err while the stream is open")
+	require.NoError(t, sub.Cancel(ctx), "Cancel")
 	if _, err := waitStreamEnd(t, sub, false); err != nil {
 		t.Errorf("Err after Cancel: got %v, want nil", err)
 	}
 	// Acked, the messages are gone; had a second ack reached the broker it
 	// would have closed the channel and this declare would fail.
 	qs, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Passive: true})
-	if err != nil {
-		t.Fatalf("QueueDeclare after the stream: %v", err)
-	}
+	require.NoError(t, err, "QueueDeclare after the stream")
 	if qs.Messages != 0 || qs.Consumers != 0 {
 		t.Errorf("queue after acking all and cancelling: got %d messages, %d consumers, want 0, 0", qs.Messages, qs.Consumers)
 	}
-	if err := sub.Cancel(ctx); err != nil {
-		t.Errorf("second Cancel: got %v, want nil", err)
-	}
-	if err := ch.Cancel(ctx, sub.Tag()); !errors.Is(err, warren.ErrInvalidArgument) {
-		t.Errorf("Channel.Cancel of the ended tag: got %v, want ErrInvalidArgument", err)
-	}
-	if err := ch.Err(); err != nil {
-		t.Errorf("channel.Err: got %v, want nil", err)
-	}
+	assert.NoError(t, sub.Cancel(ctx), "second Cancel")
+	assert.ErrorIs(t, ch.Cancel(ctx, sub.Tag()), warren.ErrInvalidArgument, "Channel.Cancel of the ended tag")
+	assert.NoError(t, ch.Err(), "channel.Err")
 }
 
 func TestChannelConsumeCancelDeliversWhatWasSentBeforeCancelOk(t *testing.T) {
@@ -155,20 +140,14 @@ func TestChannelConsumeCancelDeliversWhatWasSentBeforeCancelOk(t *testing.T) {
 	ch := openChannel(t, ctx, c)
 	q := uniqueName(t, "")
 	declareQueue(t, ctx, b, ch, q)
-	if err := ch.Qos(ctx, warren.QosOptions{PrefetchCount: 50}); err != nil {
-		t.Fatalf("Qos: %v", err)
-	}
+	require.NoError(t, ch.Qos(ctx, warren.QosOptions{PrefetchCount: 50}), "Qos")
 	const n = 5
 	publishN(t, ctx, ch, q, "m", n)
 	sub, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{Tag: "tagged-" + randHex(4)})
-	if err != nil {
-		t.Fatalf("Consume: %v", err)
-	}
+	require.NoError(t, err, "Consume")
 	// Every message is out to the consumer before the cancel, none read.
 	waitUnacked(t, ctx, ch, q)
-	if err := ch.Cancel(ctx, sub.Tag()); err != nil {
-		t.Fatalf("Channel.Cancel: %v", err)
-	}
+	require.NoError(t, ch.Cancel(ctx, sub.Tag()), "Channel.Cancel")
 	ds, err := waitStreamEnd(t, sub, true)
 	if err != nil {
 		t.Errorf("Err after Channel.Cancel: got %v, want nil", err)
@@ -182,9 +161,7 @@ func TestChannelConsumeCancelDeliversWhatWasSentBeforeCancelOk(t *testing.T) {
 		}
 	}
 	qs, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Passive: true})
-	if err != nil {
-		t.Fatalf("QueueDeclare: %v", err)
-	}
+	require.NoError(t, err, "QueueDeclare")
 	if qs.Messages != 0 {
 		t.Errorf("queue after acking the deliveries: got %d messages, want 0", qs.Messages)
 	}
@@ -200,13 +177,9 @@ func TestChannelConsumeAndPublishOnOneChannelDirectReplyTo(t *testing.T) {
 	declareQueue(t, ctx, b, server, q)
 
 	requests, err := server.Consume(ctx, q, warren.ChannelConsumeOptions{})
-	if err != nil {
-		t.Fatalf("server Consume: %v", err)
-	}
+	require.NoError(t, err, "server Consume")
 	replies, err := client.Consume(ctx, "amq.rabbitmq.reply-to", warren.ChannelConsumeOptions{AutoAck: true})
-	if err != nil {
-		t.Fatalf("client Consume(amq.rabbitmq.reply-to): %v", err)
-	}
+	require.NoError(t, err, "client Consume(amq.rabbitmq.reply-to)")
 	for i := range 3 {
 		corr := "req-" + strconv.Itoa(i)
 		if err := client.Publish(ctx, "", q, warren.Publishing{
@@ -252,9 +225,7 @@ func TestChannelConsumeEndsWithErrConsumerCancelledWhenTheQueueIsDeleted(t *test
 	q := uniqueName(t, "")
 	declareQueue(t, ctx, b, ch, q)
 	sub, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{})
-	if err != nil {
-		t.Fatalf("Consume: %v", err)
-	}
+	require.NoError(t, err, "Consume")
 	other := openChannel(t, ctx, c)
 	if _, err := other.QueueDelete(ctx, q, warren.QueueDeleteOptions{}); err != nil {
 		t.Fatalf("QueueDelete: %v", err)
@@ -263,12 +234,8 @@ func TestChannelConsumeEndsWithErrConsumerCancelledWhenTheQueueIsDeleted(t *test
 	if !errors.Is(err, warren.ErrConsumerCancelled) {
 		t.Errorf("Err after the queue was deleted: got %v, want ErrConsumerCancelled", err)
 	}
-	if err := ch.Err(); err != nil {
-		t.Errorf("channel.Err after the broker's cancel: got %v, want nil (only the consumer ended)", err)
-	}
-	if err := sub.Cancel(ctx); err != nil {
-		t.Errorf("Cancel after the broker's cancel: got %v, want nil", err)
-	}
+	assert.NoError(t, ch.Err(), "channel.Err after the broker's cancel (only the consumer ended)")
+	assert.NoError(t, sub.Cancel(ctx), "Cancel after the broker's cancel")
 }
 
 func TestChannelConsumeEndsWithTheChannelErrorWhenTheBrokerClosesTheChannel(t *testing.T) {
@@ -280,9 +247,7 @@ func TestChannelConsumeEndsWithTheChannelErrorWhenTheBrokerClosesTheChannel(t *t
 	declareQueue(t, ctx, b, ch, q)
 	publishN(t, ctx, ch, q, "m", 1)
 	sub, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{})
-	if err != nil {
-		t.Fatalf("Consume: %v", err)
-	}
+	require.NoError(t, err, "Consume")
 	held := nextDelivery(t, sub, "delivery")
 
 	// A 406 from another operation on the channel closes it.
@@ -297,9 +262,7 @@ func TestChannelConsumeEndsWithTheChannelErrorWhenTheBrokerClosesTheChannel(t *t
 	if chErr := ch.Err(); !errors.As(chErr, new(*warren.ChannelError)) {
 		t.Errorf("channel.Err: got %v, want the *ChannelError", chErr)
 	}
-	if err := held.Ack(ctx); !errors.Is(err, warren.ErrDeliveryVoid) {
-		t.Errorf("Ack of a delivery of the closed channel: got %v, want ErrDeliveryVoid", err)
-	}
+	assert.ErrorIs(t, held.Ack(ctx), warren.ErrDeliveryVoid, "Ack of a delivery of the closed channel")
 	// The message went back to the queue.
 	if n := queueDepth(t, b, q); n != 1 {
 		t.Errorf("queue depth after the channel closed: got %d, want 1", n)
@@ -315,13 +278,9 @@ func TestChannelConsumeEndsWhenTheClientCloses(t *testing.T) {
 	declareQueue(t, ctx, b, ch, q)
 	publishN(t, ctx, ch, q, "m", 3)
 	sub, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{})
-	if err != nil {
-		t.Fatalf("Consume: %v", err)
-	}
+	require.NoError(t, err, "Consume")
 	waitUnacked(t, ctx, ch, q) // deliveries wait, unread, inside warren
-	if err := c.Close(ctx); err != nil {
-		t.Fatalf("Client.Close: %v", err)
-	}
+	require.NoError(t, c.Close(ctx), "Client.Close")
 	_, err = waitStreamEnd(t, sub, true)
 	if !errors.Is(err, warren.ErrClientClosed) && !errors.As(err, new(*warren.ConnectionError)) {
 		t.Errorf("Err after Client.Close: got %v, want the connection's error", err)
@@ -337,38 +296,24 @@ func TestChannelConsumeRefusesADuplicateTagBeforeSending(t *testing.T) {
 	declareQueue(t, ctx, b, ch, q)
 	tag := "dup-" + randHex(4)
 	sub, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{Tag: tag})
-	if err != nil {
-		t.Fatalf("Consume: %v", err)
-	}
+	require.NoError(t, err, "Consume")
 	if _, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{Tag: tag}); !errors.Is(err, warren.ErrInvalidArgument) {
 		t.Fatalf("second Consume with tag %q: got %v, want ErrInvalidArgument", tag, err)
 	}
 	// RabbitMQ would have closed the connection (530) for the reuse.
-	if err := c.Err(); err != nil {
-		t.Errorf("Client.Err: got %v, want nil", err)
-	}
-	if err := ch.Cancel(ctx, "no-such-tag"); !errors.Is(err, warren.ErrInvalidArgument) {
-		t.Errorf("Channel.Cancel(unknown tag): got %v, want ErrInvalidArgument", err)
-	}
+	assert.NoError(t, c.Err(), "Client.Err")
+	assert.ErrorIs(t, ch.Cancel(ctx, "no-such-tag"), warren.ErrInvalidArgument, "Channel.Cancel(unknown tag)")
 	publishN(t, ctx, ch, q, "m", 1)
 	d := nextDelivery(t, sub, "delivery to the first consumer")
-	if err := d.Ack(ctx); err != nil {
-		t.Errorf("Ack: %v", err)
-	}
-	if err := sub.Cancel(ctx); err != nil {
-		t.Fatalf("Cancel: %v", err)
-	}
+	assert.NoError(t, d.Ack(ctx), "Ack")
+	require.NoError(t, sub.Cancel(ctx), "Cancel")
 	if _, err := waitStreamEnd(t, sub, false); err != nil {
 		t.Errorf("Err after Cancel: got %v, want nil", err)
 	}
 	// Once ended, the tag is free again.
 	sub2, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{Tag: tag})
-	if err != nil {
-		t.Fatalf("Consume with the freed tag: %v", err)
-	}
-	if err := sub2.Cancel(ctx); err != nil {
-		t.Errorf("Cancel: %v", err)
-	}
+	require.NoError(t, err, "Consume with the freed tag")
+	assert.NoError(t, sub2.Cancel(ctx), "Cancel")
 }
 
 func TestPoolDiscardsAChannelReleasedWithALiveConsumer(t *testing.T) {
@@ -380,22 +325,14 @@ func TestPoolDiscardsAChannelReleasedWithALiveConsumer(t *testing.T) {
 	declareQueue(t, ctx, b, setup, q)
 	publishN(t, ctx, setup, q, "m", 2)
 	p, err := c.NewPool(ctx, warren.PoolOptions{Size: 1})
-	if err != nil {
-		t.Fatalf("NewPool: %v", err)
-	}
+	require.NoError(t, err, "NewPool")
 	t.Cleanup(func() { _ = p.Close(context.Background()) })
 
 	ch, err := p.Acquire(ctx)
-	if err != nil {
-		t.Fatalf("Acquire: %v", err)
-	}
-	if err := ch.Qos(ctx, warren.QosOptions{PrefetchCount: 1}); err != nil {
-		t.Fatalf("Qos: %v", err)
-	}
+	require.NoError(t, err, "Acquire")
+	require.NoError(t, ch.Qos(ctx, warren.QosOptions{PrefetchCount: 1}), "Qos")
 	sub, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{})
-	if err != nil {
-		t.Fatalf("Consume: %v", err)
-	}
+	require.NoError(t, err, "Consume")
 	held := nextDelivery(t, sub, "delivery")
 	first := ch.ID()
 	p.Release(ch)
@@ -407,13 +344,9 @@ func TestPoolDiscardsAChannelReleasedWithALiveConsumer(t *testing.T) {
 	if got := p.Stats().Discarded.Consuming; got != 1 {
 		t.Errorf("Discarded.Consuming: got %d, want 1", got)
 	}
-	if err := held.Ack(ctx); !errors.Is(err, warren.ErrReleased) {
-		t.Errorf("Ack after Release: got %v, want ErrReleased", err)
-	}
+	assert.ErrorIs(t, held.Ack(ctx), warren.ErrReleased, "Ack after Release")
 	ch2, err := p.Acquire(ctx)
-	if err != nil {
-		t.Fatalf("second Acquire: %v", err)
-	}
+	require.NoError(t, err, "second Acquire")
 	if ch2.ID() == first {
 		t.Errorf("second Acquire: got channel %d again, want another one", first)
 	}
@@ -442,34 +375,22 @@ func TestPoolReusesAChannelWhoseConsumerWasCancelledAndDrained(t *testing.T) {
 	declareQueue(t, ctx, b, setup, q)
 	publishN(t, ctx, setup, q, "m", 1)
 	p, err := c.NewPool(ctx, warren.PoolOptions{Size: 1})
-	if err != nil {
-		t.Fatalf("NewPool: %v", err)
-	}
+	require.NoError(t, err, "NewPool")
 	t.Cleanup(func() { _ = p.Close(context.Background()) })
 
 	ch, err := p.Acquire(ctx)
-	if err != nil {
-		t.Fatalf("Acquire: %v", err)
-	}
+	require.NoError(t, err, "Acquire")
 	sub, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{})
-	if err != nil {
-		t.Fatalf("Consume: %v", err)
-	}
-	if err := nextDelivery(t, sub, "delivery").Ack(ctx); err != nil {
-		t.Fatalf("Ack: %v", err)
-	}
-	if err := sub.Cancel(ctx); err != nil {
-		t.Fatalf("Cancel: %v", err)
-	}
+	require.NoError(t, err, "Consume")
+	require.NoError(t, nextDelivery(t, sub, "delivery").Ack(ctx), "Ack")
+	require.NoError(t, sub.Cancel(ctx), "Cancel")
 	if _, err := waitStreamEnd(t, sub, false); err != nil {
 		t.Fatalf("Err after Cancel: %v", err)
 	}
 	first := ch.ID()
 	p.Release(ch)
 	ch2, err := p.Acquire(ctx)
-	if err != nil {
-		t.Fatalf("second Acquire: %v", err)
-	}
+	require.NoError(t, err, "second Acquire")
 	defer p.Release(ch2)
 	if ch2.ID() != first {
 		t.Errorf("second Acquire: got channel %d, want %d reused", ch2.ID(), first)
@@ -529,23 +450,15 @@ func TestChannelConsumeStreamOffsets(t *testing.T) {
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			ch := openChannel(t, ctx, c)
-			if err := ch.Qos(ctx, warren.QosOptions{PrefetchCount: 10}); err != nil {
-				t.Fatalf("Qos: %v", err)
-			}
+			require.NoError(t, ch.Qos(ctx, warren.QosOptions{PrefetchCount: 10}), "Qos")
 			sub, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{StreamOffset: tc.offset})
-			if err != nil {
-				t.Fatalf("Consume(%v): %v", tc.offset, err)
-			}
+			require.NoError(t, err, "Consume(%v)", tc.offset)
 			d := nextDelivery(t, sub, "first delivery")
 			if string(d.Body) != tc.want {
 				t.Errorf("first delivery from %v: got %q, want %q", tc.offset, d.Body, tc.want)
 			}
-			if err := d.Ack(ctx); err != nil {
-				t.Errorf("Ack: %v", err)
-			}
-			if err := sub.Cancel(ctx); err != nil {
-				t.Fatalf("Cancel: %v", err)
-			}
+			assert.NoError(t, d.Ack(ctx), "Ack")
+			require.NoError(t, sub.Cancel(ctx), "Cancel")
 			if _, err := waitStreamEnd(t, sub, true); err != nil {
 				t.Errorf("Err after Cancel: got %v, want nil", err)
 			}
@@ -567,35 +480,23 @@ func TestChannelConsumeRefusesAStreamConsumerWithoutAckOrPrefetchBeforeSending(t
 	if _, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{Args: warren.Table{"x-stream-offset": "first"}}); !errors.Is(err, warren.ErrInvalidArgument) {
 		t.Errorf("x-stream-offset in Args without a prefetch: got %v, want ErrInvalidArgument", err)
 	}
-	if err := ch.Qos(ctx, warren.QosOptions{PrefetchCount: 10}); err != nil {
-		t.Fatalf("Qos: %v", err)
-	}
+	require.NoError(t, ch.Qos(ctx, warren.QosOptions{PrefetchCount: 10}), "Qos")
 	if _, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{StreamOffset: warren.StreamFirst(), AutoAck: true}); !errors.Is(err, warren.ErrInvalidArgument) {
 		t.Errorf("stream consumer with AutoAck: got %v, want ErrInvalidArgument", err)
 	}
 	if _, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{StreamOffset: warren.StreamAt(-1)}); !errors.Is(err, warren.ErrInvalidArgument) {
 		t.Errorf("negative stream offset: got %v, want ErrInvalidArgument", err)
 	}
-	if err := ch.Qos(ctx, warren.QosOptions{PrefetchCount: 0}); err != nil {
-		t.Fatalf("Qos 0: %v", err)
-	}
+	require.NoError(t, ch.Qos(ctx, warren.QosOptions{PrefetchCount: 0}), "Qos 0")
 	if _, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{StreamOffset: warren.StreamFirst()}); !errors.Is(err, warren.ErrInvalidArgument) {
 		t.Errorf("stream consumer after Qos 0: got %v, want ErrInvalidArgument", err)
 	}
 	// Nothing reached the broker: the channel is open and consumes fine.
-	if err := ch.Err(); err != nil {
-		t.Fatalf("channel.Err after the refusals: got %v, want nil", err)
-	}
-	if err := ch.Qos(ctx, warren.QosOptions{PrefetchCount: 5}); err != nil {
-		t.Fatalf("Qos: %v", err)
-	}
+	require.NoError(t, ch.Err(), "channel.Err after the refusals")
+	require.NoError(t, ch.Qos(ctx, warren.QosOptions{PrefetchCount: 5}), "Qos")
 	sub, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{StreamOffset: warren.StreamFirst()})
-	if err != nil {
-		t.Fatalf("Consume after the refusals: %v", err)
-	}
-	if err := sub.Cancel(ctx); err != nil {
-		t.Errorf("Cancel: %v", err)
-	}
+	require.NoError(t, err, "Consume after the refusals")
+	assert.NoError(t, sub.Cancel(ctx), "Cancel")
 	if _, err := waitStreamEnd(t, sub, true); err != nil {
 		t.Errorf("Err after Cancel: got %v, want nil", err)
 	}
@@ -610,13 +511,9 @@ func TestChannelConsumeCancelUnderLoadLosesNothing(t *testing.T) {
 	declareQueue(t, ctx, b, ch, q)
 	const n, cancelAfter = 500, 100
 	publishN(t, ctx, ch, q, "m", n)
-	if err := ch.Qos(ctx, warren.QosOptions{PrefetchCount: 20}); err != nil {
-		t.Fatalf("Qos: %v", err)
-	}
+	require.NoError(t, ch.Qos(ctx, warren.QosOptions{PrefetchCount: 20}), "Qos")
 	sub, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{})
-	if err != nil {
-		t.Fatalf("Consume: %v", err)
-	}
+	require.NoError(t, err, "Consume")
 	acked := 0
 	seen := make(map[string]bool)
 loop:
@@ -642,21 +539,15 @@ loop:
 		if acked == cancelAfter {
 			// The broker keeps pushing (prefetch 20) until its cancel-ok:
 			// those still arrive and are acked here.
-			if err := sub.Cancel(ctx); err != nil {
-				t.Fatalf("Cancel: %v", err)
-			}
+			require.NoError(t, sub.Cancel(ctx), "Cancel")
 		}
 	}
-	if err := sub.Err(); err != nil {
-		t.Errorf("Err after Cancel: got %v, want nil", err)
-	}
+	assert.NoError(t, sub.Err(), "Err after Cancel")
 	if acked < cancelAfter || acked > cancelAfter+20 {
 		t.Errorf("acked: got %d, want %d plus at most the prefetch (20)", acked, cancelAfter)
 	}
 	qs, err := ch.QueueDeclare(ctx, q, warren.QueueOptions{Passive: true})
-	if err != nil {
-		t.Fatalf("QueueDeclare: %v", err)
-	}
+	require.NoError(t, err, "QueueDeclare")
 	if acked+qs.Messages != n {
 		t.Errorf("acked %d + left in the queue %d: got %d, want %d", acked, qs.Messages, acked+qs.Messages, n)
 	}

@@ -20,6 +20,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/stretchr/testify/assert"
+	"github.com/stretchr/testify/require"
+
 	"github.com/warrenmq/warren"
 	"github.com/warrenmq/warren/internal/brokertest"
 )
@@ -100,31 +103,21 @@ func TestUpdateSecretAfterAPasswordChangeKeepsTheConnectionAndItsReconnects(t *t
 	dial(t, b.URLWith(user, "Old-Pass-1", ""), warren.WithName(controlName), warren.WithReconnect(p), controlEv.option())
 
 	ctl(t, b, "change_password", user, "New-Pass-2")
-	if err := c.UpdateSecret(ctx, "New-Pass-2", "password rotated"); err != nil {
-		t.Fatalf("UpdateSecret: %v", err)
-	}
-	if err := useConnection(ctx, c); err != nil {
-		t.Fatalf("the connection after UpdateSecret: %v", err)
-	}
+	require.NoError(t, c.UpdateSecret(ctx, "New-Pass-2", "password rotated"), "UpdateSecret")
+	require.NoError(t, useConnection(ctx, c), "the connection after UpdateSecret")
 
 	ctl(t, b, "close_connection", mustConnectionPid(t, b, name), "test: cut after a password change")
 	e := ev.await(t, ctx, warren.StateReconnected)
 	t.Logf("reconnected after %d dial(s)", e.Attempt)
-	if err := useConnection(ctx, c); err != nil {
-		t.Fatalf("the reconnected connection: %v", err)
-	}
+	require.NoError(t, useConnection(ctx, c), "the reconnected connection")
 
 	ctl(t, b, "close_connection", mustConnectionPid(t, b, controlName), "test: cut the control")
-	if e := controlEv.await(t, ctx, warren.StateClosed); !errors.Is(e.Err, warren.ErrAccessRefused) {
-		t.Errorf("control (no UpdateSecret) ended with %v, want ErrAccessRefused", e.Err)
-	}
+	assert.ErrorIs(t, controlEv.await(t, ctx, warren.StateClosed).Err, warren.ErrAccessRefused, "control (no UpdateSecret) ended")
 
 	// RabbitMQ's internal backend does not check a secret in
 	// update-secret (as UpdateSecret's doc says): a wrong one is accepted,
 	// and only the next login fails.
-	if err := c.UpdateSecret(ctx, "Not-The-Password-3", "wrong on purpose"); err != nil {
-		t.Errorf("UpdateSecret with a wrong password on the internal backend: %v, want nil (the broker does not check it)", err)
-	}
+	assert.NoError(t, c.UpdateSecret(ctx, "Not-The-Password-3", "wrong on purpose"), "UpdateSecret with a wrong password on the internal backend (the broker does not check it)")
 }
 
 // With WithCredentials, each reconnect asks the provider again and logs
@@ -152,9 +145,7 @@ func TestAReconnectDialsWithTheProvidersCurrentSecret(t *testing.T) {
 	bad := b.URLWith("nobody", "wrong", "")
 	c, err := warren.DialCluster(ctx, []string{bad, bad}, warren.WithCredentials(provider), warren.WithName(name),
 		warren.WithReconnect(fastReconnect), ev.option())
-	if err != nil {
-		t.Fatalf("DialCluster: %v", err)
-	}
+	require.NoError(t, err, "DialCluster")
 	defer c.Close(ctx)
 	if n := calls.Load(); n != 1 {
 		t.Fatalf("provider called %d times by the first dial, want 1", n)
@@ -170,9 +161,7 @@ func TestAReconnectDialsWithTheProvidersCurrentSecret(t *testing.T) {
 			t.Errorf("reconnect %d: Attempt %d with %d provider call(s); want the first dial, with one call, to succeed",
 				i+1, e.Attempt, calls.Load()-before)
 		}
-		if err := useConnection(ctx, c); err != nil {
-			t.Fatalf("after reconnect %d: %v", i+1, err)
-		}
+		require.NoError(t, useConnection(ctx, c), "after reconnect %d", i+1)
 	}
 }
 
@@ -253,9 +242,7 @@ func TestUpdateSecretWithAnInvalidTokenIsErrSecretRefused(t *testing.T) {
 	} {
 		var calls atomic.Int32
 		c := dial(t, "amqp://"+b.Addr()+"/", warren.WithCredentials(tokenProvider(sub, time.Hour, &calls)))
-		if err := useConnection(ctx, c); err != nil {
-			t.Fatalf("%s: a connection with a valid token: %v", name, err)
-		}
+		require.NoError(t, useConnection(ctx, c), "%s: a connection with a valid token", name)
 		err := c.UpdateSecret(ctx, token, "test: invalid token")
 		if name == "expired" && !v.AtLeast(4, 0) {
 			// RabbitMQ 3.10's OAuth 2 backend checks the signature in
@@ -267,9 +254,8 @@ func TestUpdateSecretWithAnInvalidTokenIsErrSecretRefused(t *testing.T) {
 			}
 			continue
 		}
-		if !errors.Is(err, warren.ErrSecretRefused) || !errors.Is(err, warren.ErrNotAllowed) {
-			t.Errorf("%s: UpdateSecret error %v, want ErrSecretRefused and ErrNotAllowed", name, err)
-		}
+		assert.ErrorIs(t, err, warren.ErrSecretRefused, "%s: UpdateSecret", name)
+		assert.ErrorIs(t, err, warren.ErrNotAllowed, "%s: UpdateSecret", name)
 		var ce *warren.ConnectionError
 		if errors.As(err, &ce) {
 			t.Logf("%s: broker closed the connection: %d %s", name, ce.Code, ce.Reason)
@@ -308,9 +294,7 @@ func TestTheRefresherKeepsAnOAuth2ConnectionPastItsTokensExpiry(t *testing.T) {
 	firstExpiry := start.Add(tokenLife).Truncate(time.Second)
 	t.Logf("t=%v dialled; first token expires at t=%v", 0*time.Second, firstExpiry.Sub(start).Round(time.Millisecond))
 
-	if err := useConnection(ctx, c); err != nil {
-		t.Fatalf("the connection with its first token: %v", err)
-	}
+	require.NoError(t, useConnection(ctx, c), "the connection with its first token")
 	var lastValid time.Time
 	for time.Since(start) < 2*tokenLife {
 		select {
