@@ -68,6 +68,17 @@
 // channel, and a shutdown that takes nothing new when its context ends,
 // lets in-flight handlers finish, and returns everything else to the queue.
 // Delivery is at least once: handlers must tolerate redelivery.
+// Client.StartConsumer returns a Consumer to hold (Ready, Pause, Resume,
+// Cancel, Stats); Client.StartBatchConsumer hands handlers batches;
+// Channel.Consume consumes on a channel the caller owns, as a Subscription
+// whose deliveries arrive on a Go channel.
+//
+// # RPC
+//
+// RPCClient.Call sends a request over RabbitMQ's direct reply-to and
+// waits for the reply matched by correlation id; a request no queue takes
+// fails at once with ErrUnroutable. Client.Serve answers requests from a
+// queue and acks each only once its reply is confirmed.
 //
 // # Flow control
 //
@@ -80,15 +91,30 @@
 // With WithReconnect the Client dials a new connection when one is lost
 // (exponential backoff with jitter; Close stops it), and reports state
 // changes in order through WithStateCallback. Pools, Publishers and
-// Client.Consume carry on on the new connection; Channels of the lost one
+// consumers carry on on the new connection; Channels of the lost one
 // keep returning its *ConnectionError, so nothing silently hides an error.
 // warren owns reconnection rather than use amqp091-go's experimental
 // recovery (see docs/reconnection.md).
+//
+// WithCredentials asks a provider for the user and secret at every dial,
+// reconnect and failover; WithCredentialRefresh renews a secret that
+// expires on the live connection (Client.UpdateSecret). No secret appears
+// in an error, a log record or a printed value.
 //
 // # Observability
 //
 // Client.Stats, Pool.Stats and Publisher.Stats are snapshots of gauges and
 // counters; WithMetrics installs hooks for per-event figures (confirm
-// latency, pool waits, channel churn); the otelwarren module adapts both to
-// OpenTelemetry.
+// latency, pool waits, channel churn); WithTracer installs a tracing hook
+// that can add headers to a publish and wrap a delivery's handling. The
+// otelwarren module adapts the metrics and the tracing hook to
+// OpenTelemetry (spans per the messaging conventions, W3C trace context in
+// message headers).
+//
+// # Testing
+//
+// The warrentest module (github.com/warrenmq/warren/warrentest) gives
+// tests a real broker (AMQP_URL, a private node, or a container) and
+// faults: closing a connection by name, a memory alarm, a restart, and a
+// proxy that cuts or black-holes one client's traffic.
 package warren
