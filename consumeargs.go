@@ -72,7 +72,7 @@ func (o StreamOffset) String() string {
 	case streamTimestamp:
 		return "timestamp " + o.at.UTC().Format(time.RFC3339)
 	case streamAge:
-		return fmt.Sprintf("age %ds", int64(o.age/time.Second))
+		return "age " + o.age.String()
 	}
 	return "default"
 }

@@ -21,8 +21,12 @@ import (
 // being accepted.
 //
 // A Credentials value never prints its Secret: String, GoString and
-// Format (every fmt verb, %#v included) show "REDACTED" in its place, so a
-// Credentials logged or wrapped in an error does not leak it.
+// Format (every fmt verb that formats a value, %v, %+v, %#v, %s and %q
+// included) show "REDACTED" in its place, so a Credentials logged or
+// wrapped in an error does not leak it. The one exception is fmt's %p of
+// a Credentials value (not a pointer): fmt reports that bad verb by
+// printing the fields raw, without calling any method; print a pointer or
+// use %v.
 type Credentials struct {
 	// Username is the user to log in as. Empty keeps the URL's user (or
 	// "guest", amqp091-go's default, when the URL has none).

@@ -38,14 +38,14 @@ func Example_tutorials() {
 
 	// 1, 2. Work queues: a durable queue, persistent messages, fair dispatch (prefetch 1).
 	_, err = ch.QueueDeclare(ctx, "tasks", warren.QueueOptions{Durable: true})
+	go client.Consume(ctx, "tasks", work, warren.ConsumeOptions{Prefetch: 1})
 	err = pub.Publish(ctx, "", "tasks", warren.Publishing{Body: job, DeliveryMode: warren.Persistent})
-	err = client.Consume(ctx, "tasks", work, warren.ConsumeOptions{Prefetch: 1})
 
 	// 3. Publish/subscribe: a fanout exchange, one exclusive server-named queue per subscriber.
 	err = ch.ExchangeDeclare(ctx, "logs", "fanout", warren.ExchangeOptions{Durable: true})
 	q, err := ch.QueueDeclare(ctx, "", warren.QueueOptions{Exclusive: true})
 	err = ch.QueueBind(ctx, q.Name, "", "logs", nil)
-	err = client.Consume(ctx, q.Name, print, warren.ConsumeOptions{})
+	go client.Consume(ctx, q.Name, print, warren.ConsumeOptions{})
 	err = pub.Publish(ctx, "logs", "", warren.Publishing{Body: line})
 
 	// 4, 5. Routing and topics: the same with a direct or topic exchange and binding keys.
@@ -54,7 +54,8 @@ func Example_tutorials() {
 	err = pub.Publish(ctx, "topic_logs", "kern.critical", warren.Publishing{Body: line})
 
 	// 6. RPC.
-	err = client.Serve(ctx, "rpc_queue", fib, warren.ServeOptions{})
+	_, err = ch.QueueDeclare(ctx, "rpc_queue", warren.QueueOptions{Durable: true})
+	go client.Serve(ctx, "rpc_queue", fib, warren.ServeOptions{})
 	reply, err := rpc.Call(ctx, "", "rpc_queue", warren.Publishing{Body: []byte("30")})
 	_, _ = reply, err
 }

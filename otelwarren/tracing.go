@@ -68,9 +68,11 @@ func WithRoutingKeyInSpanName(on bool) TracerOption {
 	return func(c *tracerConfig) { c.routingKeyName = on }
 }
 
-// WithProducerAsParent makes a consumer's process span (and a Get's
-// receive span's message) a child of the producer's span, in the
-// producer's trace, when on is true. By default, as the OpenTelemetry
+// WithProducerAsParent makes a consumer's process span a child of the
+// producer's span, in the producer's trace, when on is true. A Get's
+// receive span is not affected: it starts in the caller's context (the
+// message is not known until the reply arrives) and always links to the
+// producer's span. By default, as the OpenTelemetry
 // messaging conventions recommend, the process span starts in the
 // handler's own context (a new trace, unless that context carries one)
 // and links to the producer's span. A batch's span always links (one link
@@ -95,7 +97,9 @@ func WithSettleSpans(on bool) TracerOption {
 //
 // Spans recorded:
 //
-//   - "publish {destination}", PRODUCER, for each message published
+//   - "publish {exchange}" ("publish amq.default" for the default
+//     exchange; "publish {exchange}:{routing key}" with
+//     WithRoutingKeyInSpanName), PRODUCER, for each message published
 //     (Channel, Pool, Tx, Publisher, batches) and each RPC request; it
 //     ends with the publish's outcome: the broker's ack (or the write,
 //     on a plain or tx channel), or an error status with error.type

@@ -51,7 +51,10 @@
 // has such an image, else rabbitmq:V-management. Containers publish AMQP
 // on a loopback port only and need a Docker engine on this machine; in a
 // CI job that runs in a container, set TESTCONTAINERS_HOST_OVERRIDE=127.0.0.1
-// (testcontainers-go otherwise connects to the default gateway).
+// (testcontainers-go otherwise connects to the default gateway). On an
+// engine that cannot pull images, also set TESTCONTAINERS_RYUK_DISABLED=true:
+// testcontainers-go otherwise pulls its reaper image (testcontainers/ryuk)
+// first; the Broker's Close removes its container either way.
 //
 // # Faults
 //
