@@ -8,6 +8,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -171,5 +172,131 @@ func TestChannelConsumeAbandonedByItsContextPoisonsTheChannel(t *testing.T) {
 	}
 	if _, err := ch.Consume(ctx, "q", warren.ChannelConsumeOptions{Tag: "t1"}); !errors.Is(err, warren.ErrPoisoned) {
 		t.Errorf("Consume after the poisoning: got %v, want ErrPoisoned", err)
+	}
+}
+
+// A Cancel (Subscription.Cancel or Channel.Cancel) whose ctx had already
+// ended sends nothing and changes nothing: the ctx's error, the channel
+// not poisoned, the consumer still delivering. A later Cancel with a live
+// ctx ends it.
+func TestCancelWithAnEndedCtxSendsNothingAndTheConsumerGoesOn(t *testing.T) {
+	failed := make(chan struct{}) // both Cancels with the ended ctx have returned
+	read := make(chan struct{})   // the test has read the delivery sent after them
+	var early atomic.Bool         // a basic.cancel came before the delivery was read
+	script := func(c *fb.Conn) {
+		ch := openOK(c)
+		tag := consumeOK(c, ch)
+		<-failed
+		deliver(c, ch, tag, 1, "after")
+		m, err := c.Next()
+		if err == nil && m.ID == fb.BasicAck {
+			m, err = c.Next()
+		}
+		if err != nil || m.ID != fbBasicCancel {
+			t.Errorf("fake broker: got %v (%v), want basic.ack then basic.cancel", m, err)
+			return
+		}
+		select {
+		case <-read:
+		default:
+			early.Store(true)
+		}
+		c.Send(ch, fbBasicCancelOK, new(fb.Args).ShortStr(m.Reader().ShortStr()))
+		serve(c)
+	}
+	client := startFake(t, fb.Config{}, script)
+	ctx := testCtx(t)
+	ch, err := client.Channel(ctx)
+	if err != nil {
+		t.Fatalf("Channel: %v", err)
+	}
+	sub, err := ch.Consume(ctx, "q", warren.ChannelConsumeOptions{})
+	if err != nil {
+		t.Fatalf("Consume: %v", err)
+	}
+	ended, cancel := context.WithCancel(ctx)
+	cancel()
+	for name, call := range map[string]func() error{
+		"Subscription.Cancel": func() error { return sub.Cancel(ended) },
+		"Channel.Cancel":      func() error { return ch.Cancel(ended, sub.Tag()) },
+	} {
+		err := call()
+		if !errors.Is(err, context.Canceled) || errors.Is(err, warren.ErrPoisoned) {
+			t.Errorf("%s with an ended ctx: got %v, want context.Canceled, not ErrPoisoned", name, err)
+		}
+	}
+	close(failed)
+	if err := ch.Err(); err != nil {
+		t.Errorf("channel Err after the Cancels with an ended ctx: %v, want nil", err)
+	}
+	select {
+	case d, ok := <-sub.Deliveries():
+		if !ok {
+			t.Fatalf("the stream closed after a Cancel with an ended ctx (Err %v); want it running", sub.Err())
+		}
+		if string(d.Body) != "after" {
+			t.Errorf("delivery: got %q, want %q", d.Body, "after")
+		}
+		if err := d.Ack(ctx); err != nil {
+			t.Errorf("Ack: %v", err)
+		}
+	case <-time.After(testBound):
+		t.Fatalf("no delivery within %v after the Cancels with an ended ctx", testBound)
+	}
+	close(read)
+	if err := sub.Cancel(ctx); err != nil {
+		t.Fatalf("Cancel with a live ctx: %v", err)
+	}
+	if got := drainStream(t, sub); len(got) != 0 {
+		t.Errorf("deliveries after the Cancel: got %d, want none", len(got))
+	}
+	if err := sub.Err(); err != nil {
+		t.Errorf("Err after Cancel: %v, want nil", err)
+	}
+	if early.Load() {
+		t.Error("a basic.cancel reached the broker before the live Cancel: a Cancel with an ended ctx sent it")
+	}
+	if err := ch.Close(ctx); err != nil {
+		t.Errorf("Close: %v", err)
+	}
+}
+
+// A Cancel whose ctx ends while it waits for basic.cancel-ok poisons and
+// closes the channel: the subscription ends, Err the *PoisonedError.
+func TestCancelAbandonedByItsCtxPoisonsTheChannelAndEndsTheSubscription(t *testing.T) {
+	sent := make(chan struct{})
+	script := func(c *fb.Conn) {
+		ch := openOK(c)
+		consumeOK(c, ch)
+		c.ExpectOn(int(ch), fbBasicCancel) // never answered
+		close(sent)
+		serve(c)
+	}
+	client := startFake(t, fb.Config{}, script)
+	ctx := testCtx(t)
+	ch, err := client.Channel(ctx)
+	if err != nil {
+		t.Fatalf("Channel: %v", err)
+	}
+	sub, err := ch.Consume(ctx, "q", warren.ChannelConsumeOptions{})
+	if err != nil {
+		t.Fatalf("Consume: %v", err)
+	}
+	cctx, cancel := context.WithCancel(ctx)
+	go func() {
+		<-sent
+		cancel()
+	}()
+	err = sub.Cancel(cctx)
+	if !errors.Is(err, context.Canceled) || !errors.Is(err, warren.ErrPoisoned) {
+		t.Fatalf("Cancel abandoned by its ctx: got %v, want context.Canceled matching ErrPoisoned", err)
+	}
+	drainStream(t, sub)
+	var pe *warren.PoisonedError
+	if !errors.As(sub.Err(), &pe) {
+		t.Errorf("Err: got %v, want the *PoisonedError", sub.Err())
+	}
+	if err := ch.Err(); !errors.Is(err, warren.ErrPoisoned) {
+		t.Errorf("channel Err: got %v, want ErrPoisoned", err)
 	}
 }

@@ -176,7 +176,10 @@ func (ch Channel) Consume(ctx context.Context, queue string, opts ChannelConsume
 // Cancel cancels the consumer with tag on this channel (basic.cancel) and
 // returns once the broker confirmed it: see Subscription.Cancel. A tag with
 // no consumer running on this channel (never started on it, or already
-// ended) is refused with ErrInvalidArgument, and nothing is sent.
+// ended) is refused with ErrInvalidArgument, and nothing is sent. A ctx
+// that has already ended sends nothing and changes nothing (the consumer
+// goes on running; the error wraps ctx's); a ctx that ends while waiting
+// for basic.cancel-ok poisons and closes the channel, ending the consumer.
 func (ch Channel) Cancel(ctx context.Context, tag string) error {
 	const op = "basic.cancel"
 	st := ch.s
@@ -229,8 +232,17 @@ func (s *Subscription) Err() error {
 // as long as the channel is open. Err is then nil.
 //
 // Cancel of a subscription that has already ended sends nothing and
-// returns nil (Err says why it ended). If ctx ends before the broker's
-// answer, the channel is poisoned and closed, as for any RPC (see Channel).
+// returns nil (Err says why it ended).
+//
+// Like any call that sends nothing, a Cancel whose ctx has already ended
+// changes nothing: it returns an error wrapping ctx's error, basic.cancel
+// is not sent, the channel stays open and the consumer goes on running,
+// Deliveries open (a loop that then reads Deliveries until it closes waits
+// for ever: Cancel again with a live ctx, or close the channel). If ctx
+// ends after basic.cancel was sent, before the broker's answer, the channel
+// is poisoned and closed, as for any RPC (see Channel): Cancel returns an
+// error matching ErrPoisoned and ctx's error, and the subscription ends
+// (Deliveries closes, Err returns the *PoisonedError).
 func (s *Subscription) Cancel(ctx context.Context) error {
 	return s.cancel(ctx, Channel{s: s.st, gen: s.gen})
 }
