@@ -161,8 +161,11 @@ type consumer struct {
 	closed     chan *amqp.Error
 	stop       chan struct{} // closed (by halt) when no new deliveries may be taken
 	halted     sync.Once
-	cur        *round     // the active basic.consume; nil while paused (the run loop's)
-	batches    *batchBook // the outstanding batches (batch consumers)
+	cur        *round // the active basic.consume; nil while paused (the run loop's)
+	// brokerCancelled: the subscription was lost to the broker's
+	// basic.cancel (the run loop's; counted once Ready is re-armed).
+	brokerCancelled bool
+	batches         *batchBook // the outstanding batches (batch consumers)
 }
 
 // round is one basic.consume of a subscription and its workers.
@@ -318,7 +321,7 @@ func (cs *consumer) end() {
 func (cs *consumer) endReason(r *round) error {
 	select {
 	case tag := <-cs.cancels:
-		cs.k.st.brokerCancels.Add(1)
+		cs.brokerCancelled = true
 		return cs.cancelled(tag, r)
 	default:
 	}

@@ -129,7 +129,10 @@ type ConsumerStats struct {
 	// counted before Ready is closed for it.
 	Resubscriptions uint64
 	// BrokerCancels counts basic.cancel sent by the broker (queue deleted,
-	// leader moved, consumer timeout on RabbitMQ 4.x quorum queues).
+	// leader moved, consumer timeout on RabbitMQ 4.x quorum queues); each
+	// is counted after the lost subscription's channel was closed and
+	// Ready re-armed: once the count has gone up, Ready returns a new
+	// channel, open until the next subscription (if any) is made.
 	BrokerCancels uint64
 	// QueueChecks counts the passive declares made to see whether the
 	// queue exists again before resubscribing after a broker cancel.
@@ -520,8 +523,13 @@ func (k *Consumer) run(life context.Context, sub *consumer) {
 		// count, so their ctx ends now and nothing waits for them here
 		// (see flight).
 		sub.end()
-		sub = nil
 		k.setIdle()
+		// Counted once Ready is re-armed: whoever sees the count sees
+		// the new, open Ready.
+		if sub.brokerCancelled {
+			k.st.brokerCancels.Add(1)
+		}
+		sub = nil
 		if !k.again(lost) {
 			err = lost
 			break
@@ -609,7 +617,7 @@ func (k *Consumer) serve(sub *consumer) error {
 			if sub.cur == nil {
 				continue // not ours to count: nothing is subscribed
 			}
-			k.st.brokerCancels.Add(1)
+			sub.brokerCancelled = true
 			return sub.cancelled(tag, sub.cur)
 		case <-sub.closed:
 			if err := sub.closedCause(); err != nil {

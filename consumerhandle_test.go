@@ -697,3 +697,32 @@ func TestAnAutoAckBatchConsumerSendsNoSettlement(t *testing.T) {
 		t.Errorf("Stats: %+v, want 4 delivered, no settlement, 2 handler errors", st)
 	}
 }
+
+// FIXED BUG (consumerhandle.go run): BrokerCancels was counted when the
+// broker's basic.cancel was seen, before Ready was re-armed: a caller that
+// saw the count go up still got the old, closed Ready for a while.
+func TestReadyIsReArmedByTheTimeABrokerCancelIsCounted(t *testing.T) {
+	f, client := startConsumeFake(t, warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond}))
+	ctx := testCtx(t)
+	k, err := client.StartConsumer(ctx, "q", nopHandler, warren.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 50 {
+		s := f.nextConsume(t)
+		old := k.Ready()
+		waitDone(t, "Ready", old, testBound)
+		f.brokerCancel(s)
+		want := uint64(i + 1)
+		waitFor(t, "BrokerCancels", testBound, func() bool { return k.Stats().BrokerCancels >= want })
+		if k.Ready() == old {
+			t.Fatalf("cancel %d: BrokerCancels counted %d while Ready still returns the closed channel of the lost subscription", i+1, k.Stats().BrokerCancels)
+		}
+		if got := k.Stats().BrokerCancels; got != want {
+			t.Fatalf("BrokerCancels: got %d, want %d", got, want)
+		}
+	}
+	if err := k.Cancel(ctx); err != nil {
+		t.Fatalf("Cancel: %v", err)
+	}
+}
