@@ -124,9 +124,14 @@ type ConsumerStats struct {
 	// InFlight is how many deliveries handlers hold now (a running batch
 	// counts its size).
 	InFlight int
-	// Resubscriptions counts the subscriptions made after the first,
-	// following a lost one (Resume after Pause is not counted); each is
-	// counted before Ready is closed for it.
+	// Resubscriptions counts the subscriptions made after the first to
+	// replace one lost while it was active (the channel or connection
+	// lost, the broker's cancel). The subscription a Resume makes after
+	// Pause is not counted, even when the channel or connection was lost
+	// while the Consumer was paused and Resume subscribes on a new one
+	// (with WithReconnect, on the new connection), or when Resume found
+	// the queue deleted and the Consumer waited for it to exist again.
+	// Each is counted before Ready is closed for it.
 	Resubscriptions uint64
 	// BrokerCancels counts basic.cancel sent by the broker (queue deleted,
 	// leader moved, consumer timeout on RabbitMQ 4.x quorum queues); each
@@ -518,6 +523,9 @@ func (k *Consumer) run(life context.Context, sub *consumer) {
 		if lost == nil {
 			break // stopping
 		}
+		// Lost while paused (or while Resume's basic.consume failed): the
+		// next subscription is the one Resume asks for, not counted.
+		pausedLoss := sub.cur == nil
 		// Lost: the broker has the unacked messages back (or will once
 		// the channel closes, next): the handlers' acks can no longer
 		// count, so their ctx ends now and nothing waits for them here
@@ -535,7 +543,7 @@ func (k *Consumer) run(life context.Context, sub *consumer) {
 			break
 		}
 		k.c.opts.logger.Warn("warren: consumer subscription lost; subscribing again", "queue", k.queue, "consumer_tag", k.opts.Tag, "err", lost)
-		sub, err = k.resubscribe(life, lost)
+		sub, err = k.resubscribe(life, lost, !pausedLoss)
 		if err != nil {
 			break
 		}
@@ -673,9 +681,10 @@ func (k *Consumer) apply(sub *consumer) error {
 	return nil
 }
 
-// resubscribe subscribes again after a subscription was lost for lost. It
-// returns nil and no error when the Consumer is stopped meanwhile.
-func (k *Consumer) resubscribe(life context.Context, lost error) (*consumer, error) {
+// resubscribe subscribes again after a subscription was lost for lost,
+// counting it in Resubscriptions if count is set. It returns nil and no
+// error when the Consumer is stopped meanwhile.
+func (k *Consumer) resubscribe(life context.Context, lost error, count bool) (*consumer, error) {
 	// After a broker cancel that was not its consumer timeout the queue
 	// may be gone: check for it before each basic.consume.
 	missing := errors.Is(lost, ErrConsumerCancelled) && !errors.Is(lost, ErrAckTimeout)
@@ -729,7 +738,9 @@ func (k *Consumer) resubscribe(life context.Context, lost error) (*consumer, err
 		}
 		sub, err := s.subscribe(life, k)
 		if err == nil {
-			k.st.resubscriptions.Add(1) // counted by the time Ready is closed
+			if count {
+				k.st.resubscriptions.Add(1) // counted by the time Ready is closed
+			}
 			k.setConsuming()
 			return sub, nil
 		}

@@ -726,3 +726,56 @@ func TestReadyIsReArmedByTheTimeABrokerCancelIsCounted(t *testing.T) {
 		t.Fatalf("Cancel: %v", err)
 	}
 }
+
+// FIXED BUG (consumerhandle.go run): a connection lost while the Consumer
+// was paused made the subscription of the Resume that followed count as a
+// resubscription. A subscription lost while active still counts.
+func TestResumeAfterAConnectionLostWhilePausedIsNotAResubscription(t *testing.T) {
+	f := newConsumeFake()
+	var conns atomic.Int64
+	script := func(c *fb.Conn) {
+		conns.Add(1)
+		f.script(c)
+	}
+	client := startFake(t, fb.Config{}, script, warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: time.Millisecond, MaxBackoff: 2 * time.Millisecond}))
+	ctx := testCtx(t)
+	k, err := client.StartConsumer(ctx, "q", nopHandler, warren.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.nextConsume(t)
+	cut := func() {
+		t.Helper()
+		n := conns.Load()
+		f.mu.Lock()
+		f.c.Close()
+		f.mu.Unlock()
+		waitFor(t, "the reconnect", testBound, func() bool { return conns.Load() > n })
+	}
+
+	// Lost while active: counted.
+	cut()
+	f.nextConsume(t)
+	waitDone(t, "Ready after the reconnect", k.Ready(), testBound)
+	if got := k.Stats().Resubscriptions; got != 1 {
+		t.Fatalf("Resubscriptions after a subscription lost while active: got %d, want 1", got)
+	}
+
+	// Lost while paused: the Resume's subscription is not counted.
+	for i := range 3 {
+		if err := k.Pause(ctx); err != nil {
+			t.Fatalf("Pause %d: %v", i, err)
+		}
+		cut()
+		if err := k.Resume(ctx); err != nil {
+			t.Fatalf("Resume %d: %v", i, err)
+		}
+		f.nextConsume(t)
+		if got := k.Stats().Resubscriptions; got != 1 {
+			t.Fatalf("Resubscriptions after Pause, a lost connection and Resume (%d): got %d, want still 1", i, got)
+		}
+	}
+	if err := k.Cancel(ctx); err != nil {
+		t.Fatalf("Cancel: %v", err)
+	}
+}
