@@ -552,3 +552,37 @@ loop:
 		t.Errorf("acked %d + left in the queue %d: got %d, want %d", acked, qs.Messages, acked+qs.Messages, n)
 	}
 }
+
+// Cancel with a ctx that had already ended sends nothing and changes
+// nothing: the consumer goes on delivering; a later Cancel ends it.
+func TestChannelConsumeCancelWithAnEndedCtxLeavesTheConsumerRunning(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	ctx := testCtx(t, opTimeout)
+	c := dial(t, b.URL)
+	ch := openChannel(t, ctx, c)
+	q := uniqueName(t, "")
+	declareQueue(t, ctx, b, ch, q)
+	sub, err := ch.Consume(ctx, q, warren.ChannelConsumeOptions{})
+	require.NoError(t, err, "Consume")
+	ended, cancel := context.WithCancel(ctx)
+	cancel()
+	err = sub.Cancel(ended)
+	require.ErrorIs(t, err, context.Canceled, "Subscription.Cancel with an ended ctx")
+	assert.NotErrorIs(t, err, warren.ErrPoisoned, "Subscription.Cancel with an ended ctx")
+	err = ch.Cancel(ended, sub.Tag())
+	require.ErrorIs(t, err, context.Canceled, "Channel.Cancel with an ended ctx")
+	assert.NotErrorIs(t, err, warren.ErrPoisoned, "Channel.Cancel with an ended ctx")
+	require.NoError(t, ch.Err(), "channel Err after the Cancels with an ended ctx")
+	publishN(t, ctx, ch, q, "m", 1)
+	select {
+	case d, ok := <-sub.Deliveries():
+		require.True(t, ok, "the stream closed after a Cancel with an ended ctx (Err %v)", sub.Err())
+		require.NoError(t, d.Ack(ctx), "Ack")
+	case <-time.After(10 * time.Second):
+		t.Fatal("no delivery within 10 s after the Cancels with an ended ctx")
+	}
+	require.NoError(t, sub.Cancel(ctx), "Cancel with a live ctx")
+	ds, err := waitStreamEnd(t, sub, true)
+	assert.NoError(t, err, "Err after Cancel")
+	assert.Empty(t, ds, "deliveries after Cancel")
+}

@@ -419,3 +419,68 @@ func TestConsumerResumeOnAQueueDeletedWhilePaused(t *testing.T) {
 		})
 	}
 }
+
+// BrokerCancels is counted after Ready is re-armed: whoever sees the count
+// go up sees an open Ready (the queue is missing, so it stays open).
+func TestConsumerBrokerCancelIsCountedAfterReadyIsReArmed(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	ctx := testCtx(t, opTimeout)
+	c := dial(t, b.URL, warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}))
+	ch := openChannel(t, ctx, c)
+	q := uniqueName(t, "q-")
+	declareQueue(t, ctx, b, ch, q)
+	k := startConsumer(t, ctx, c, q, func(context.Context, *warren.Delivery) error { return nil }, warren.ConsumeOptions{})
+	old := k.Ready()
+	require.True(t, isClosed(old), "Ready closed after StartConsumer")
+	_, err := ch.QueueDelete(ctx, q, warren.QueueDeleteOptions{})
+	require.NoError(t, err, "QueueDelete")
+	for k.Stats().BrokerCancels == 0 {
+		if ctx.Err() != nil {
+			t.Fatalf("BrokerCancels still 0 (stats %+v, err %v)", k.Stats(), k.Err())
+		}
+		time.Sleep(50 * time.Microsecond)
+	}
+	r := k.Ready()
+	if r == old || isClosed(r) {
+		t.Fatalf("BrokerCancels counted while Ready is still closed (the old channel: %v)", r == old)
+	}
+	_, err = ch.QueueDeclare(ctx, q, warren.QueueOptions{Durable: true})
+	require.NoError(t, err, "QueueDeclare")
+	if !closedWithin(r, 10*time.Second) {
+		t.Fatalf("Ready not closed within 10 s of the queue's return (stats %+v)", k.Stats())
+	}
+}
+
+// A connection cut while the Consumer is paused: Resume subscribes on the
+// new connection, and that is not counted as a resubscription.
+func TestConsumerResumeAfterACutWhilePausedIsNotAResubscription(t *testing.T) {
+	needPrivate(t, broker)
+	ctx := testCtx(t, opTimeout)
+	name := uniqueName(t, "conn-")
+	c := dial(t, broker.URL, warren.WithName(name),
+		warren.WithReconnect(warren.ReconnectPolicy{MinBackoff: 50 * time.Millisecond, MaxBackoff: 200 * time.Millisecond}))
+	q := uniqueName(t, "q-")
+	declareQueue(t, ctx, broker, openChannel(t, ctx, c), q)
+	var got idSet
+	k := startConsumer(t, ctx, c, q, func(_ context.Context, d *warren.Delivery) error { got.add(t, d); return nil }, warren.ConsumeOptions{})
+	require.NoError(t, k.Pause(ctx), "Pause")
+	pid := mustConnectionPid(t, broker, name)
+	ctl(t, broker, "close_connection", pid, "test: cut under a paused consumer")
+	eventually(t, ctx, "the reconnect", func() string {
+		if p := connectionPid(t, broker, name); p == "" || p == pid {
+			return "no new connection yet"
+		}
+		return ""
+	})
+	require.NoError(t, k.Resume(ctx), "Resume")
+	if s := k.Stats(); s.Resubscriptions != 0 {
+		t.Errorf("Resubscriptions after Pause, a cut and Resume: got %d, want 0", s.Resubscriptions)
+	}
+	fillNumbered(t, ctx, c, q, 10)
+	eventually(t, ctx, "the 10 messages after Resume", func() string {
+		if n := got.len(); n != 10 {
+			return fmt.Sprint(n, " handled")
+		}
+		return ""
+	})
+}
