@@ -416,6 +416,10 @@ func TestConsumerResumeOnAQueueDeletedWhilePaused(t *testing.T) {
 				}
 				return ""
 			})
+			// The subscription Resume asked for: not a resubscription.
+			if s := k.Stats(); s.Resubscriptions != 0 || s.BrokerCancels != 0 {
+				t.Errorf("stats after Resume found the queue deleted: %+v, want Resubscriptions 0 and BrokerCancels 0", s)
+			}
 		})
 	}
 }
