@@ -88,3 +88,17 @@ lint:
 .PHONY: bench
 bench:
 	cd benchmarks && $(GO) run ./cmd/warrenbench
+
+# make bench-instr   counts CPU instructions (valgrind's callgrind, one core),
+#                    heap allocations and bytes per message of warren and of
+#                    raw amqp091-go, scenario by scenario, against the local
+#                    broker, and prints the Markdown table of BENCHMARKS.md
+#                    ("Instructions per message"); installs valgrind from
+#                    Debian if missing. INSTRBENCH_FLAGS passes flags, e.g.
+#                    -repeat 3, -scenarios 1,3 or -warren DIR (another tree)
+INSTRBENCH_FLAGS ?=
+.PHONY: bench-instr
+bench-instr:
+	@command -v valgrind >/dev/null || DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind \
+		|| { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y valgrind ; }
+	cd benchmarks && $(GO) run ./cmd/instrbench $(INSTRBENCH_FLAGS)
