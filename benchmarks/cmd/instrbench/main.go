@@ -6,12 +6,16 @@
 // benchmarks/internal/instr), and runs each under valgrind's callgrind,
 // pinned to one core (taskset -c 0, GOMAXPROCS=1,
 // GODEBUG=asyncpreemptoff=1,cpu.rdtscp=off),
-// at two message counts, n and 2n. Callgrind's total of instructions
-// executed by the whole process ("Collected :" on its stderr), at 2n minus
-// at n, divided by n, is the instructions per message: start-up, dialing,
+// at two message counts, n and k·n (-k, default 3). Callgrind's total of
+// instructions executed by the whole process ("Collected :" on its stderr),
+// at k·n minus at n, divided by (k-1)·n, is the instructions per message: start-up, dialing,
 // set-up and tear-down are the same in both runs and cancel. The program
 // reports runtime.MemStats deltas (Mallocs, TotalAlloc) of its message loop,
-// and the same difference gives allocations and bytes per message.
+// and the same difference gives allocations and bytes per message. Every
+// scenario is measured -repeat times (default 3), raw and warren taking
+// turns, and the table gives the medians: the Go scheduler's work (which
+// goroutine runs when, whether sysmon hands the P off during a write) depends
+// on timing, so one run's count can be a few per cent off.
 //
 // The driver itself declares each run's queue (durable, deleted after the
 // run, x-expires should it be left behind, x-max-length-bytes 64 MiB so that
@@ -61,7 +65,7 @@ func (p program) key() string { return p.pkg + " " + strings.Join(p.args, " ") }
 type scenario struct {
 	name        string
 	body        int
-	n           int // the smaller message count; the other is 2n
+	n           int // the smaller message count; the other is k·n
 	fill        bool
 	raw, warren program
 }
@@ -86,19 +90,19 @@ const (
 	mib = 1 << 20
 )
 
-// scenarios, with message counts chosen so that each run executes some
-// 100-400 million instructions (callgrind runs about 20 million a second)
-// and a difference holds many GC cycles.
+// scenarios, with message counts n chosen so that the whole of make
+// bench-instr (3 repeats, k = 3) takes 10-15 minutes on a 2-core machine:
+// callgrind runs some 15-20 million instructions a second.
 var scenarios = []scenario{
-	{name: "publish, no confirms", body: 128, n: 10000, raw: rawPublish, warren: wPublish},
-	{name: "confirmed, wait for each", body: 128, n: 3000, raw: rawConfirmEach, warren: wConfirmEach},
-	{name: "confirmed, window 256", body: 128, n: 6144, raw: rawWindow, warren: wWindow},
-	{name: "Publisher, 64 callers (raw: window 256)", body: 128, n: 6144, raw: rawWindow, warren: wPublisher64},
-	{name: "Publisher, 512 callers (raw: window 256)", body: 128, n: 6144, raw: rawWindow, warren: wPublisher512},
-	{name: "consume, prefetch 300, ack each", body: 128, n: 5000, fill: true, raw: rawConsume, warren: wConsume},
-	{name: "publish, no confirms, 64 KiB", body: 64 * kib, n: 2000, raw: rawPublish, warren: wPublish},
-	{name: "publish, no confirms, 1 MiB", body: mib, n: 200, raw: rawPublish, warren: wPublish},
-	{name: "confirmed, window 256, 64 KiB", body: 64 * kib, n: 1024, raw: rawWindow, warren: wWindow},
+	{name: "publish, no confirms", body: 128, n: 5000, raw: rawPublish, warren: wPublish},
+	{name: "confirmed, wait for each", body: 128, n: 1500, raw: rawConfirmEach, warren: wConfirmEach},
+	{name: "confirmed, window 256", body: 128, n: 3072, raw: rawWindow, warren: wWindow},
+	{name: "Publisher, 64 callers (raw: window 256)", body: 128, n: 3072, raw: rawWindow, warren: wPublisher64},
+	{name: "Publisher, 512 callers (raw: window 256)", body: 128, n: 3072, raw: rawWindow, warren: wPublisher512},
+	{name: "consume, prefetch 300, ack each", body: 128, n: 2500, fill: true, raw: rawConsume, warren: wConsume},
+	{name: "publish, no confirms, 64 KiB", body: 64 * kib, n: 1000, raw: rawPublish, warren: wPublish},
+	{name: "publish, no confirms, 1 MiB", body: mib, n: 100, raw: rawPublish, warren: wPublish},
+	{name: "confirmed, window 256, 64 KiB", body: 64 * kib, n: 512, raw: rawWindow, warren: wWindow},
 	{name: "confirmed, window 256, 1 MiB", body: mib, n: 256, raw: rawWindow, warren: wWindow},
 }
 
@@ -118,6 +122,7 @@ type config struct {
 	warrenDir string
 	repeat    int
 	scale     float64
+	k         int
 	valgrind  string
 	verbose   bool
 }
@@ -129,13 +134,14 @@ func run() error {
 	flag.StringVar(&cfg.url, "url", url, "broker URL (default $AMQP_URL or the local broker)")
 	flag.StringVar(&cfg.warrenDir, "warren", "", "build the warren programs against the warren module in this directory (default: the replace directive of benchmarks/go.mod)")
 	flag.StringVar(&only, "scenarios", "", "comma-separated numbers (1-based, in table order) of the scenarios to run (default: all)")
-	flag.IntVar(&cfg.repeat, "repeat", 1, "measure every scenario this many times (the table gives the medians and, past 1, every repeat)")
+	flag.IntVar(&cfg.repeat, "repeat", 3, "measure every scenario this many times (the table gives the medians and, past 1, every repeat)")
 	flag.Float64Var(&cfg.scale, "scale", 1, "multiply every message count by this")
+	flag.IntVar(&cfg.k, "k", 3, "the second run of each program handles k times the messages of the first")
 	flag.StringVar(&cfg.valgrind, "valgrind", "valgrind", "the valgrind command")
 	flag.BoolVar(&cfg.verbose, "v", true, "print each run on stderr")
 	flag.Parse()
-	if cfg.repeat < 1 || cfg.scale <= 0 {
-		return errors.New("-repeat must be at least 1 and -scale positive")
+	if cfg.repeat < 1 || cfg.scale <= 0 || cfg.k < 2 {
+		return errors.New("-repeat must be at least 1, -scale positive and -k at least 2")
 	}
 	chosen := scenarios
 	if only != "" {
@@ -191,12 +197,12 @@ func run() error {
 		start.UTC().Format(time.RFC1123), time.Since(start).Round(time.Second))
 	fmt.Printf("warren at %s; %s, %s, RabbitMQ %s at %s; %d logical CPUs, each program pinned to CPU 0 with GOMAXPROCS=1.\n",
 		b.warrenRev, runtime.Version(), strings.TrimSpace(string(vgVersion)), cmp.Or(brokerVersion, "(version unknown)"), redact(cfg.url), runtime.NumCPU())
-	fmt.Printf("Instructions: callgrind's total for the whole process, at 2n messages minus at n, over n; allocations and bytes: runtime.MemStats deltas of the message loop, the same difference. Bodies 128 B unless named; medians of %d repeat(s).\n\n", cfg.repeat)
-	fmt.Println("| scenario | n, 2n | raw instr/msg | warren instr/msg | ratio | allocs/msg raw → warren | bytes/msg raw → warren |")
+	fmt.Printf("Instructions: callgrind's total for the whole process, at k·n messages minus at n, over (k-1)·n; allocations and bytes: runtime.MemStats deltas of the message loop, the same difference. Bodies 128 B unless named; medians of %d repeat(s).\n\n", cfg.repeat)
+	fmt.Println("| scenario | n, k·n | raw instr/msg | warren instr/msg | ratio | allocs/msg raw → warren | bytes/msg raw → warren |")
 	fmt.Println("|---|---|--:|--:|--:|---|---|")
 	for i, s := range chosen {
 		raw, w := median(results[i][0]), median(results[i][1])
-		fmt.Printf("| %s | %d, %d | %s | %s | %.2f× | %.1f → %.1f | %s → %s |\n", s.name, s.n, 2*s.n,
+		fmt.Printf("| %s | %d, %d | %s | %s | %.2f× | %.1f → %.1f | %s → %s |\n", s.name, s.n, cfg.k*s.n,
 			group(raw.instr), group(w.instr), w.instr/raw.instr, raw.allocs, w.allocs, group(raw.bytes), group(w.bytes))
 	}
 	if cfg.repeat > 1 {
@@ -299,7 +305,7 @@ type measure struct {
 }
 
 // perMsg is a program's cost per message: the difference of its runs at
-// 2n and n, over n.
+// k·n and n, over (k-1)·n.
 type perMsg struct{ instr, allocs, bytes float64 }
 
 type runner struct {
@@ -315,11 +321,11 @@ func (r *runner) perMsg(ctx context.Context, s scenario, p program) (perMsg, err
 	if err != nil {
 		return perMsg{}, err
 	}
-	hi, err := r.measure(ctx, s, p, 2*s.n)
+	hi, err := r.measure(ctx, s, p, r.cfg.k*s.n)
 	if err != nil {
 		return perMsg{}, err
 	}
-	n := float64(s.n)
+	n := float64((r.cfg.k - 1) * s.n)
 	return perMsg{
 		instr:  (float64(hi.instr) - float64(lo.instr)) / n,
 		allocs: (float64(hi.res.Mallocs) - float64(lo.res.Mallocs)) / n,
