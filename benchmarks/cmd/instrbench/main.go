@@ -12,7 +12,7 @@
 // set-up and tear-down are the same in both runs and cancel. The program
 // reports runtime.MemStats deltas (Mallocs, TotalAlloc) of its message loop,
 // and the same difference gives allocations and bytes per message. Every
-// scenario is measured -repeat times (default 3), raw and warren taking
+// scenario is measured -repeat times (default 5), raw and warren taking
 // turns, and the table gives the medians: the Go scheduler's work (which
 // goroutine runs when, whether sysmon hands the P off during a write) depends
 // on timing, so one run's count can be a few per cent off.
@@ -91,7 +91,7 @@ const (
 )
 
 // scenarios, with message counts n chosen so that the whole of make
-// bench-instr (3 repeats, k = 3) takes 10-15 minutes on a 2-core machine:
+// bench-instr (5 repeats, k = 3) takes 10-15 minutes on a 2-core machine:
 // callgrind runs some 15-20 million instructions a second.
 var scenarios = []scenario{
 	{name: "publish, no confirms", body: 128, n: 5000, raw: rawPublish, warren: wPublish},
@@ -134,7 +134,7 @@ func run() error {
 	flag.StringVar(&cfg.url, "url", url, "broker URL (default $AMQP_URL or the local broker)")
 	flag.StringVar(&cfg.warrenDir, "warren", "", "build the warren programs against the warren module in this directory (default: the replace directive of benchmarks/go.mod)")
 	flag.StringVar(&only, "scenarios", "", "comma-separated numbers (1-based, in table order) of the scenarios to run (default: all)")
-	flag.IntVar(&cfg.repeat, "repeat", 3, "measure every scenario this many times (the table gives the medians and, past 1, every repeat)")
+	flag.IntVar(&cfg.repeat, "repeat", 5, "measure every scenario this many times (the table gives the medians and, past 1, every repeat)")
 	flag.Float64Var(&cfg.scale, "scale", 1, "multiply every message count by this")
 	flag.IntVar(&cfg.k, "k", 3, "the second run of each program handles k times the messages of the first")
 	flag.StringVar(&cfg.valgrind, "valgrind", "valgrind", "the valgrind command")
