@@ -18,7 +18,8 @@ run:
 # make test: the unit tests, then the integration suite, the examples and
 # the cluster test against every RabbitMQ version of the matrix below (set
 # up first, idempotently), then the OTel adapter's tests and warrentest's
-# (against a private node; the matrix runs them against each version too).
+# (against the local or a private node; the matrix runs them against each
+# version too).
 test:
 	.ci/brokers.sh $(BROKER_VERSIONS)
 	$(GO) test -race -count=1 -timeout 20m ./...
@@ -33,7 +34,7 @@ test:
 # WARREN_RABBITMQ_IMAGE_3_10 / WARREN_RABBITMQ_IMAGE_4_3.
 #
 #   make brokers      set up the Docker engine and every version's image (idempotent)
-#   make test-3.10    the integration suite, the cluster test and warrentest's tests against 3.10
+#   make test-3.10    the integration suite, the cluster test, warrentest's and otelwarren's tests against 3.10
 #   make test-4.3     the same against 4.3
 #   make test-matrix  both
 BROKER_VERSIONS ?= 3.10 4.3
@@ -52,6 +53,7 @@ $(BROKER_TESTS): test-%:
 	@# The three-node cluster test prints its failover times and counts (-v).
 	cd integration && AMQP_URL= WARREN_BROKER=$* $(GO) test -race -count=1 -timeout 15m -run '^TestCluster' -v .
 	cd warrentest && AMQP_URL= WARREN_BROKER=$* $(GO) test -race -count=1 -timeout 10m ./...
+	cd otelwarren && ../.ci/with-broker.sh $* $(GO) test -race -count=1 -timeout 10m ./...
 
 vet:
 	test -z "$$(gofmt -l . | tee /dev/stderr)"
