@@ -68,6 +68,8 @@ func Example_consumerAcrossAConnectionCut() {
 			select {
 			case m := <-got:
 				seen[m] = true
+			case err := <-done:
+				log.Fatalf("%q was not handled: the consumer ended: %v", body, err)
 			case <-ctx.Done():
 				log.Fatalf("%q was not handled: %v", body, ctx.Err())
 			}
