@@ -530,6 +530,7 @@ func (k *Consumer) run(life context.Context, sub *consumer) {
 		// the channel closes, next): the handlers' acks can no longer
 		// count, so their ctx ends now and nothing waits for them here
 		// (see flight).
+		from := sub.c
 		sub.end()
 		k.setIdle()
 		// Counted once Ready is re-armed: whoever sees the count sees
@@ -543,7 +544,7 @@ func (k *Consumer) run(life context.Context, sub *consumer) {
 			break
 		}
 		k.c.opts.logger.Warn("warren: consumer subscription lost; subscribing again", "queue", k.queue, "consumer_tag", k.opts.Tag, "err", lost)
-		sub, err = k.resubscribe(life, lost, !pausedLoss)
+		sub, err = k.resubscribe(life, lost, !pausedLoss, from)
 		if err != nil {
 			break
 		}
@@ -684,7 +685,19 @@ func (k *Consumer) apply(sub *consumer) error {
 // resubscribe subscribes again after a subscription was lost for lost,
 // counting it in Resubscriptions if count is set. It returns nil and no
 // error when the Consumer is stopped meanwhile.
-func (k *Consumer) resubscribe(life context.Context, lost error, count bool) (*consumer, error) {
+func (k *Consumer) resubscribe(life context.Context, lost error, count bool, from *session) (*consumer, error) {
+	if IsConnectionLevel(lost) && from != nil {
+		// The loss can be seen (the consumer's channel ends with the
+		// connection's error) before the connection has noted its own
+		// end: until it has, live would hand back that same connection,
+		// and the next basic.consume would fail on it.
+		select {
+		case <-from.dead:
+		case <-life.Done():
+			return nil, nil
+		case <-k.c.done:
+		}
+	}
 	// After a broker cancel that was not its consumer timeout the queue
 	// may be gone: check for it before each basic.consume.
 	missing := errors.Is(lost, ErrConsumerCancelled) && !errors.Is(lost, ErrAckTimeout)
