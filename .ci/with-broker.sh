@@ -18,8 +18,10 @@ image=${!var:-warren-rabbitmq:$version}
 id=$(docker run -d --label warren.ci=with-broker -p 127.0.0.1::5672 "$image")
 trap 'docker rm -f "$id" >/dev/null 2>&1 || true' EXIT
 
+# (grep reads all of the log: with pipefail, grep -q would end the pipe
+# early and docker logs's SIGPIPE would count as a miss.)
 for _ in $(seq 1 240); do
-	if docker logs "$id" 2>&1 | grep -q "Server startup complete"; then
+	if docker logs "$id" 2>&1 | grep "Server startup complete" >/dev/null; then
 		break
 	fi
 	if [ "$(docker inspect -f '{{.State.Running}}' "$id")" != true ]; then
@@ -29,7 +31,7 @@ for _ in $(seq 1 240); do
 	fi
 	sleep 0.5
 done
-if ! docker logs "$id" 2>&1 | grep -q "Server startup complete"; then
+if ! docker logs "$id" 2>&1 | grep "Server startup complete" >/dev/null; then
 	echo "with-broker: $image did not start within two minutes" >&2
 	exit 1
 fi
