@@ -62,7 +62,7 @@ START=$(date +%s)
 # 1. Packages.
 missing=()
 for pkg in docker.io iptables debootstrap; do
-	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed'; then
+	if ! dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep 'install ok installed' >/dev/null; then
 		missing+=("$pkg")
 	fi
 done
