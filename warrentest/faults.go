@@ -112,7 +112,8 @@ func (b *Broker) Unblock(ctx context.Context) error {
 
 // Restart restarts RabbitMQ on the broker's node (`rabbitmqctl stop_app`,
 // then `start_app`) and returns once its AMQP listener answers again: every
-// client connection is closed with 320 CONNECTION_FORCED, non-durable
+// client connection is closed, with 320 CONNECTION_FORCED (or, for a client
+// whose write crosses the broker's close, a reset socket), non-durable
 // queues and their messages are gone, durable queues and their persistent
 // messages remain. It clears an alarm raised by [Broker.Block]. ctx bounds
 // the whole restart (a few seconds). It returns [ErrNotControllable] for

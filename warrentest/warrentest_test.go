@@ -217,8 +217,10 @@ func TestRestartDropsConnectionsKeepsDurableQueuesAndEndsABlock(t *testing.T) {
 	case <-ctx.Done():
 		t.Fatal("the client's connection survived the restart")
 	}
-	if err := c.Err(); !errors.Is(err, warren.ErrConnectionForced) {
-		t.Errorf("the client's Err after Restart: %v, want 320 CONNECTION_FORCED", err)
+	// The broker closes with 320; a client writing as it does (this one
+	// is blocked, so its writes wait in the socket) may see the reset first.
+	if err := c.Err(); !errors.Is(err, warren.ErrConnectionForced) && !errors.Is(err, warren.ErrConnectionLost) {
+		t.Errorf("the client's Err after Restart: %v, want 320 CONNECTION_FORCED or the connection lost", err)
 	}
 	c2 := dial(t, ctx, b.URL())
 	ch2, err := c2.Channel(ctx)
