@@ -271,34 +271,11 @@ func widenField(v any) any {
 // checkMessage refuses a message that amqp091-go would fail to encode
 // only after taking the connection down, that RabbitMQ would answer by
 // closing the connection or the channel, or that would arrive changed.
-// Whether it fits the connection's frame_max is checked by prepareMessage,
-// or by wireMessage as it is sent.
+// Whether it fits the connection's frame_max is checked as it is encoded
+// (encodePublish).
 func checkMessage(op string, m *Message) error {
 	_, _, err := checkPublishing(op, m.Exchange, m.Key, &m.Publishing)
 	return err
-}
-
-// prepareMessage is checkMessage, and checks that the message's content
-// header fits in one frame of the connection. It returns the message to
-// send: m itself, or, if a Go int in its headers must go as an int64 (see
-// checkTable), a copy of m with a copy of the headers.
-func (c *session) prepareMessage(op string, m *Message) (*Message, error) {
-	size, widen, err := checkPublishing(op, m.Exchange, m.Key, &m.Publishing)
-	if err != nil {
-		return nil, err
-	}
-	if m.Mandatory {
-		size = stampedSize(m.Headers, size)
-	}
-	if err := c.checkFrame(op, "content header", contentHeaderSize(&m.Publishing, size)); err != nil {
-		return nil, err
-	}
-	if widen {
-		wide := *m
-		wide.Headers = widenTable(m.Headers)
-		m = &wide
-	}
-	return m, nil
 }
 
 // checkPublishing checks a message's exchange, routing key and properties
@@ -396,19 +373,6 @@ func contentHeaderSize(msg *Publishing, headers int) int {
 	return n
 }
 
-// stampedSize returns the encoded size of a headers table of encoded size
-// size (0: none) once the stamp of a mandatory publish is added to it.
-func stampedSize(h Table, size int) int {
-	if size == 0 {
-		size = 4
-	}
-	if old, ok := h[StampHeader]; ok {
-		n, _, _ := scanField(old, 0)
-		size -= 1 + len(StampHeader) + n
-	}
-	return size + 1 + len(StampHeader) + 9
-}
-
 // maxPayload returns the largest frame payload the connection carries, or
 // 0 if the broker set no limit.
 func (c *session) maxPayload() int {
@@ -425,32 +389,6 @@ func (c *session) checkFrame(op, what string, payload int) error {
 		return fmt.Errorf("%w: %s: the %s frame would be %d bytes; the connection's frame_max allows %d (RabbitMQ would close the connection)", ErrInvalidArgument, op, what, payload, max)
 	}
 	return nil
-}
-
-// wireMessage checks m against the connection (the content header must
-// fit in one frame, with the stamp if m is mandatory) and returns the
-// properties to send: m's own, or a copy whose headers are a copy with
-// wide ints as int64 (see checkTable). Everything else about m must have
-// been checked by checkMessage. It is the confirm tracker's, which sends
-// for Publishers too: their messages are checked by checkMessage alone.
-func (c *session) wireMessage(op string, m *Message) (Publishing, error) {
-	msg := m.Publishing
-	size := 0
-	if len(msg.Headers) > 0 {
-		var widen bool
-		var err *fieldError
-		size, widen, err = scanTable(msg.Headers, 0)
-		if err != nil {
-			return msg, fmt.Errorf("%w: %s: headers%v", ErrInvalidArgument, op, err)
-		}
-		if widen {
-			msg.Headers = widenTable(msg.Headers)
-		}
-	}
-	if m.Mandatory {
-		size = stampedSize(msg.Headers, size)
-	}
-	return msg, c.checkFrame(op, "content header", contentHeaderSize(&msg, size))
 }
 
 // checkMethod checks a method that carries a field table before it is

@@ -332,18 +332,18 @@ func TestWideIntsGoAsInt64InACopyAndTheCallersTableIsUntouched(t *testing.T) {
 	if n := testing.AllocsPerRun(100, func() { _, _, _ = checkTable("basic.publish", "headers", common) }); n != 0 {
 		t.Errorf("checkTable of a table with no wide int: %v allocations, want 0", n)
 	}
-	s := &session{}
 	m := &Message{Exchange: "ex", Key: "rk", Publishing: Publishing{ContentType: "text/plain", MessageId: "id-1",
 		Expiration: "60000", Timestamp: time.Unix(1700000000, 0), Headers: common, Body: []byte("x")}}
 	if n := testing.AllocsPerRun(100, func() {
-		if wm, err := s.prepareMessage("basic.publish", m); err != nil || wm != m {
-			t.Fatal(wm, err)
-		}
-		if _, err := s.wireMessage("basic.publish", m); err != nil {
+		var buf [headRoom]byte
+		if _, _, err := encodePublish(buf[:0], "basic.publish", 1, m, false, 131072-8); err != nil {
 			t.Fatal(err)
 		}
+		if _, at, err := encodePublish(buf[:0], "basic.publish", 1, m, true, 131072-8); err != nil || at < 0 {
+			t.Fatal(at, err)
+		}
 	}); n != 0 {
-		t.Errorf("checking and preparing a common message: %v allocations, want 0", n)
+		t.Errorf("checking and encoding a common message: %v allocations, want 0", n)
 	}
 }
 

@@ -160,15 +160,11 @@ func newConfirmTracker(st *channel) *confirmTracker {
 	return t
 }
 
-// publish writes m and tracks it as c. It runs inside the channel's
-// serialisation point. On error nothing was published and c is unresolved.
-func (t *confirmTracker) publish(m *Message, c *Confirmation) error {
-	// The last check, before anything changes: a Publisher's messages
-	// have been checked without the connection's frame_max.
-	msg, err := t.st.c.wireMessage("basic.publish", m)
-	if err != nil {
-		return err
-	}
+// publish writes a publish encoded as head (see encodePublish; stampAt is
+// its stamp, or -1) with its body, and tracks it as c. It runs inside the
+// channel's serialisation point. On error nothing was published and c is
+// unresolved.
+func (t *confirmTracker) publish(head []byte, stampAt int, body []byte, c *Confirmation) error {
 	tag := t.last + 1
 	t.highest.Store(tag) // before the write: the ack may come before it returns
 	t.mu.Lock()
@@ -188,28 +184,15 @@ func (t *confirmTracker) publish(m *Message, c *Confirmation) error {
 	t.sending = c
 	t.mu.Unlock()
 
-	if m.Mandatory {
-		msg.Headers = stamped(msg.Headers, tag)
+	if stampAt >= 0 {
+		putStamp(head, stampAt, tag)
 	}
-	dc, err := t.st.ch.PublishWithDeferredConfirm(m.Exchange, m.Key, m.Mandatory, false, msg)
-	if err == nil && (dc == nil || dc.DeliveryTag != tag) {
-		// Cannot happen while every publish on the channel goes through
-		// the tracker; if it did, every later outcome would be wrong. The
-		// close runs apart: a Publisher may be holding writes back (Cork),
-		// and channel.close waits for a reply.
-		bad := fmt.Errorf("warren: internal error: publish sequence out of step on channel %d", t.st.id)
-		t.st.setCause(bad)
-		ach := t.st.ch
-		if !t.st.c.goTracked(func() { _ = ach.Close() }) {
-			go func() { _ = ach.Close() }()
-		}
-		err = nil // the frames went out: the confirmation resolves unknown when the channel ends
-	}
+	err := t.st.writeContent(head, body)
 	if err != nil && !errors.Is(err, amqp.ErrClosed) {
 		// A failed write (not a closed channel, which sends nothing):
-		// another goroutine's flush may have carried these frames out
-		// before the socket failed, so the outcome is unknown, not "not
-		// published". The connection is going down; c resolves now.
+		// part of the frames may have reached the broker before the
+		// socket failed, so the outcome is unknown, not "not published".
+		// The connection is going down; c resolves now.
 		t.mu.Lock()
 		t.sending = nil
 		if n := len(t.q); n > 0 && t.q[n-1] == c {
@@ -217,7 +200,8 @@ func (t *confirmTracker) publish(m *Message, c *Confirmation) error {
 			t.q = t.q[:n-1]
 			c.resolve(c.unknown(fmt.Errorf("warren: writing the publish failed: %w", err)))
 		}
-		// t.last stays: amqp091-go took its sequence number back too.
+		// t.last stays: the broker cannot have counted a publish whose
+		// frames it did not all receive, and the channel is going down.
 		t.mu.Unlock()
 		return nil
 	}
@@ -244,16 +228,6 @@ func (t *confirmTracker) publish(m *Message, c *Confirmation) error {
 	}
 	t.mu.Unlock()
 	return nil
-}
-
-// stamped returns a copy of h with the stamp header set to tag.
-func stamped(h amqp.Table, tag uint64) amqp.Table {
-	out := make(amqp.Table, len(h)+1)
-	for k, v := range h {
-		out[k] = v
-	}
-	out[StampHeader] = int64(tag)
-	return out
 }
 
 // stampOf reads and removes the stamp header from a returned message.

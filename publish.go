@@ -5,6 +5,8 @@ import (
 	"errors"
 	"fmt"
 
+	amqp "github.com/rabbitmq/amqp091-go"
+
 	"github.com/warrenmq/warren/internal/wire"
 )
 
@@ -45,7 +47,10 @@ func (ch Channel) publishSpan(ctx context.Context, m *Message, deferred bool, sp
 	if ch.s == nil {
 		return nil, errZeroChannel
 	}
-	m, err := ch.s.c.prepareMessage(op, m)
+	// The frames are encoded (and m checked) before anything waits: a bad
+	// message is refused at once, even while publishing is paused.
+	var buf [headRoom]byte
+	head, stampAt, err := encodePublish(buf[:0], op, ch.s.id, m, m.Mandatory, ch.s.c.maxPayload())
 	if err != nil {
 		return nil, err
 	}
@@ -59,18 +64,18 @@ func (ch Channel) publishSpan(ctx context.Context, m *Message, deferred bool, sp
 	if err != nil {
 		return nil, err
 	}
-	c, err := ch.s.write(m, deferred, span)
+	c, err := ch.s.write(m, head, stampAt, deferred, span)
 	if err = ch.s.endSend(ctx, op, seq, err); err != nil {
 		return nil, err
 	}
 	return c, nil
 }
 
-// write writes m, inside the channel's serialisation point (see beginSend),
-// and tracks it on a confirm channel. The mode is checked again here, where
-// it can change: an untracked publish on a confirm channel would put every
-// later outcome out of step.
-func (ch *channel) write(m *Message, deferred bool, span *pubSpan) (*Confirmation, error) {
+// write writes m, encoded as head by encodePublish, inside the channel's
+// serialisation point (see beginSend), and tracks it on a confirm channel.
+// The mode is checked again here, where it can change: an untracked
+// publish on a confirm channel would put every later outcome out of step.
+func (ch *channel) write(m *Message, head []byte, stampAt int, deferred bool, span *pubSpan) (*Confirmation, error) {
 	mode := Mode(ch.mode.Load())
 	if err := ch.publishableIn(mode, m, deferred); err != nil {
 		return nil, err
@@ -79,22 +84,45 @@ func (ch *channel) write(m *Message, deferred bool, span *pubSpan) (*Confirmatio
 	case ModeConfirm:
 		c := newConfirmation()
 		c.span = span
-		return c, ch.confirm.publish(m, c)
+		return c, ch.confirm.publish(head, stampAt, m.Body, c)
 	case ModeTx:
 		ch.txDirty.Store(true)
 	}
-	return nil, ch.ch.Publish(m.Exchange, m.Key, false, false, m.Publishing)
+	return nil, ch.writeContent(head, m.Body)
+}
+
+// writeContent writes an encoded publish and its body on the channel. An
+// error wrapping amqp.ErrClosed means nothing was written (the channel or
+// the connection is closed or closing); any other error is the socket's,
+// after which the connection goes down and what reached the broker is not
+// known.
+func (ch *channel) writeContent(head, body []byte) error {
+	err := ch.c.wire.WriteContent(ch.id, head, body, ch.c.maxPayload())
+	switch {
+	case err == nil:
+		return nil
+	case errors.Is(err, wire.ErrChannelClosed), errors.Is(err, wire.ErrWriterFailed):
+		return amqp.ErrClosed
+	}
+	return err
 }
 
 // publishTracked writes m, already checked, on a confirm channel, tracked
 // as conf: the Publisher's one way to the wire. On error m was not sent and
 // conf is unresolved.
 func (ch Channel) publishTracked(op string, m *Message, conf *Confirmation) error {
+	var buf [headRoom]byte
+	// m was checked when it was submitted; encoding it checks it against
+	// this connection's frame_max.
+	head, stampAt, err := encodePublish(buf[:0], op, ch.s.id, m, m.Mandatory, ch.s.c.maxPayload())
+	if err != nil {
+		return err
+	}
 	seq, err := ch.s.beginSend(context.Background(), op, ch.gen)
 	if err != nil {
 		return err
 	}
-	return ch.s.endSend(context.Background(), op, seq, ch.s.confirm.publish(m, conf))
+	return ch.s.endSend(context.Background(), op, seq, ch.s.confirm.publish(head, stampAt, m.Body, conf))
 }
 
 // publishableIn refuses a publish the channel's mode cannot report on.

@@ -434,6 +434,12 @@ func (rc *rpcChan) take(seq uint64) chan<- rpcResult {
 // publish writes one request, serialised with the other calls' on the
 // channel. It is mandatory, and not confirmed (see RPCClient).
 func (rc *rpcChan) publish(ctx context.Context, op, exchange, key string, msg Publishing) error {
+	var buf [headRoom]byte
+	m := Message{Exchange: exchange, Key: key, Mandatory: true, Publishing: msg}
+	head, _, err := encodePublish(buf[:0], op, rc.st.id, &m, false, rc.st.c.maxPayload())
+	if err != nil {
+		return err
+	}
 	if err := rc.st.waitPublish(ctx, op); err != nil {
 		return err
 	}
@@ -442,7 +448,7 @@ func (rc *rpcChan) publish(ctx context.Context, op, exchange, key string, msg Pu
 	}
 	defer rc.send.unlock()
 	return Channel{s: rc.st}.send(ctx, op, func() error {
-		return rc.st.ch.Publish(exchange, key, true, false, msg)
+		return rc.st.writeContent(head, msg.Body)
 	})
 }
 

@@ -114,15 +114,16 @@ func (c *session) sawConfirm(id uint16, tag uint64, multiple, ack bool) bool {
 		c.cnt.strayConfirms.Add(1)
 		return true // not a confirm channel: amqp091-go ignores it
 	}
+	// The tracker is the only record of the channel's publishes (warren
+	// writes them itself, so amqp091-go has none): the confirm is never
+	// passed on.
 	if tag > t.highest.Load() {
-		// A confirm for a tag never published: a broken broker. Passed
-		// on, a multiple one would make amqp091-go count up to tag on its
-		// reader; dropped, it is only counted.
+		// A confirm for a tag never published: a broken broker.
 		c.cnt.strayConfirms.Add(1)
 		return false
 	}
 	t.confirmed(tag, multiple, ack)
-	return true
+	return false
 }
 
 // sawReturnDropped tells channel id's tracker that a returned message will

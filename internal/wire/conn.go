@@ -81,9 +81,8 @@ type CloseFunc func(id uint16, code uint16, text string)
 // (ack true) or basic.nack for delivery tag tag, and with multiple every
 // earlier tag. It runs on amqp091-go's reader goroutine, before amqp091-go
 // has parsed the frames read with it, and must not block. Returning false
-// drops the frame: amqp091-go never sees it (a confirm for a tag never
-// published would make amqp091-go v1.16 count up to it, one tag at a time,
-// on its reader).
+// drops the frame: amqp091-go never sees it (warren publishes without
+// amqp091-go, which keeps no record of the publish a confirm answers).
 type ConfirmFunc func(id uint16, tag uint64, multiple, ack bool) bool
 
 // ReturnFunc is told that a basic.return has been read on channel id,
@@ -170,6 +169,10 @@ type Conn struct {
 	flowOKs  []uint16      // channels whose flow-ok the current Write carries
 	corks    int           // Cork calls not yet matched by Uncork
 	corked   []byte        // bytes held back while corked
+	wcond    sync.Cond     // WriteContent waits on it (L is &wmu) for a frame boundary
+	waiters  int           // WriteContent calls waiting on wcond
+	wfail    error         // set once a write failed or the stream was given up
+	scratch  []byte        // WriteContent's buffer between writes
 }
 
 // maxCorked bounds the bytes held back while corked; beyond it writes go
@@ -197,6 +200,9 @@ func (c *Conn) Uncork() error {
 	n, err := c.Conn.Write(c.corked)
 	c.written.Add(uint64(n))
 	c.corked = c.corked[:0]
+	if err != nil {
+		c.failWriter()
+	}
 	return err
 }
 
@@ -227,7 +233,22 @@ var ErrMalformed = errors.New("malformed AMQP frame from the broker")
 // New wraps c. onClose, if not nil, is told about every inbound
 // channel.close and connection.close.
 func New(c net.Conn, onClose CloseFunc) *Conn {
-	return &Conn{Conn: c, preamble: protocolHeaderLen, onClose: onClose}
+	w := &Conn{Conn: c, preamble: protocolHeaderLen, onClose: onClose}
+	w.wcond.L = &w.wmu
+	return w
+}
+
+// Close closes the underlying connection and ends every WriteContent
+// waiting for a frame boundary.
+func (c *Conn) Close() error {
+	err := c.Conn.Close() // first: a Write stuck on the socket lets go of wmu
+	c.wmu.Lock()
+	if c.wfail == nil {
+		c.wfail = ErrWriterFailed
+	}
+	c.wcond.Broadcast()
+	c.wmu.Unlock()
+	return err
 }
 
 const (
@@ -470,8 +491,7 @@ func (c *Conn) startIn(f []byte) {
 		if len(f) >= holdMax && binary.BigEndian.Uint32(f[3:7]) == methodIDLen+confirmArgsLen {
 			tag := binary.BigEndian.Uint64(f[frameStartLen : frameStartLen+8])
 			if !c.onConfirm(ch, tag, f[frameStartLen+8]&1 != 0, method == methodAck) {
-				c.inDrop = true
-				c.droppedIn.Add(1)
+				c.inDrop = true // taken by the hook: not a stray, not counted
 			}
 		}
 	case ch != 0 && class == classBasic && method == methodReturn && c.onReturn != nil:
@@ -605,9 +625,11 @@ func (c *Conn) Write(p []byte) (int, error) {
 	if len(out) > 0 {
 		if err := c.emit(out); err != nil {
 			c.flowOKs = c.flowOKs[:0]
+			c.failWriter()
 			return 0, err
 		}
 	}
+	c.frameBoundary()
 	for _, ch := range c.flowOKs {
 		c.onFlowOK(ch) // written (or held in a cork that goes out before any later write)
 	}

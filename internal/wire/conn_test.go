@@ -2765,8 +2765,10 @@ func TestRefusedConfirmIsDroppedAtEverySplit(t *testing.T) {
 		}
 		r.recv(want, chunks...)
 		r.shutdown()
-		if n := r.c.DroppedInbound(); n != 1 {
-			t.Fatalf("reads of %d bytes: DroppedInbound %d, want 1", size, n)
+		// The frame is left out (recv checked), but it is the hook's: it
+		// is not one of the stray close-oks DroppedInbound counts.
+		if n := r.c.DroppedInbound(); n != 0 {
+			t.Fatalf("reads of %d bytes: DroppedInbound %d, want 0", size, n)
 		}
 	}
 }
