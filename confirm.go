@@ -86,10 +86,15 @@ func (c *Confirmation) await(ctx context.Context) error {
 // waitDone waits for the outcome until ctx ends; an outcome already known
 // wins over an ended ctx.
 func (c *Confirmation) waitDone(ctx context.Context) (error, bool) {
+	done := ctx.Done()
+	if done == nil { // a ctx that never ends: a plain receive
+		<-c.done
+		return c.err, true
+	}
 	select {
 	case <-c.done:
 		return c.err, true
-	case <-ctx.Done():
+	case <-done:
 	}
 	select {
 	case <-c.done:
@@ -139,6 +144,7 @@ type confirmTracker struct {
 
 	mu       sync.Mutex
 	q        []*Confirmation // pending publishes for tags base, base+1, ...; nil once resolved out of order
+	qmem     []*Confirmation // the memory q lives in (q is a window of it)
 	base     uint64          // tag of q[0]
 	sending  *Confirmation   // the publish being written, if any (last in q)
 	returns  int             // basic.returns read off the wire and not yet delivered by amqp091-go
@@ -180,7 +186,7 @@ func (t *confirmTracker) publish(head []byte, stampAt int, body []byte, c *Confi
 	if len(t.q) == 0 {
 		t.base = tag
 	}
-	t.q = append(t.q, c)
+	t.enqueueLocked(c)
 	t.sending = c
 	t.mu.Unlock()
 
@@ -294,6 +300,25 @@ func (t *confirmTracker) popLocked() {
 	t.q[0] = nil
 	t.q = t.q[1:]
 	t.base++
+	if len(t.q) == 0 {
+		t.q = t.qmem[:0] // back to the start of the memory: no allocation for the next
+	}
+}
+
+// enqueueLocked appends c to the queue. The queue creeps along its memory
+// as confirms pop its head; it moves back to the start when it reaches the
+// end with at least half the memory free, and only grows otherwise.
+func (t *confirmTracker) enqueueLocked(c *Confirmation) {
+	if n := len(t.q); n == cap(t.q) && n > 0 && n <= cap(t.qmem)/2 {
+		mem := t.qmem[:cap(t.qmem)]
+		copy(mem, t.q)
+		clear(mem[n:])
+		t.q = mem[:n]
+	}
+	t.q = append(t.q, c)
+	if cap(t.q) > cap(t.qmem) {
+		t.qmem = t.q[:0] // grown: new memory, starting at the queue's head
+	}
 }
 
 func (t *confirmTracker) settleOne(c *Confirmation, ack bool) {

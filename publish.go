@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 
 	amqp "github.com/rabbitmq/amqp091-go"
 
@@ -33,16 +34,17 @@ func (ch Channel) Publish(ctx context.Context, exchange, key string, msg Publish
 // publish is the one publish path of a Channel. In confirm mode it tracks
 // the message and returns its Confirmation; otherwise the Confirmation is
 // nil. deferred demands confirm mode.
-func (ch Channel) publish(ctx context.Context, m *Message, deferred bool) (*Confirmation, error) {
+// conf, if not nil, is the Confirmation to track it as (see waitConf).
+func (ch Channel) publish(ctx context.Context, m *Message, deferred bool, conf *Confirmation) (*Confirmation, error) {
 	if ch.s != nil && ch.s.c.opts.tracer != nil {
-		return ch.publishTraced(ctx, ch.s.c.opts.tracer, m, deferred)
+		return ch.publishTraced(ctx, ch.s.c.opts.tracer, m, deferred, conf)
 	}
-	return ch.publishSpan(ctx, m, deferred, nil)
+	return ch.publishSpan(ctx, m, deferred, nil, conf)
 }
 
 // publishSpan is publish; span, if not nil, is the message's trace, ended
 // by its Confirmation on a confirm channel.
-func (ch Channel) publishSpan(ctx context.Context, m *Message, deferred bool, span *pubSpan) (*Confirmation, error) {
+func (ch Channel) publishSpan(ctx context.Context, m *Message, deferred bool, span *pubSpan, conf *Confirmation) (*Confirmation, error) {
 	const op = "basic.publish"
 	if ch.s == nil {
 		return nil, errZeroChannel
@@ -64,7 +66,7 @@ func (ch Channel) publishSpan(ctx context.Context, m *Message, deferred bool, sp
 	if err != nil {
 		return nil, err
 	}
-	c, err := ch.s.write(m, head, stampAt, deferred, span)
+	c, err := ch.s.write(m, head, stampAt, deferred, span, conf)
 	if err = ch.s.endSend(ctx, op, seq, err); err != nil {
 		return nil, err
 	}
@@ -75,14 +77,17 @@ func (ch Channel) publishSpan(ctx context.Context, m *Message, deferred bool, sp
 // serialisation point (see beginSend), and tracks it on a confirm channel.
 // The mode is checked again here, where it can change: an untracked
 // publish on a confirm channel would put every later outcome out of step.
-func (ch *channel) write(m *Message, head []byte, stampAt int, deferred bool, span *pubSpan) (*Confirmation, error) {
+func (ch *channel) write(m *Message, head []byte, stampAt int, deferred bool, span *pubSpan, conf *Confirmation) (*Confirmation, error) {
 	mode := Mode(ch.mode.Load())
 	if err := ch.publishableIn(mode, m, deferred); err != nil {
 		return nil, err
 	}
 	switch mode {
 	case ModeConfirm:
-		c := newConfirmation()
+		c := conf
+		if c == nil {
+			c = newConfirmation()
+		}
 		c.span = span
 		return c, ch.confirm.publish(head, stampAt, m.Body, c)
 	case ModeTx:
@@ -144,7 +149,7 @@ func (ch *channel) publishableIn(mode Mode, m *Message, deferred bool) error {
 // message was not published (ErrNotConfirmMode on a channel not in confirm
 // mode, an invalid argument, or the channel's or connection's typed cause).
 func (ch Channel) PublishDeferred(ctx context.Context, m Message) (*Confirmation, error) {
-	return ch.publish(ctx, &m, true)
+	return ch.publish(ctx, &m, true, nil)
 }
 
 // PublishMessage publishes m. On a confirm channel it returns once the
@@ -153,11 +158,55 @@ func (ch Channel) PublishDeferred(ctx context.Context, m Message) (*Confirmation
 // (*OutcomeUnknownError wrapping the context error). On a plain or tx
 // channel it returns once the frames are handed to the socket, as Publish.
 func (ch Channel) PublishMessage(ctx context.Context, m Message) error {
-	c, err := ch.publish(ctx, &m, false)
-	if err != nil || c == nil {
+	w := waitConfs.Get().(*waitConf)
+	c, err := ch.publish(ctx, &m, false, &w.c)
+	switch {
+	case err != nil:
+		// w is left to the garbage collector: after some errors (a write
+		// abandoned by ctx) the tracker still holds it.
 		return err
+	case c == nil: // not a confirm channel: w was not used
+		w.recycle()
+		return nil
 	}
-	return c.await(ctx)
+	if done := ctx.Done(); done == nil {
+		<-w.sig
+	} else {
+		select {
+		case <-w.sig:
+		case <-done:
+			select {
+			case <-w.sig: // an outcome already known wins over an ended ctx
+			default:
+				return c.unknown(ctx.Err()) // the tracker still holds w
+			}
+		}
+	}
+	err = w.c.err
+	w.recycle()
+	return err
+}
+
+// waitConf is a Confirmation PublishMessage waits on and then reuses: the
+// tracker tells it the outcome on a signal channel of its own, instead of
+// closing a done channel made for each publish.
+type waitConf struct {
+	c   Confirmation
+	sig chan struct{} // a buffer of one: signalled once c.err is final
+}
+
+var waitConfs = sync.Pool{New: func() any {
+	w := &waitConf{sig: make(chan struct{}, 1)}
+	w.c.to = w
+	return w
+}}
+
+func (w *waitConf) receive(error) { w.sig <- struct{}{} }
+
+// recycle returns w to the pool; the tracker must be done with it.
+func (w *waitConf) recycle() {
+	w.c = Confirmation{to: w}
+	waitConfs.Put(w)
 }
 
 // PublishBatch publishes msgs in order and returns one result per message,
@@ -175,7 +224,7 @@ func (ch Channel) PublishBatch(ctx context.Context, msgs []Message) []error {
 			errs[i] = stop
 			continue
 		}
-		c, err := ch.publish(ctx, &msgs[i], false)
+		c, err := ch.publish(ctx, &msgs[i], false, nil)
 		switch {
 		case err == nil:
 			confs[i] = c

@@ -98,7 +98,7 @@ func encodePublish(dst []byte, op string, id uint16, m *Message, stamp bool, max
 			if _, _, ferr := scanTable(p.Headers, 0); ferr != nil {
 				ok = false
 			} else {
-				b = appendEntriesVia(b, p.Headers, stamp)
+				b = appendEntriesFlat(b, p.Headers, stamp)
 			}
 		}
 		if stamp {
@@ -194,17 +194,38 @@ func appendShortstr(b []byte, s string, ok bool) ([]byte, bool) {
 	return append(b, s...), ok
 }
 
-// tableScratch holds buffers tables are encoded into before they are
-// copied into a publish's frames: encoding a table recurses, and Go's
-// escape analysis would move any buffer handed to a recursive function,
-// the publish's stack buffer among them, to the heap.
+// tableScratch holds buffers nested tables and arrays are encoded into
+// before they are copied into a publish's frames: encoding them recurses,
+// and Go's escape analysis moves any buffer handed to a recursive function,
+// the publish's stack buffer among them, to the heap. A flat headers table
+// (scalars only, the common case) needs none.
 var tableScratch = sync.Pool{New: func() any { return new([]byte) }}
 
-// appendEntriesVia appends the entries of t (see appendEntries) to b by
-// way of a pooled buffer.
-func appendEntriesVia(b []byte, t Table, skipStamp bool) []byte {
+// appendEntriesFlat appends the entries of t, a table checked by
+// scanTable, without the table's length; with skipStamp, not StampHeader
+// (a mandatory publish's stamp takes its place). It does not recurse:
+// nested values go by way of appendNestedVia.
+func appendEntriesFlat(b []byte, t Table, skipStamp bool) []byte {
+	for k, v := range t {
+		if skipStamp && k == StampHeader {
+			continue
+		}
+		b = append(b, byte(len(k)))
+		b = append(b, k...)
+		if nb, ok := appendScalar(b, v); ok {
+			b = nb
+		} else {
+			b = appendNestedVia(b, v)
+		}
+	}
+	return b
+}
+
+// appendNestedVia appends v, a table or an array, to b by way of a pooled
+// buffer.
+func appendNestedVia(b []byte, v any) []byte {
 	sp := tableScratch.Get().(*[]byte)
-	e := appendEntries((*sp)[:0], t, skipStamp)
+	e := appendField((*sp)[:0], v)
 	b = append(b, e...)
 	if cap(e) <= 64<<10 {
 		*sp = e
@@ -213,14 +234,9 @@ func appendEntriesVia(b []byte, t Table, skipStamp bool) []byte {
 	return b
 }
 
-// appendEntries appends the entries of t, a table checked by scanTable,
-// without the table's length; with skipStamp, not StampHeader (a mandatory
-// publish's stamp takes its place).
-func appendEntries(b []byte, t Table, skipStamp bool) []byte {
+// appendEntries is appendEntriesFlat for nested tables (it recurses).
+func appendEntries(b []byte, t Table) []byte {
 	for k, v := range t {
-		if skipStamp && k == StampHeader {
-			continue
-		}
 		b = append(b, byte(len(k)))
 		b = append(b, k...)
 		b = appendField(b, v)
@@ -231,56 +247,20 @@ func appendEntries(b []byte, t Table, skipStamp bool) []byte {
 // appendTable appends a field table checked by scanTable.
 func appendTable(b []byte, t Table) []byte {
 	at := len(b)
-	b = appendEntries(append(b, 0, 0, 0, 0), t, false)
+	b = appendEntries(append(b, 0, 0, 0, 0), t)
 	binary.BigEndian.PutUint32(b[at:], uint32(len(b)-at-4))
 	return b
 }
 
 // appendField appends one field value (type octet and value) as amqp091-go
 // writes it, except that an int outside int32 goes as an int64. v has been
-// checked by scanField: its type is one of these.
+// checked by scanField: its type is one appendScalar takes, a Table or an
+// []any.
 func appendField(b []byte, v any) []byte {
+	if nb, ok := appendScalar(b, v); ok {
+		return nb
+	}
 	switch v := v.(type) {
-	case nil:
-		return append(b, 'V')
-	case bool:
-		if v {
-			return append(b, 't', 1)
-		}
-		return append(b, 't', 0)
-	case uint8:
-		return append(b, 'B', v)
-	case int8:
-		return append(b, 'b', byte(v))
-	case int16:
-		return binary.BigEndian.AppendUint16(append(b, 's'), uint16(v))
-	case uint16:
-		return binary.BigEndian.AppendUint16(append(b, 'u'), v)
-	case int32:
-		return binary.BigEndian.AppendUint32(append(b, 'I'), uint32(v))
-	case uint32:
-		return binary.BigEndian.AppendUint32(append(b, 'i'), v)
-	case int:
-		if v < math.MinInt32 || v > math.MaxInt32 {
-			return binary.BigEndian.AppendUint64(append(b, 'l'), uint64(v))
-		}
-		return binary.BigEndian.AppendUint32(append(b, 'I'), uint32(v))
-	case int64:
-		return binary.BigEndian.AppendUint64(append(b, 'l'), uint64(v))
-	case float32:
-		return binary.BigEndian.AppendUint32(append(b, 'f'), math.Float32bits(v))
-	case float64:
-		return binary.BigEndian.AppendUint64(append(b, 'd'), math.Float64bits(v))
-	case Decimal:
-		return binary.BigEndian.AppendUint32(append(b, 'D', v.Scale), uint32(v.Value))
-	case string:
-		b = binary.BigEndian.AppendUint32(append(b, 'S'), uint32(len(v)))
-		return append(b, v...)
-	case []byte:
-		b = binary.BigEndian.AppendUint32(append(b, 'x'), uint32(len(v)))
-		return append(b, v...)
-	case time.Time:
-		return binary.BigEndian.AppendUint64(append(b, 'T'), uint64(v.Unix()))
 	case Table:
 		return appendTable(append(b, 'F'), v)
 	case []any:
@@ -293,4 +273,52 @@ func appendField(b []byte, v any) []byte {
 		return b
 	}
 	panic(fmt.Sprintf("warren: internal error: appendField of an unchecked %T", v))
+}
+
+// appendScalar appends v if it is not a table or an array; ok is false
+// (and b unchanged) if it is one, or of a type scanField refuses.
+func appendScalar(b []byte, v any) (_ []byte, ok bool) {
+	switch v := v.(type) {
+	case nil:
+		return append(b, 'V'), true
+	case bool:
+		if v {
+			return append(b, 't', 1), true
+		}
+		return append(b, 't', 0), true
+	case uint8:
+		return append(b, 'B', v), true
+	case int8:
+		return append(b, 'b', byte(v)), true
+	case int16:
+		return binary.BigEndian.AppendUint16(append(b, 's'), uint16(v)), true
+	case uint16:
+		return binary.BigEndian.AppendUint16(append(b, 'u'), v), true
+	case int32:
+		return binary.BigEndian.AppendUint32(append(b, 'I'), uint32(v)), true
+	case uint32:
+		return binary.BigEndian.AppendUint32(append(b, 'i'), v), true
+	case int:
+		if v < math.MinInt32 || v > math.MaxInt32 {
+			return binary.BigEndian.AppendUint64(append(b, 'l'), uint64(v)), true
+		}
+		return binary.BigEndian.AppendUint32(append(b, 'I'), uint32(v)), true
+	case int64:
+		return binary.BigEndian.AppendUint64(append(b, 'l'), uint64(v)), true
+	case float32:
+		return binary.BigEndian.AppendUint32(append(b, 'f'), math.Float32bits(v)), true
+	case float64:
+		return binary.BigEndian.AppendUint64(append(b, 'd'), math.Float64bits(v)), true
+	case Decimal:
+		return binary.BigEndian.AppendUint32(append(b, 'D', v.Scale), uint32(v.Value)), true
+	case string:
+		b = binary.BigEndian.AppendUint32(append(b, 'S'), uint32(len(v)))
+		return append(b, v...), true
+	case []byte:
+		b = binary.BigEndian.AppendUint32(append(b, 'x'), uint32(len(v)))
+		return append(b, v...), true
+	case time.Time:
+		return binary.BigEndian.AppendUint64(append(b, 'T'), uint64(v.Unix())), true
+	}
+	return b, false
 }

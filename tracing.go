@@ -226,9 +226,9 @@ func (t *tracing) startPublish(ctx context.Context, s *session, m *Message, conf
 }
 
 // publishTraced is Channel.publish with a Tracer installed.
-func (ch Channel) publishTraced(ctx context.Context, t *tracing, m *Message, deferred bool) (*Confirmation, error) {
+func (ch Channel) publishTraced(ctx context.Context, t *tracing, m *Message, deferred bool, conf *Confirmation) (*Confirmation, error) {
 	m, span := t.startPublish(ctx, ch.s.c, m, Mode(ch.s.mode.Load()) == ModeConfirm, false)
-	c, err := ch.publishSpan(ctx, m, deferred, span)
+	c, err := ch.publishSpan(ctx, m, deferred, span, conf)
 	if err != nil || c == nil {
 		span.finish(err)
 	}

@@ -46,7 +46,7 @@ var benchMsg = Publishing{ContentType: "text/plain", MessageId: "m-1", Headers: 
 
 // publishNoHook is a publish past the tracing hook's check.
 func publishNoHook(ctx context.Context, ch Channel) error {
-	_, err := ch.publishSpan(ctx, &Message{Key: "warren-bench-no-such-queue", Publishing: benchMsg}, false, nil)
+	_, err := ch.publishSpan(ctx, &Message{Key: "warren-bench-no-such-queue", Publishing: benchMsg}, false, nil, nil)
 	return err
 }
 
