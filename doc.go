@@ -4,6 +4,14 @@
 // concurrent use, lost close reasons, calls that hang, confirms that cannot
 // tell a nack from a dead channel.
 //
+// amqp091-go does the handshake, the RPCs and the reading; warren writes
+// basic.publish itself. It encodes the method and content header frames on
+// the publishing goroutine's stack (the bytes amqp091-go would write, except
+// that a Go int outside int32 goes as an int64 where amqp091-go truncates
+// it) and writes them with the body frames in one piece, between
+// amqp091-go's frames, never inside one; publisher confirms are tracked by
+// warren alone. A publish without confirms allocates nothing.
+//
 // # Connecting
 //
 // Dial opens exactly one connection, bounded by its context (TCP, TLS and the
