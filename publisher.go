@@ -124,11 +124,10 @@ type pubReq struct {
 // r's caller.
 func (r *pubReq) receive(err error) {
 	if w := r.w; w != nil {
-		var nack *NackedError
-		switch {
-		case err == nil:
+		switch err.(type) {
+		case nil:
 			w.nacks.Store(0)
-		case errors.As(err, &nack):
+		case *NackedError: // as the tracker resolves a nack: not wrapped
 			w.nacks.Add(1)
 		}
 		<-w.slots
