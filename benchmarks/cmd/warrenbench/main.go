@@ -27,6 +27,7 @@ import (
 	"runtime"
 	"runtime/pprof"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -99,9 +100,11 @@ var suites = []suiteDef{
 				return nil, err
 			}
 			s, err := confirmbench.NewSuite(ctx, confirmbench.Options{
-				BrokerURL:  url,
-				Contenders: e.contenders,
-				Duration:   e.duration,
+				BrokerURL:          url,
+				Contenders:         e.contenders,
+				Duration:           e.duration,
+				CeilingConnections: e.ceilingConns,
+				CeilingChannels:    e.ceilingChans,
 			})
 			if err != nil {
 				return nil, err
@@ -162,6 +165,9 @@ type env struct {
 	contenders []string
 	duration   time.Duration
 	hold, work time.Duration
+	// ceilingConns × ceilingChans is the shape of the confirms ceiling
+	// contender; zero takes confirmbench's default.
+	ceilingConns, ceilingChans int
 
 	broker    *brokertest.Broker
 	brokerErr error
@@ -214,6 +220,8 @@ func run() error {
 		contenders = flag.String("contenders", "", "comma-separated contenders (default: all of each family, e.g. warren,chanpool,puddle or raw,warren,go-rabbitmq)")
 		hold       = flag.Duration("hold", 0, "pool/handoff: lease held off-CPU (default 4ms)")
 		work       = flag.Duration("work", 0, "pool/handoff: CPU work after Release (default 1ms)")
+		ceiling    = flag.String("ceiling", "", fmt.Sprintf("confirms/publisher-64: shape of the ceiling contender, CONNECTIONSxCHANNELS (default %dx%d)",
+			confirmbench.DefaultCeilingConnections, confirmbench.DefaultCeilingChannels))
 		warmup     = flag.Bool("warmup", true, "run one unrecorded round first")
 		verbose    = flag.Bool("v", false, "also print every round's values")
 		quiet      = flag.Bool("q", false, "no progress lines on stderr")
@@ -243,6 +251,11 @@ func run() error {
 	defer stop()
 
 	e := &env{duration: *duration, hold: *hold, work: *work}
+	if *ceiling != "" {
+		if e.ceilingConns, e.ceilingChans, err = parseShape(*ceiling); err != nil {
+			return fmt.Errorf("-ceiling: %w", err)
+		}
+	}
 	if *contenders != "" {
 		e.contenders = strings.Split(*contenders, ",")
 	}
@@ -346,6 +359,7 @@ func run() error {
 		bench.ModuleVersion("github.com/rabbitmq/amqp091-go"), bench.ModuleVersion("github.com/wagslane/go-rabbitmq"),
 		bench.ModuleVersion("github.com/jackc/puddle/v2"), bench.ModuleVersion("golang.org/x/sync"))
 	rep.TargetsMarkdown(w)
+	rep.CeilingMarkdown(w)
 	rep.Markdown(w)
 	if *verbose {
 		fmt.Fprintf(w, "## every round\n\n```\n")
@@ -378,6 +392,22 @@ func selectCases(spec string) (map[string][]string, error) {
 		}
 	}
 	return sel, nil
+}
+
+// parseShape reads "4x4": connections, then channels per connection, each
+// from 1 to 64.
+func parseShape(s string) (conns, chans int, err error) {
+	c, n, ok := strings.Cut(s, "x")
+	if ok {
+		conns, err = strconv.Atoi(c)
+	}
+	if ok && err == nil {
+		chans, err = strconv.Atoi(n)
+	}
+	if !ok || err != nil || conns < 1 || conns > 64 || chans < 1 || chans > 64 {
+		return 0, 0, fmt.Errorf("%q: want CONNECTIONSxCHANNELS, each 1 to 64, e.g. 4x4", s)
+	}
+	return conns, chans, nil
 }
 
 // warrenTree describes the warren checkout being measured (the benchmarks

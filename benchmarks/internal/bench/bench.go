@@ -54,6 +54,12 @@ type Case struct {
 	// NotRun lists contenders that cannot run this case, each with the
 	// reason; the table shows them as rows without values.
 	NotRun map[string]string
+	// Ceiling, if set, is a contender that measures the most the broker
+	// does in this case (e.g. many connections and channels at once) rather
+	// than a client idiom. The case's table adds rows baseline/Ceiling and
+	// subject/Ceiling, and CeilingMarkdown lists every contender's share of
+	// it by the case's first metric.
+	Ceiling string
 	// Run measures contender once. It runs on the calling goroutine; it may
 	// start others but must stop them before it returns.
 	Run func(ctx context.Context, contender string) (Result, error)
@@ -196,9 +202,16 @@ func (r *Report) Ratio(caseName, contender, baseline, key string) float64 {
 	return r.ratio(caseName, contender, baseline, Metric{Key: key})
 }
 
-// ratio is Ratio for metric m; Count values that print as 0.00 count as 0,
-// so a ratio of two near-zero allocation rates is not reported.
+// ratio is Ratio for metric m: the median of ratios.
 func (r *Report) ratio(caseName, contender, baseline string, m Metric) float64 {
+	return Median(r.ratios(caseName, contender, baseline, m))
+}
+
+// ratios returns the per-round ratios of metric m, contender over
+// baseline, leaving out rounds without both values or with a zero
+// baseline. Count values that print as 0.00 count as 0, so a ratio of two
+// near-zero allocation rates is not reported.
+func (r *Report) ratios(caseName, contender, baseline string, m Metric) []float64 {
 	a := r.Values(caseName, contender, m.Key)
 	b := r.Values(caseName, baseline, m.Key)
 	var rs []float64
@@ -211,7 +224,7 @@ func (r *Report) ratio(caseName, contender, baseline string, m Metric) float64 {
 			rs = append(rs, x/y)
 		}
 	}
-	return Median(rs)
+	return rs
 }
 
 func zeroSmall(v float64) float64 {
@@ -359,6 +372,12 @@ func (r *Report) Markdown(w io.Writer) {
 					ratioRow(s.Subject, peer)
 				}
 			}
+			if c.Ceiling != "" {
+				ratioRow(s.Baseline, c.Ceiling)
+				if s.Subject != s.Baseline {
+					ratioRow(s.Subject, c.Ceiling)
+				}
+			}
 			if len(c.Metrics) > 0 && r.Rounds > 1 {
 				m := c.Metrics[0]
 				var parts []string
@@ -393,6 +412,41 @@ func (r *Report) TargetsMarkdown(w io.Writer) {
 		return
 	}
 	fmt.Fprintf(w, "## Targets\n\n| family | goal | measured (medians; ratios are medians of per-round ratios) | met |\n|---|---|---|---|\n")
+	fmt.Fprintf(w, "%s\n\n", strings.Join(rows, "\n"))
+}
+
+// CeilingMarkdown writes, for every case with a Ceiling contender, each
+// other contender's share of it: the median of per-round ratios of the
+// case's first metric, and their range. Nothing when no case has one.
+func (r *Report) CeilingMarkdown(w io.Writer) {
+	var rows []string
+	for _, s := range r.Suites {
+		for _, c := range s.Cases {
+			contenders := s.ContendersOf(c)
+			if c.Ceiling == "" || len(c.Metrics) == 0 || !slices.Contains(contenders, c.Ceiling) {
+				continue
+			}
+			m := c.Metrics[0]
+			rows = append(rows, fmt.Sprintf("| %s | %s (the ceiling) | %s | 100%% | |", c.Name, c.Ceiling,
+				Format(m.Unit, r.Median(c.Name, c.Ceiling, m.Key))))
+			for _, who := range contenders {
+				if who == c.Ceiling {
+					continue
+				}
+				lo, hi := Spread(r.ratios(c.Name, who, c.Ceiling, m))
+				rows = append(rows, fmt.Sprintf("| %s | %s | %s | %s | %s – %s |", c.Name, who,
+					Format(m.Unit, r.Median(c.Name, who, m.Key)), Format(Percent, r.ratio(c.Name, who, c.Ceiling, m)),
+					Format(Percent, lo), Format(Percent, hi)))
+			}
+		}
+	}
+	if len(rows) == 0 {
+		return
+	}
+	fmt.Fprintf(w, "## Share of the broker's ceiling\n\n"+
+		"Each contender's median of the case's first metric, and its share of the ceiling contender's measured "+
+		"in the same rounds: the median of per-round ratios, and their range.\n\n"+
+		"| case | contender | median | share of the ceiling | per-round range |\n|---|---|---|---|---|\n")
 	fmt.Fprintf(w, "%s\n\n", strings.Join(rows, "\n"))
 }
 

@@ -140,3 +140,60 @@ func TestNotRunRowsPeerRatiosAndTargets(t *testing.T) {
 		t.Errorf("report has a ratio row for a contender that did not run:\n%s", out.String())
 	}
 }
+
+func TestCeilingRowsAndShares(t *testing.T) {
+	// Per round: raw 50, 40, 60; warren 55, 40, 54; ceiling 100, 80, 90.
+	vals := map[string][]float64{"raw": {50, 40, 60}, "warren": {55, 40, 54}, "ceiling": {100, 80, 90}}
+	round := map[string]int{}
+	m := Metric{Key: "v", Title: "v", Unit: Rate, Higher: true}
+	s := &Suite{
+		Name:       "s",
+		Contenders: []string{"raw", "warren", "ceiling"},
+		Baseline:   "raw",
+		Subject:    "warren",
+		Cases: []*Case{
+			{
+				Name: "s/c", Metrics: []Metric{m}, Ceiling: "ceiling",
+				Run: func(_ context.Context, who string) (Result, error) {
+					v := vals[who][round[who]]
+					round[who]++
+					return Result{"v": v}, nil
+				},
+			},
+			{
+				Name: "s/none", Metrics: []Metric{m}, Contenders: []string{"raw", "warren"},
+				Run: func(context.Context, string) (Result, error) { return Result{"v": 1}, nil },
+			},
+		},
+	}
+	rep, err := Run(context.Background(), []*Suite{s}, Options{Rounds: 3})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out strings.Builder
+	rep.CeilingMarkdown(&out)
+	rep.Markdown(&out)
+	// Shares per round: raw 50%, 50%, 66.7% (median 50%); warren 55%,
+	// 50%, 60% (median 55%), not the ratio of medians (55/90).
+	for _, want := range []string{
+		"| s/c | ceiling (the ceiling) | 90 /s | 100% | |",
+		"| s/c | raw | 50 /s | 50.0% | 50.0% – 66.7% |",
+		"| s/c | warren | 54 /s | 55.0% | 50.0% – 60.0% |",
+		"| raw/ceiling | 0.50× |",
+		"| warren/ceiling | 0.55× |",
+	} {
+		if !strings.Contains(out.String(), want) {
+			t.Errorf("report lacks %q:\n%s", want, out.String())
+		}
+	}
+	if strings.Contains(out.String(), "| s/none |") || strings.Count(out.String(), "/ceiling |") != 2 {
+		t.Errorf("a case without a ceiling has share rows, or the ceiling rows repeat:\n%s", out.String())
+	}
+
+	out.Reset()
+	s.Cases = s.Cases[1:]
+	rep.CeilingMarkdown(&out)
+	if out.Len() != 0 {
+		t.Errorf("no case has a ceiling, yet CeilingMarkdown wrote:\n%s", out.String())
+	}
+}

@@ -29,6 +29,7 @@ type fixture struct {
 	raw      *rawContender
 	warren   *warrenContender
 	goRabbit *goRabbitContender
+	ceiling  *ceilingContender
 }
 
 func newFixture(ctx context.Context, opts Options, selected []string) (f *fixture, err error) {
@@ -56,6 +57,11 @@ func newFixture(ctx context.Context, opts Options, selected []string) (f *fixtur
 	if slices.Contains(selected, Raw) {
 		if f.raw, err = newRaw(opts.BrokerURL, f.queue, msg); err != nil {
 			return nil, fmt.Errorf("raw contender: %w", err)
+		}
+	}
+	if slices.Contains(selected, Ceiling) {
+		if f.ceiling, err = newCeiling(opts.BrokerURL, f.queue, msg, opts.CeilingConnections, opts.CeilingChannels); err != nil {
+			return nil, fmt.Errorf("ceiling contender: %w", err)
 		}
 	}
 	if slices.Contains(selected, GoRabbitMQ) {
@@ -92,6 +98,11 @@ func (f *fixture) close(ctx context.Context) error {
 	if f.raw != nil {
 		if err := f.raw.close(); err != nil {
 			errs = append(errs, fmt.Errorf("raw: %w", err))
+		}
+	}
+	if f.ceiling != nil {
+		if err := f.ceiling.close(); err != nil {
+			errs = append(errs, fmt.Errorf("ceiling: %w", err))
 		}
 	}
 	if f.goRabbit != nil {
@@ -217,6 +228,73 @@ func (r *rawContender) close() error {
 		return nil
 	}
 	return err
+}
+
+// ceilingContender is raw amqp091-go spread over several connections with
+// several confirm channels each, one goroutine per channel: the most the
+// broker (and this machine) confirms into the suite's queue, against which
+// the single-channel idioms and warren's Publisher are read as shares.
+type ceilingContender struct {
+	conns []*amqp.Connection
+	chans []*amqp.Channel // conns[i] owns chans[i*perConn : (i+1)*perConn]
+	queue string
+	msg   amqp.Publishing
+}
+
+func newCeiling(url, queue string, msg amqp.Publishing, conns, perConn int) (c *ceilingContender, err error) {
+	if conns < 1 || perConn < 1 {
+		return nil, fmt.Errorf("%d connections × %d channels, want at least one of each", conns, perConn)
+	}
+	c = &ceilingContender{queue: queue, msg: msg}
+	defer func() {
+		if err != nil {
+			_ = c.close()
+		}
+	}()
+	for i := range conns {
+		conn, err := amqp.DialConfig(url, amqp.Config{Properties: amqp.Table{
+			"connection_name": fmt.Sprintf("warrenbench-confirms-ceiling-%d", i)}})
+		if err != nil {
+			return nil, err
+		}
+		c.conns = append(c.conns, conn)
+		for range perConn {
+			ch, err := conn.Channel()
+			if err == nil {
+				err = ch.Confirm(false)
+			}
+			if err != nil {
+				return nil, err
+			}
+			c.chans = append(c.chans, ch)
+		}
+	}
+	return c, nil
+}
+
+// goroutines is how many loops a pass runs: one per channel.
+func (c *ceilingContender) goroutines() int { return len(c.chans) }
+
+// loop returns a pass's loop: each of the goroutines() goroutines running
+// it takes the next channel and runs the raw window idiom on it.
+func (c *ceilingContender) loop(size int) bench.Loop {
+	var next atomic.Int64
+	return func(ctx context.Context, stop *atomic.Bool) (int64, error) {
+		ch := c.chans[int(next.Add(1)-1)%len(c.chans)]
+		return window(size, func(ctx context.Context) (*amqp.DeferredConfirmation, error) {
+			return ch.PublishWithDeferredConfirmWithContext(ctx, "", c.queue, false, false, c.msg)
+		})(ctx, stop)
+	}
+}
+
+func (c *ceilingContender) close() error {
+	var errs []error
+	for _, conn := range c.conns {
+		if err := conn.Close(); err != nil && !errors.Is(err, amqp.ErrClosed) {
+			errs = append(errs, err)
+		}
+	}
+	return errors.Join(errs...)
 }
 
 // warrenContender is one warren Client with a confirm Channel and the

@@ -95,6 +95,7 @@ func NewSuite(ctx context.Context, opts Options) (*bench.Suite, error) {
 		s.Targets = func(r *bench.Report) []bench.Target {
 			return append([]bench.Target{
 				bench.RatioTarget(r, caseName+": warren ≥ 0.95× raw amqp091-go's msg/s", caseName, Warren, Raw, bench.MsgRate, 0.95),
+				bench.RatioTarget(r, caseName+": warren ≥ 1.00× raw amqp091-go's msg/s (issue 22)", caseName, Warren, Raw, bench.MsgRate, 1),
 			}, bench.CPUTargets(r, s, Warren, Raw, 1.15)...)
 		}
 	}
