@@ -192,6 +192,41 @@ func window(size int, publish deferredPublish) bench.Loop {
 	}
 }
 
+// slidingWindow keeps up to size messages unconfirmed: once size are
+// outstanding it waits for the oldest before publishing the next, so the
+// channel never drains between batches as in window; when stopped it waits
+// for the rest.
+func slidingWindow(size int, publish deferredPublish) bench.Loop {
+	return func(ctx context.Context, stop *atomic.Bool) (int64, error) {
+		var n int64
+		ring := make([]*amqp.DeferredConfirmation, size)
+		head, out := 0, 0 // oldest outstanding, how many
+		for !stop.Load() {
+			if out == size {
+				if err := waitConfirm(ctx, ring[head]); err != nil {
+					return n, err
+				}
+				ring[head] = nil
+				head, out, n = (head+1)%size, out-1, n+1
+			}
+			dc, err := publish(ctx)
+			if err != nil {
+				return n, err
+			}
+			ring[(head+out)%size] = dc
+			out++
+		}
+		for ; out > 0; out-- {
+			if err := waitConfirm(ctx, ring[head]); err != nil {
+				return n, err
+			}
+			ring[head] = nil
+			head, n = (head+1)%size, n+1
+		}
+		return n, nil
+	}
+}
+
 // rawContender is amqp091-go on its own: one connection, one channel in
 // confirm mode.
 type rawContender struct {
@@ -276,12 +311,13 @@ func newCeiling(url, queue string, msg amqp.Publishing, conns, perConn int) (c *
 func (c *ceilingContender) goroutines() int { return len(c.chans) }
 
 // loop returns a pass's loop: each of the goroutines() goroutines running
-// it takes the next channel and runs the raw window idiom on it.
+// it takes the next channel and keeps a sliding window of size
+// unconfirmed messages on it.
 func (c *ceilingContender) loop(size int) bench.Loop {
 	var next atomic.Int64
 	return func(ctx context.Context, stop *atomic.Bool) (int64, error) {
 		ch := c.chans[int(next.Add(1)-1)%len(c.chans)]
-		return window(size, func(ctx context.Context) (*amqp.DeferredConfirmation, error) {
+		return slidingWindow(size, func(ctx context.Context) (*amqp.DeferredConfirmation, error) {
 			return ch.PublishWithDeferredConfirmWithContext(ctx, "", c.queue, false, false, c.msg)
 		})(ctx, stop)
 	}
