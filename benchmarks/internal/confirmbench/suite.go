@@ -26,8 +26,8 @@ const (
 	GoRabbitMQ = peers.GoRabbitMQ // go-rabbitmq: one Publisher WithPublisherOptionsConfirm
 	// Ceiling is raw amqp091-go on several connections with several confirm
 	// channels each, a goroutine per channel with a sliding window: the
-	// broker's confirm ceiling
-	// on this machine, run in the publisher case only.
+	// broker's confirm ceiling on this machine, run in the publisher case
+	// only.
 	Ceiling = "ceiling"
 )
 
