@@ -297,26 +297,52 @@ func TestCancelWinsOverALossThatRacesIt(t *testing.T) {
 	f, client := startConsumeFake(t)
 	ctx := testCtx(t)
 	for i := range 20 {
-		k, err := client.StartConsumer(ctx, "q", nopHandler, warren.ConsumeOptions{})
+		// A handler still running holds the end back (Done closes once
+		// handlers return): the broker's cancel is being handled while
+		// Cancel is called, and Cancel certainly comes before Done.
+		release := make(chan struct{})
+		started := make(chan struct{}, 1)
+		k, err := client.StartConsumer(ctx, "q", func(context.Context, *warren.Delivery) error {
+			started <- struct{}{}
+			<-release // its ctx ends with the subscription: this handler holds on regardless
+			return nil
+		}, warren.ConsumeOptions{})
 		if err != nil {
 			t.Fatal(err)
 		}
 		s := f.nextConsume(t)
+		f.deliver(t, s, 1, "hold")
+		<-started
 		f.brokerCancel(s)
 		if i%2 == 0 {
 			time.Sleep(time.Duration(rand.IntN(300)) * time.Microsecond)
 		}
-		endedBefore := isDone(k.Done())
-		if err := k.Cancel(ctx); err != nil {
+		if isDone(k.Done()) {
+			t.Fatal("the Consumer ended with a handler still running")
+		}
+		cancelled := make(chan error, 1)
+		go func() { cancelled <- k.Cancel(ctx) }()
+		time.Sleep(time.Duration(rand.IntN(2000)) * time.Microsecond)
+		close(release)
+		if err := <-cancelled; err != nil {
 			t.Fatalf("Cancel: %v", err)
 		}
-		err = k.Err()
-		switch {
-		case endedBefore && !errors.Is(err, warren.ErrConsumerCancelled):
-			t.Fatalf("Err of a Consumer the broker cancelled before Cancel: %v, want ErrConsumerCancelled", err)
-		case !endedBefore && err != nil:
+		if err := k.Err(); err != nil {
 			t.Fatalf("Err after a Cancel made before the Consumer ended: %v, want nil", err)
 		}
+	}
+	// A Cancel after the end (Done closed) leaves Err as it was.
+	k, err := client.StartConsumer(ctx, "q", nopHandler, warren.ConsumeOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.brokerCancel(f.nextConsume(t))
+	<-k.Done()
+	if err := k.Cancel(ctx); err != nil {
+		t.Fatalf("Cancel after the end: %v", err)
+	}
+	if err := k.Err(); !errors.Is(err, warren.ErrConsumerCancelled) {
+		t.Fatalf("Err of a Consumer the broker cancelled before Cancel: %v, want ErrConsumerCancelled", err)
 	}
 }
 
