@@ -94,12 +94,100 @@ type argWalker struct {
 	length int    // the length prefix collected so far
 }
 
+// argsTable is methodArgs by class slot (see classSlot) and method id,
+// for a lookup without hashing on every inbound method frame.
+var argsTable = func() (t [7][128]struct {
+	fields string
+	known  bool
+}) {
+	for id, fields := range methodArgs {
+		class, method := classSlot(uint16(id>>16)), id&0xFFFF
+		if class < 0 || method >= 128 {
+			panic("wire: methodArgs holds a method outside argsTable")
+		}
+		t[class][method].fields, t[class][method].known = fields, true
+	}
+	return t
+}()
+
+// classSlot is the row of argsTable for an AMQP class id; -1 for a class
+// amqp091-go does not know.
+func classSlot(class uint16) int {
+	switch class {
+	case 10:
+		return 0
+	case 20:
+		return 1
+	case 40:
+		return 2
+	case 50:
+		return 3
+	case 60:
+		return 4
+	case 85:
+		return 5
+	case 90:
+		return 6
+	}
+	return -1
+}
+
+// lookupArgs returns methodArgs[id] (id is class<<16 | method).
+func lookupArgs(id uint32) (fields string, known bool) {
+	class, method := classSlot(uint16(id>>16)), id&0xFFFF
+	if class < 0 || method >= 128 {
+		return "", false
+	}
+	e := &argsTable[class][method]
+	return e.fields, e.known
+}
+
 // start begins walking the arguments of method id (class<<16 | method); it
 // reports false for a method amqp091-go does not know.
 func (w *argWalker) start(id uint32) bool {
-	fields, ok := methodArgs[id]
+	fields, ok := lookupArgs(id)
 	*w = argWalker{on: ok, fields: fields}
 	return ok
+}
+
+// fitWhole reports whether args, all the bytes of a method frame between
+// its method id and its frame end, are exactly the arguments of the method
+// just started: the same judgement as feeding them in pieces, in one pass.
+// The walker is spent afterwards.
+func (w *argWalker) fitWhole(args []byte) bool {
+	i := 0
+	for k := 0; k < len(w.fields); k++ {
+		switch f := w.fields[k]; f {
+		case 's':
+			if i >= len(args) {
+				return false
+			}
+			i++
+			if n := int(args[i-1]); n > len(args)-i {
+				return false
+			} else {
+				i += n
+			}
+		case 'S':
+			if len(args)-i < 4 {
+				return false
+			}
+			n := uint64(args[i])<<24 | uint64(args[i+1])<<16 | uint64(args[i+2])<<8 | uint64(args[i+3])
+			i += 4
+			if n > uint64(len(args)-i) {
+				return false
+			}
+			i += int(n)
+		default:
+			if n := int(f - '0'); n > len(args)-i {
+				return false
+			} else {
+				i += n
+			}
+		}
+	}
+	w.fields = ""
+	return i == len(args)
 }
 
 // done reports whether every argument has been read.

@@ -352,13 +352,20 @@ func (c *Conn) Read(p []byte) (int, error) {
 
 // walkIn walks the frames in b, compacts out dropped frames, keeps back an
 // incomplete frame start, and returns how many bytes of b to hand on.
+//
+// A frame that lies whole in b is judged at once: content headers and
+// bodies (and heartbeats) are skipped by their size, only their frame-end
+// octet looked at, unless the content of a returned message is being
+// followed; a method frame's arguments are walked in one pass. Bytes move
+// only once something before them has been dropped. A frame split across
+// reads is walked chunk by chunk (inRem).
 func (c *Conn) walkIn(b []byte) int {
 	out := 0 // b[:out] is what amqp091-go gets
 	i := 0
 	for i < len(b) {
 		if c.inRem > 0 {
 			k := min(c.inRem, len(b)-i)
-			if !c.argsFit(b[i:i+k]) || c.inRem == k && b[i+k-1] != frameEnd {
+			if c.args.on && !c.argsFit(b[i:i+k]) || c.inRem == k && b[i+k-1] != frameEnd {
 				// Not AMQP framing. amqp091-go does not read a method
 				// frame's size, so it may parse these bytes as some
 				// other, valid-looking frame that Conn never judged (a
@@ -370,7 +377,10 @@ func (c *Conn) walkIn(b []byte) int {
 				c.capture = append(c.capture, b[i:i+min(k, cap(c.capture)-len(c.capture))]...)
 			}
 			if !c.inDrop {
-				out += copy(b[out:], b[i:i+k])
+				if out != i {
+					copy(b[out:], b[i:i+k])
+				}
+				out += k
 			}
 			i += k
 			c.inRem -= k
@@ -380,14 +390,54 @@ func (c *Conn) walkIn(b []byte) int {
 			continue
 		}
 		rest := b[i:]
-		if len(rest) < frameHeaderLen || c.needMore(rest) {
+		if len(rest) < frameHeaderLen {
 			c.inHeld = c.inBuf[:copy(c.inBuf[:], rest)] // len(rest) < holdMax
 			return out
 		}
-		if rest[0] == frameMethod && binary.BigEndian.Uint32(rest[3:7]) < methodIDLen {
-			return c.malformed(out) // amqp091-go would read the id from the next frame
+		size := uint64(binary.BigEndian.Uint32(rest[3:7]))
+		if rest[0] != frameMethod {
+			if len(c.retContent) == 0 && size+frameHeaderLen+1 <= uint64(len(rest)) {
+				// Content (or a heartbeat), whole, of no returned message:
+				// skipped by length.
+				whole := frameHeaderLen + int(size) + 1
+				if rest[whole-1] != frameEnd {
+					return c.malformed(out)
+				}
+				if out != i {
+					copy(b[out:], rest[:whole])
+				}
+				out += whole
+				i += whole
+				continue
+			}
+		} else {
+			if size < methodIDLen {
+				return c.malformed(out) // amqp091-go would read the id from the next frame
+			}
+			if c.needMore(rest) {
+				c.inHeld = c.inBuf[:copy(c.inBuf[:], rest)] // len(rest) < holdMax
+				return out
+			}
 		}
 		c.startIn(rest)
+		if whole := c.inRem; whole <= len(rest) {
+			// The whole frame is here: judged in one step.
+			if c.args.on && !c.args.fitWhole(rest[frameStartLen:whole-1]) || rest[whole-1] != frameEnd {
+				return c.malformed(out) // see above
+			}
+			if c.capture != nil {
+				c.capture = append(c.capture, rest[:min(whole, cap(c.capture)-len(c.capture))]...)
+			}
+			if !c.inDrop {
+				if out != i {
+					copy(b[out:], rest[:whole])
+				}
+				out += whole
+			}
+			i += whole
+			c.inRem = 0
+			c.frameDoneIn()
+		}
 	}
 	return out
 }
@@ -404,11 +454,8 @@ func (c *Conn) malformed(out int) int {
 // the method's arguments and reports whether they still agree with the
 // frame's size: no byte after the arguments and before the frame end, and
 // no frame end before the arguments are complete. Only method frames of
-// methods amqp091-go knows are walked.
+// methods amqp091-go knows are walked (c.args.on; the caller checks).
 func (c *Conn) argsFit(chunk []byte) bool {
-	if !c.args.on {
-		return true
-	}
 	off := c.inLen - c.inRem // frame offset of chunk[0]
 	lo := max(off, frameStartLen) - off
 	hi := min(off+len(chunk), c.inLen-1) - off // the frame-end octet is no argument
