@@ -151,10 +151,10 @@ func (cs *consumer) startBatchWorkers(r *round) {
 				}
 				fl.running.Add(1)
 				cs.k.st.inFlight.Add(int64(len(b)))
-				r.started[i].Store(time.Now().UnixNano())
+				r.started[i].Store(monoNow())
 				cs.handleBatch(b)
 				r.started[i].Store(0)
-				cs.lastSettle.Store(time.Now().UnixNano())
+				cs.lastSettle.Store(monoNow())
 				cs.k.st.inFlight.Add(-int64(len(b)))
 				fl.running.Add(-1)
 			}
@@ -217,8 +217,8 @@ func (cs *consumer) collect(r *round, out chan<- []amqp.Delivery) bool {
 // handleBatch runs the batch handler and settles what it left unsettled.
 func (cs *consumer) handleBatch(ads []amqp.Delivery) {
 	ds := make([]*Delivery, len(ads))
-	for i, ad := range ads {
-		ds[i] = cs.delivery(ad)
+	for i := range ads {
+		ds[i] = cs.delivery(&ads[i])
 	}
 	ctx, err := cs.hctx, error(nil)
 	if t := cs.c.opts.tracer; t != nil {

@@ -155,11 +155,12 @@ type consumer struct {
 	hctx    context.Context
 	hcancel context.CancelFunc
 	// For telling the broker's consumer-timeout cancel from others: when
-	// one last finished a delivery (UnixNano).
+	// one last finished a delivery (monoNow; kept only when timed).
 	lastSettle atomic.Int64
 	cancels    chan string // the broker's basic.cancel, from amqp091-go
 	closed     chan *amqp.Error
 	stop       chan struct{} // closed (by halt) when no new deliveries may be taken
+	halting    atomic.Bool   // set by halt before it closes stop
 	halted     sync.Once
 	cur        *round // the active basic.consume; nil while paused (the run loop's)
 	// brokerCancelled: the subscription was lost to the broker's
@@ -173,7 +174,7 @@ type round struct {
 	deliveries <-chan amqp.Delivery
 	ended      chan struct{} // closed by the first worker to see the deliveries end
 	endOnce    sync.Once
-	// when each worker took its current delivery or batch (UnixNano, 0
+	// when each worker took its current delivery or batch (monoNow, 0
 	// while idle)
 	started []atomic.Int64
 }
@@ -270,7 +271,7 @@ func (cs *consumer) consume(ctx context.Context) error {
 		return err
 	}
 	r := &round{deliveries: deliveries, ended: make(chan struct{}), started: make([]atomic.Int64, cs.opts.Workers)}
-	cs.lastSettle.Store(time.Now().UnixNano())
+	cs.lastSettle.Store(monoNow())
 	cs.cur = r
 	if cs.k.batch != nil {
 		cs.startBatchWorkers(r)
@@ -306,7 +307,12 @@ func (cs *consumer) cancel(ctx context.Context) error {
 }
 
 // halt makes the workers take no new deliveries.
-func (cs *consumer) halt() { cs.halted.Do(func() { close(cs.stop) }) }
+func (cs *consumer) halt() {
+	cs.halted.Do(func() {
+		cs.halting.Store(true)
+		close(cs.stop)
+	})
+}
 
 // end halts the subscription, cancels its handlers' ctx and closes its
 // channel: unacked messages return to the queue, and amqp091-go's
@@ -365,7 +371,7 @@ func (cs *consumer) cancelled(tag string, r *round) error {
 // broker's timer and ours): a handler running that long on one, or
 // deliveries buffered while no handler finished one for that long.
 func (cs *consumer) heldPastAckTimeout(r *round) bool {
-	now := time.Now().UnixNano()
+	now := monoNow()
 	bound := int64(cs.opts.AckTimeout) * 9 / 10
 	for i := range r.started {
 		if s := r.started[i].Load(); s != 0 && now-s >= bound {
@@ -403,37 +409,61 @@ func (c *session) queueExists(queue string) (ok bool, err error) {
 
 // work runs handlers for the round's deliveries until they end (it then
 // returns true) or stop is closed.
+//
+// A delivery that is ready is taken with a plain receive; only a worker
+// that would wait selects on stop as well. A delivery taken after the halt
+// (halting) is left unacked: it returns to the queue.
 func (cs *consumer) work(r *round, started *atomic.Int64) bool {
 	fl := cs.k.fl
+	timed := cs.timed()
 	for {
+		var ad amqp.Delivery
+		var ok bool
 		select {
-		case <-cs.stop:
-			return false
-		case ad, ok := <-r.deliveries:
-			if !ok {
-				return true
-			}
+		case ad, ok = <-r.deliveries:
+		default:
 			select {
 			case <-cs.stop:
-				return false // taken as shutdown began: left unacked, it returns to the queue
-			default:
+				return false
+			case ad, ok = <-r.deliveries:
 			}
-			fl.running.Add(1)
-			cs.k.st.inFlight.Add(1)
-			started.Store(time.Now().UnixNano())
-			cs.handle(ad)
-			started.Store(0)
-			cs.lastSettle.Store(time.Now().UnixNano())
-			cs.k.st.inFlight.Add(-1)
-			fl.running.Add(-1)
 		}
+		if !ok {
+			return true
+		}
+		if cs.halting.Load() {
+			return false // taken as shutdown began: left unacked, it returns to the queue
+		}
+		fl.running.Add(1)
+		cs.k.st.inFlight.Add(1)
+		if timed {
+			started.Store(monoNow())
+		}
+		cs.handle(&ad)
+		if timed {
+			started.Store(0)
+			cs.lastSettle.Store(monoNow())
+		}
+		cs.k.st.inFlight.Add(-1)
+		fl.running.Add(-1)
 	}
 }
 
+// timed reports whether the workers keep the times heldPastAckTimeout
+// looks at: only with an AckTimeout.
+func (cs *consumer) timed() bool { return cs.opts.AckTimeout > 0 && !cs.opts.AutoAck }
+
+// monoBase is the origin of monoNow.
+var monoBase = time.Now()
+
+// monoNow is a monotonic clock in nanoseconds, never 0: one clock read
+// (time.Now reads two).
+func monoNow() int64 { return int64(time.Since(monoBase)) + 1 }
+
 // delivery wraps ad for a handler.
-func (cs *consumer) delivery(ad amqp.Delivery) *Delivery {
-	ad.Acknowledger = nil
-	d := &Delivery{Delivery: ad, ch: Channel{s: cs.st}, lock: &cs.mu, tally: &cs.k.st.tally}
+func (cs *consumer) delivery(ad *amqp.Delivery) *Delivery {
+	d := &Delivery{Delivery: *ad, ch: Channel{s: cs.st}, lock: &cs.mu, tally: &cs.k.st.tally}
+	d.Acknowledger = nil
 	if cs.opts.AutoAck {
 		d.settled.Store(settled)
 	}
@@ -442,7 +472,7 @@ func (cs *consumer) delivery(ad amqp.Delivery) *Delivery {
 }
 
 // handle runs the handler for one delivery and settles it.
-func (cs *consumer) handle(ad amqp.Delivery) {
+func (cs *consumer) handle(ad *amqp.Delivery) {
 	d := cs.delivery(ad)
 	ctx, err := cs.hctx, error(nil)
 	if t := cs.c.opts.tracer; t != nil {

@@ -186,8 +186,7 @@ func (d *Delivery) settle(ctx context.Context, kind int, fn func() error) (err e
 		defer d.lock.Unlock()
 	}
 	err = fn()
-	var unknown *OutcomeUnknownError
-	if err != nil && !errors.As(err, &unknown) {
+	if err != nil && !outcomeUnknown(err) {
 		// Nothing reached the socket (or the channel is gone, and with it
 		// every delivery it carried): a retry is judged afresh.
 		d.settled.Store(unsettled)
@@ -208,6 +207,14 @@ func (d *Delivery) settle(ctx context.Context, kind int, fn func() error) (err e
 		st.unsettled.Add(-1)
 	}
 	return err
+}
+
+// outcomeUnknown reports whether err is an *OutcomeUnknownError. (A
+// function of its own: the target errors.As writes to lives on the heap,
+// and would be allocated on every settlement, failed or not.)
+func outcomeUnknown(err error) bool {
+	var unknown *OutcomeUnknownError
+	return errors.As(err, &unknown)
 }
 
 // Ack acknowledges the delivery with tag, and with multiple every earlier
