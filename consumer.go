@@ -5,7 +5,9 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"runtime"
 	"runtime/debug"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -91,6 +93,34 @@ type ConsumeOptions struct {
 	// OnPanic, if set, is called (on the worker) with what a handler
 	// panicked with and the stack; the panic is also logged.
 	OnPanic func(d *Delivery, v any, stack []byte)
+	// CoalesceAcks lets warren ack the deliveries whose handler returned
+	// nil together, with one multiple basic.ack, instead of one ack each:
+	// while the next delivery is already waiting, the ack of the one just
+	// handled is held back. The held acks go out once no delivery is
+	// waiting (before the worker would wait), every Prefetch/4
+	// deliveries, at most 5 ms after the first was held (a long handler
+	// does not keep them back), and before the worker ends (Pause,
+	// Cancel, the end of the subscription; Cancel and Client.Consume send
+	// them before the channel closes). At high rates this saves a frame
+	// and a socket write per message.
+	//
+	// It is opt-in because it changes when a handler's nil reaches the
+	// broker: up to 5 ms later, together with others. A connection lost
+	// in that window loses those acks, and the broker delivers the
+	// messages again (at least once, as after any lost ack, but for more
+	// of them); Stats.Acked counts them once sent. The Delivery counts as
+	// settled from the handler's return (a later Ack of it returns
+	// ErrAlreadySettled, as without coalescing). A multiple ack never
+	// covers a delivery that is not settled: one a handler left being
+	// settled by a goroutine of its own, one whose settlement failed, or
+	// one still being handled by a worker of an earlier subscription round
+	// (after Pause and Resume); warren then acks one by one.
+	//
+	// It needs Workers 1 (handlers settle in delivery order) and manual
+	// acks: with more Workers or AutoAck it is refused. A batch consumer
+	// ignores it (each batch is acked with one multiple ack already), and
+	// so does a Client with a tracer (every ack keeps its span).
+	CoalesceAcks bool
 	// AckTimeout, if set, is how long the broker waits for the ack of a
 	// delivery before it gives up on the consumer (the consumer argument
 	// x-consumer-timeout, whole milliseconds; default: the broker's
@@ -132,6 +162,10 @@ func (o *ConsumeOptions) fill() error {
 		return fmt.Errorf("%w: %s: negative Workers", ErrInvalidArgument, op)
 	case o.ShutdownTimeout < 0:
 		return fmt.Errorf("%w: %s: negative ShutdownTimeout", ErrInvalidArgument, op)
+	case o.CoalesceAcks && o.Workers > 1:
+		return fmt.Errorf("%w: %s: CoalesceAcks needs Workers 1 (got %d): handlers must settle in delivery order", ErrInvalidArgument, op, o.Workers)
+	case o.CoalesceAcks && o.AutoAck:
+		return fmt.Errorf("%w: %s: CoalesceAcks with AutoAck: nothing is acked", ErrInvalidArgument, op)
 	}
 	return nil
 }
@@ -167,6 +201,16 @@ type consumer struct {
 	// basic.cancel (the run loop's; counted once Ready is re-armed).
 	brokerCancelled bool
 	batches         *batchBook // the outstanding batches (batch consumers)
+
+	// Ack coalescing (CoalesceAcks): workers counts the subscription's
+	// workers still running, of every round (a multiple ack is sent only
+	// by the only one); elsewhere, under mu, holds deliveries a handler
+	// returned from without their being settled (a settlement still being
+	// sent by another goroutine, or one that failed): no multiple ack may
+	// cover them until they are.
+	coalesce  bool
+	workers   atomic.Int32
+	elsewhere []*Delivery
 }
 
 // round is one basic.consume of a subscription and its workers.
@@ -234,7 +278,8 @@ func (c *session) subscribe(ctx context.Context, k *Consumer) (*consumer, error)
 		return nil, err
 	}
 	cs := &consumer{c: c, st: st, k: k, queue: k.queue, opts: opts,
-		cancels: make(chan string, 4), stop: make(chan struct{})}
+		cancels: make(chan string, 4), stop: make(chan struct{}),
+		coalesce: opts.CoalesceAcks && k.batch == nil && c.opts.tracer == nil}
 	if k.batch != nil {
 		cs.batches = new(batchBook)
 	}
@@ -288,8 +333,10 @@ func (cs *consumer) startWorkers(r *round) {
 	fl := cs.k.fl
 	for i := 0; i < cs.opts.Workers; i++ {
 		fl.wg.Add(1)
+		cs.workers.Add(1)
 		go func() {
 			defer fl.wg.Done()
+			defer cs.workers.Add(-1)
 			if cs.work(r, &r.started[i]) {
 				r.end()
 			}
@@ -412,16 +459,40 @@ func (c *session) queueExists(queue string) (ok bool, err error) {
 //
 // A delivery that is ready is taken with a plain receive; only a worker
 // that would wait selects on stop as well. A delivery taken after the halt
-// (halting) is left unacked: it returns to the queue.
+// (halting) is left unacked: it returns to the queue. With coalescing, the
+// acks held back go out before the worker would wait, every Prefetch/4
+// deliveries, maxAckDelay after the first was held, and before it
+// returns.
 func (cs *consumer) work(r *round, started *atomic.Int64) bool {
 	fl := cs.k.fl
 	timed := cs.timed()
+	var held *ackHold
+	if cs.coalesce {
+		held = &ackHold{cs: cs, max: max(1, cs.opts.Prefetch/4)}
+		defer held.flush()
+	}
 	for {
 		var ad amqp.Delivery
 		var ok bool
+		ready := true
 		select {
 		case ad, ok = <-r.deliveries:
 		default:
+			ready = false
+		}
+		if !ready && held.any() {
+			// Let amqp091-go's buffer goroutine offer what it holds (it
+			// may not have run since the last receive) before the held
+			// acks go out.
+			runtime.Gosched()
+			select {
+			case ad, ok = <-r.deliveries:
+				ready = true
+			default:
+				held.flush()
+			}
+		}
+		if !ready {
 			select {
 			case <-cs.stop:
 				return false
@@ -439,7 +510,9 @@ func (cs *consumer) work(r *round, started *atomic.Int64) bool {
 		if timed {
 			started.Store(monoNow())
 		}
-		cs.handle(&ad)
+		if d := cs.handle(&ad); d != nil {
+			held.add(d)
+		}
 		if timed {
 			started.Store(0)
 			cs.lastSettle.Store(monoNow())
@@ -447,6 +520,103 @@ func (cs *consumer) work(r *round, started *atomic.Int64) bool {
 		cs.k.st.inFlight.Add(-1)
 		fl.running.Add(-1)
 	}
+}
+
+// maxAckDelay bounds how long a coalesced ack is held back.
+const maxAckDelay = 5 * time.Millisecond
+
+// ackHold is one worker's acks held back (CoalesceAcks): deliveries whose
+// handler returned nil, heldAck, in tag order. Its timer sends them
+// maxAckDelay after the first was held, should the worker not have sent
+// them by then (a long handler).
+type ackHold struct {
+	cs  *consumer
+	max int // flush at this many
+
+	mu    sync.Mutex
+	ds    []*Delivery
+	t     *time.Timer
+	armed bool
+}
+
+// any reports whether acks are held back. (A nil ackHold holds none.)
+func (h *ackHold) any() bool {
+	if h == nil {
+		return false
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.ds) > 0
+}
+
+// add holds back the ack of d; at max held they go out.
+func (h *ackHold) add(d *Delivery) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.ds = append(h.ds, d)
+	if len(h.ds) >= h.max {
+		h.flushLocked()
+		return
+	}
+	if !h.armed {
+		if h.t == nil {
+			h.t = time.AfterFunc(maxAckDelay, h.flush)
+		} else {
+			h.t.Reset(maxAckDelay)
+		}
+		h.armed = true
+	}
+}
+
+// flush sends the acks held back.
+func (h *ackHold) flush() {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	h.flushLocked()
+}
+
+// flushLocked sends the acks held back: one multiple ack up to the last
+// when that covers nothing else unsettled (no other worker of the
+// subscription runs, no delivery is left being settled elsewhere), else
+// one ack each. h.mu is held.
+func (h *ackHold) flushLocked() {
+	if h.armed {
+		h.t.Stop()
+		h.armed = false
+	}
+	held, cs := h.ds, h.cs
+	if len(held) == 0 {
+		return
+	}
+	bg := context.Background() // as handle's: a ctx ending mid-write would cost the connection
+	cs.mu.Lock()
+	if len(held) > 1 && cs.workers.Load() == 1 && cs.noneElsewhere() {
+		err := Channel{s: cs.st}.Ack(bg, held[len(held)-1].DeliveryTag, true)
+		cs.mu.Unlock()
+		state := unsettled
+		if err == nil {
+			state = settled
+			cs.k.st.tally[tallyAck].Add(uint64(len(held)))
+		}
+		for _, d := range held {
+			d.settled.Store(state)
+		}
+	} else {
+		cs.mu.Unlock()
+		for _, d := range held {
+			d.settled.Store(unsettled)
+			_ = d.Ack(bg)
+		}
+	}
+	clear(held)
+	h.ds = held[:0]
+}
+
+// noneElsewhere reports whether every delivery in elsewhere has been
+// settled since, forgetting those. mu is held.
+func (cs *consumer) noneElsewhere() bool {
+	cs.elsewhere = slices.DeleteFunc(cs.elsewhere, func(d *Delivery) bool { return d.settled.Load() == settled })
+	return len(cs.elsewhere) == 0
 }
 
 // timed reports whether the workers keep the times heldPastAckTimeout
@@ -471,8 +641,10 @@ func (cs *consumer) delivery(ad *amqp.Delivery) *Delivery {
 	return d
 }
 
-// handle runs the handler for one delivery and settles it.
-func (cs *consumer) handle(ad *amqp.Delivery) {
+// handle runs the handler for one delivery and settles it. With
+// coalescing, a delivery whose handler returned nil is not acked: handle
+// returns it, heldAck, for the worker to ack later (see ackHold).
+func (cs *consumer) handle(ad *amqp.Delivery) (hold *Delivery) {
 	d := cs.delivery(ad)
 	ctx, err := cs.hctx, error(nil)
 	if t := cs.c.opts.tracer; t != nil {
@@ -485,7 +657,13 @@ func (cs *consumer) handle(ad *amqp.Delivery) {
 		cs.k.st.handlerErrors.Add(1)
 	}
 	if d.settled.Load() == settled {
-		return
+		return nil
+	}
+	if cs.coalesce {
+		if err == nil && d.settled.CompareAndSwap(unsettled, heldAck) {
+			return d
+		}
+		defer cs.unlessSettled(d)
 	}
 	// Settled without a caller's ctx: an ack is a frame write, and a
 	// ctx ending mid-write would cost the connection.
@@ -497,6 +675,18 @@ func (cs *consumer) handle(ad *amqp.Delivery) {
 		// failed delivery, and only failures trip a delivery limit.
 		_ = d.Reject(bg, !cs.opts.DeadLetterOnError)
 	}
+	return nil
+}
+
+// unlessSettled keeps d from being covered by a multiple ack while it is
+// not settled (coalescing).
+func (cs *consumer) unlessSettled(d *Delivery) {
+	if d.settled.Load() == settled {
+		return
+	}
+	cs.mu.Lock()
+	cs.elsewhere = append(cs.elsewhere, d)
+	cs.mu.Unlock()
 }
 
 // call runs the handler, turning a panic into an error.

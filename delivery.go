@@ -22,7 +22,7 @@ type Delivery struct {
 	ch      Channel
 	lock    *sync.Mutex  // a consumer's: serialises settlements from its workers
 	counted bool         // fetched by Get: counted in its channel's unsettled messages
-	settled atomic.Int32 // unsettled, settling or settled
+	settled atomic.Int32 // unsettled, settling, settled or heldAck
 	tally   *settleTally // a Consumer's settlement counters, or nil
 	// tctx is the processing trace's ctx (without cancellation), the
 	// parent of warren's own settlement's trace; nil when not traced.
@@ -53,6 +53,10 @@ const (
 	unsettled int32 = iota
 	settling        // a settlement is being sent
 	settled         // its frame was handed to the socket
+	// heldAck: its handler returned nil and warren holds its ack back, to
+	// send it with others (ConsumeOptions.CoalesceAcks); settled as far as
+	// anyone else can tell.
+	heldAck
 )
 
 // DeliveryCount returns the quorum queue's x-delivery-count header: how
