@@ -231,17 +231,52 @@ func (r *round) end() { r.endOnce.Do(func() { close(r.ended) }) }
 // returned them to the queue); only the end of the Consumer waits for
 // handlers still running, bounded by ShutdownTimeout.
 type flight struct {
-	wg      sync.WaitGroup
-	running atomic.Int64 // handlers running now
-	gaveUp  atomic.Bool  // a wait reached its bound: later waits return at once
+	wg      sync.WaitGroup // the workers
+	running atomic.Int64   // handlers running now
+	gaveUp  atomic.Bool    // a wait reached its bound: later waits return at once
+
+	// A wait told that every subscription is halted ends as soon as no
+	// handler runs (a halted per-message worker starts none): idle is
+	// closed then by the handler that brings running to 0.
+	waiting atomic.Bool
+	mu      sync.Mutex
+	idle    chan struct{}
+}
+
+// handlerDone records that a handler returned (or was not started).
+func (f *flight) handlerDone() {
+	if f.running.Add(-1) == 0 && f.waiting.Load() {
+		f.mu.Lock()
+		if f.idle != nil {
+			close(f.idle)
+			f.idle = nil
+		}
+		f.mu.Unlock()
+	}
 }
 
 // wait waits at most d, and not after hurry is closed, for every handler
 // to return, and reports how many were still running when it gave up (0:
-// all returned).
-func (f *flight) wait(d time.Duration, hurry <-chan struct{}) int64 {
+// all returned). It waits for the workers to end, unless halted says that
+// every subscription is halted and its workers handle deliveries one at a
+// time (per-message workers, which check the halt after counting
+// themselves running): then no handler running is enough, and a worker
+// waiting for a delivery that will not come (its basic.cancel failed) is
+// not waited for.
+func (f *flight) wait(d time.Duration, hurry <-chan struct{}, halted bool) int64 {
 	if f.gaveUp.Load() {
 		return f.running.Load()
+	}
+	var idle chan struct{}
+	if halted {
+		idle = make(chan struct{})
+		f.mu.Lock()
+		f.idle = idle
+		f.mu.Unlock()
+		f.waiting.Store(true)
+		if f.running.Load() == 0 {
+			return 0
+		}
 	}
 	done := make(chan struct{})
 	go func() { f.wg.Wait(); close(done) }()
@@ -249,6 +284,8 @@ func (f *flight) wait(d time.Duration, hurry <-chan struct{}) int64 {
 	defer t.Stop()
 	select {
 	case <-done:
+		return 0
+	case <-idle:
 		return 0
 	case <-t.C:
 	case <-hurry:
@@ -457,8 +494,9 @@ func (c *session) queueExists(queue string) (ok bool, err error) {
 // work runs handlers for the round's deliveries until they end (it then
 // returns true) or stop is closed.
 //
-// A delivery that is ready is taken with a plain receive; only a worker
-// that would wait selects on stop as well. A delivery taken after the halt
+// A delivery is taken with a plain receive, without a select: first
+// without waiting, and only when none is ready (and held acks have gone
+// out) waiting for one. A delivery taken after the halt
 // (halting) is left unacked: it returns to the queue. With coalescing, the
 // acks held back go out before the worker would wait, every Prefetch/4
 // deliveries, maxAckDelay after the first was held, and before it
@@ -493,19 +531,22 @@ func (cs *consumer) work(r *round, started *atomic.Int64) bool {
 			}
 		}
 		if !ready {
-			select {
-			case <-cs.stop:
-				return false
-			case ad, ok = <-r.deliveries:
-			}
+			// A plain receive: a halt is always followed by the end of
+			// the deliveries (basic.cancel, or the channel's close), and
+			// the Consumer's wait does not wait for a worker waiting here
+			// (see flight.wait).
+			ad, ok = <-r.deliveries
 		}
 		if !ok {
 			return true
 		}
+		// Counted running before the halt is checked, so that a wait
+		// that saw no handler running after the halt was right.
+		fl.running.Add(1)
 		if cs.halting.Load() {
+			fl.handlerDone()
 			return false // taken as shutdown began: left unacked, it returns to the queue
 		}
-		fl.running.Add(1)
 		cs.k.st.inFlight.Add(1)
 		if timed {
 			started.Store(monoNow())
@@ -518,7 +559,7 @@ func (cs *consumer) work(r *round, started *atomic.Int64) bool {
 			cs.lastSettle.Store(monoNow())
 		}
 		cs.k.st.inFlight.Add(-1)
-		fl.running.Add(-1)
+		fl.handlerDone()
 	}
 }
 

@@ -10,8 +10,10 @@ import (
 	"errors"
 	"fmt"
 	"testing"
+	"time"
 
 	"github.com/warrenmq/warren"
+	fb "github.com/warrenmq/warren/internal/fakebroker"
 )
 
 // ackedTags replays settlements as the broker applies them to the
@@ -209,5 +211,59 @@ func TestCoalesceAcksNeedsOneWorkerAndManualAcks(t *testing.T) {
 	}
 	if n := f.opens.Load(); n != 0 {
 		t.Errorf("%d channels opened for refused options, want 0", n)
+	}
+}
+
+// A worker waiting for a delivery is not a handler: when the broker never
+// answers the shutdown's basic.cancel, Cancel waits ShutdownTimeout for that
+// answer and then closes the channel, without waiting that long again for
+// a worker that has nothing to do.
+func TestCancelDoesNotWaitForAnIdleWorkerWhenTheBrokerIgnoresBasicCancel(t *testing.T) {
+	consumed := make(chan subscribed, 1)
+	client := startFake(t, fb.Config{}, func(c *fb.Conn) {
+		for {
+			m, err := c.Next()
+			if err != nil {
+				return
+			}
+			switch m.ID {
+			case fb.ChannelOpen:
+				c.OpenOK(m.Channel)
+			case fbBasicConsume:
+				r := m.Reader()
+				r.Short()
+				r.ShortStr()
+				tag := r.ShortStr()
+				c.Send(m.Channel, fbBasicConsumeOK, new(fb.Args).ShortStr(tag))
+				consumed <- subscribed{m.Channel, tag}
+			case fbBasicCancel:
+				// never answered
+			default:
+				if c.Answer(m) != nil {
+					return
+				}
+			}
+		}
+	})
+	ctx := testCtx(t)
+	const bound = 500 * time.Millisecond
+	k, err := client.StartConsumer(ctx, "q", nopHandler, warren.ConsumeOptions{ShutdownTimeout: bound})
+	if err != nil {
+		t.Fatal(err)
+	}
+	<-consumed
+	start := time.Now()
+	err = k.Cancel(ctx)
+	took := time.Since(start)
+	if err != nil {
+		t.Errorf("Cancel: %v, want nil (no handler was running)", err)
+	}
+	if !isDone(k.Done()) {
+		t.Error("Done not closed after Cancel")
+	}
+	// One bound for basic.cancel-ok; a second one would be the wait for
+	// the idle worker.
+	if took < bound || took >= 2*bound {
+		t.Errorf("Cancel took %v, want one ShutdownTimeout (%v) and well under two", took, bound)
 	}
 }

@@ -559,7 +559,8 @@ func (k *Consumer) run(life context.Context, sub *consumer) {
 	if stopped {
 		n = k.shutdown(sub)
 	} else {
-		n = k.fl.wait(k.opts.ShutdownTimeout, k.hurry)
+		// Every subscription has ended (halted).
+		n = k.fl.wait(k.opts.ShutdownTimeout, k.hurry, k.batch == nil)
 	}
 	k.endLife()
 	k.setIdle()
@@ -804,7 +805,8 @@ func (k *Consumer) shutdown(sub *consumer) int64 {
 	}
 	// At the bound the channel closes next; the unfinished handlers'
 	// messages go back to the queue. Their later acks fail harmlessly.
-	n := k.fl.wait(bound, k.hurry)
+	// (With AutoAck the workers must be waited for: they go on.)
+	n := k.fl.wait(bound, k.hurry, k.batch == nil && (sub == nil || !k.opts.AutoAck))
 	if sub != nil {
 		sub.end() // whatever is still buffered with AutoAck is lost
 	}
