@@ -2,6 +2,7 @@ package warren
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"sync"
@@ -229,11 +230,39 @@ func outcomeUnknown(err error) bool {
 // ErrAlreadySettled. Settle each delivery one way, through its Delivery or
 // through the Channel.
 func (ch Channel) Ack(ctx context.Context, tag uint64, multiple bool) error {
-	err := ch.send(ctx, "basic.ack", func() error { ch.s.markTx(); return ch.s.ch.Ack(tag, multiple) })
+	err := ch.send(ctx, "basic.ack", func() error { ch.s.markTx(); return ch.s.writeSettle(methodAck, tag, bit(multiple, 0)) })
 	if err == nil && multiple {
 		ch.s.settledUpTo(tag)
 	}
 	return err
+}
+
+// Methods writeSettle writes.
+const (
+	methodAck    = 80  // basic.ack
+	methodReject = 90  // basic.reject
+	methodNack   = 120 // basic.nack
+)
+
+// writeSettle writes basic.ack, basic.reject or basic.nack (method) for
+// tag with its bits, as amqp091-go would, without its allocations. An error
+// wrapping amqp.ErrClosed means nothing was written (see writeContent).
+func (ch *channel) writeSettle(method uint16, tag uint64, bits byte) error {
+	const payload = 4 + 8 + 1 // class and method, delivery tag, bits
+	f := [frameHeaderLen + payload + 1]byte{frameMethodType, byte(ch.id >> 8), byte(ch.id), 0, 0, 0, payload,
+		0, classBasic, byte(method >> 8), byte(method)}
+	binary.BigEndian.PutUint64(f[11:19], tag)
+	f[19] = bits
+	f[20] = frameEndOctet
+	return ch.writeContent(f[:], nil)
+}
+
+// bit returns 1<<n if on.
+func bit(on bool, n uint) byte {
+	if on {
+		return 1 << n
+	}
+	return 0
 }
 
 // settledUpTo records that every delivery up to tag is settled.
@@ -249,7 +278,10 @@ func (ch *channel) settledUpTo(tag uint64) {
 // Nack negatively acknowledges the delivery with tag (and with multiple every
 // earlier one); requeue puts them back on the queue.
 func (ch Channel) Nack(ctx context.Context, tag uint64, multiple, requeue bool) error {
-	err := ch.send(ctx, "basic.nack", func() error { ch.s.markTx(); return ch.s.ch.Nack(tag, multiple, requeue) })
+	err := ch.send(ctx, "basic.nack", func() error {
+		ch.s.markTx()
+		return ch.s.writeSettle(methodNack, tag, bit(multiple, 0)|bit(requeue, 1))
+	})
 	if err == nil && multiple {
 		ch.s.settledUpTo(tag)
 	}
@@ -258,7 +290,7 @@ func (ch Channel) Nack(ctx context.Context, tag uint64, multiple, requeue bool) 
 
 // Reject rejects the delivery with tag; requeue puts it back on the queue.
 func (ch Channel) Reject(ctx context.Context, tag uint64, requeue bool) error {
-	return ch.send(ctx, "basic.reject", func() error { ch.s.markTx(); return ch.s.ch.Reject(tag, requeue) })
+	return ch.send(ctx, "basic.reject", func() error { ch.s.markTx(); return ch.s.writeSettle(methodReject, tag, bit(requeue, 0)) })
 }
 
 // txSettle records a settlement made in the open transaction: it counts once

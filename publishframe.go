@@ -23,6 +23,7 @@ const headRoom = 512
 
 // Frame and method constants of the frames encodePublish writes.
 const (
+	frameHeaderLen  = 7
 	frameMethodType = 1
 	frameHeaderType = 2
 	frameEndOctet   = 0xCE
