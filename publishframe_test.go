@@ -253,13 +253,17 @@ func newRefs(t testing.TB) *refs {
 	return r
 }
 
-func (r *refs) publish(frameMax int, m *Message) []byte {
+func (r *refs) publish(frameMax int, m *Message) []byte { return r.publishIn(r.t, frameMax, m) }
+
+// publishIn is publish, failing t (a fuzz target's, say) rather than the
+// refs' owner.
+func (r *refs) publishIn(t testing.TB, frameMax int, m *Message) []byte {
 	a := r.by[uint32(frameMax)]
 	if a == nil {
-		a = newAmqpRef(r.t, uint32(frameMax))
+		a = newAmqpRef(t, uint32(frameMax))
 		r.by[uint32(frameMax)] = a
 	}
-	return a.publish(r.t, m)
+	return a.publish(t, m)
 }
 
 // ---------------------------------------------------------------------------
@@ -633,7 +637,7 @@ func checkEncoding(t *testing.T, r *refs, frameMax int, m *Message, stamp, exact
 		}
 		ref.Headers[StampHeader] = int64(encodeStampTag)
 	}
-	amqpBytes := r.publish(frameMax, &ref)
+	amqpBytes := r.publishIn(t, frameMax, &ref)
 	if exact {
 		if !bytes.Equal(got, amqpBytes) {
 			t.Fatalf("warren wrote other bytes than amqp091-go:\nwarren    %x\namqp091-go %x", clipBytes(got), clipBytes(amqpBytes))
