@@ -91,6 +91,7 @@ func encodePublish(dst []byte, op string, id uint16, m *Message, stamp bool, max
 		b, ok = appendShortstr(b, p.ContentEncoding, ok)
 	}
 	stampAt = -1
+	noRoom := false // no room for the stamp in the headers table
 	if len(p.Headers) > 0 || stamp {
 		flags |= flagHeaders
 		at := len(b)
@@ -100,6 +101,10 @@ func encodePublish(dst []byte, op string, id uint16, m *Message, stamp bool, max
 				ok = false
 			} else {
 				b = appendEntriesFlat(b, p.Headers, stamp)
+			}
+			if stamp && len(p.Headers) >= maxTableEntries {
+				_, own := p.Headers[StampHeader] // replaced by the stamp
+				noRoom = !own
 			}
 		}
 		if stamp {
@@ -161,6 +166,9 @@ func encodePublish(dst []byte, op string, id uint16, m *Message, stamp bool, max
 			err = fmt.Errorf("%w: %s: the message cannot be encoded", ErrInvalidArgument, op)
 		}
 		return dst, -1, err
+	}
+	if noRoom {
+		return dst, -1, fmt.Errorf("%w: %s: headers: %d entries and the stamp of a mandatory publish (%s) make a table of %d; amqp091-go consumers read at most %d and would lose their connection", ErrInvalidArgument, op, len(p.Headers), StampHeader, len(p.Headers)+1, maxTableEntries)
 	}
 	binary.BigEndian.PutUint16(b[flagsAt:], flags)
 	payload := len(b) - h - 7

@@ -3,6 +3,7 @@ package warren
 import (
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"maps"
 	"math"
 	"strings"
@@ -66,7 +67,14 @@ func checkFuzzedPublish(t *testing.T, r *refs, m *Message, frameMax int, stamp b
 			}
 			return
 		}
-		// Taken by checkPublishing: only frame_max may refuse it.
+		// Taken by checkPublishing: only frame_max, or a headers table
+		// with no room left for the stamp, may refuse it.
+		if _, own := m.Headers[StampHeader]; stamp && !own && len(m.Headers) >= maxTableEntries {
+			if !strings.Contains(err.Error(), "stamp") {
+				t.Fatalf("no room for the stamp, refused for another reason: %v", err)
+			}
+			return
+		}
 		if !strings.Contains(err.Error(), "frame_max") {
 			t.Fatalf("checkPublishing takes it, encodePublish refuses: %v", err)
 		}
@@ -96,6 +104,9 @@ func checkFuzzedPublish(t *testing.T, r *refs, m *Message, frameMax int, stamp b
 	want := wantDecoded(m, stamp, encodeStampTag)
 	if d := sameMessage(dec, &want); d != "" {
 		t.Fatalf("warren's bytes decode to another message: %s", d)
+	}
+	if n := len(dec.Publishing.Headers); n > maxTableEntries {
+		t.Fatalf("a headers table of %d entries sent: amqp091-go consumers read at most %d", n, maxTableEntries)
 	}
 
 	// amqp091-go, given what warren means: wide ints as int64, the stamp
@@ -312,6 +323,12 @@ func (g *fuzzGen) message() (m *Message, frameMax int, stamp bool) {
 		p.Headers = g.table(0)
 		if g.u8()%4 == 0 {
 			p.Headers[StampHeader] = g.value(1)
+		}
+		if g.u8() == 0xfe {
+			// A table full to what amqp091-go consumers read.
+			for i, n := len(p.Headers), maxTableEntries-int(g.u8()%2); i < n; i++ {
+				p.Headers[fmt.Sprint("f", i)] = nil
+			}
 		}
 		if g.u8()%8 == 0 {
 			// A header near frame_max.

@@ -1028,3 +1028,48 @@ func TestPublishEncodingAllocs(t *testing.T) {
 		t.Fatalf("encoding and writing a publish: %v allocations, want 0", n)
 	}
 }
+
+// The stamp is one more entry of the headers table: a caller's table of
+// maxTableEntries (what amqp091-go consumers read at most) leaves no room
+// for it, unless it holds StampHeader itself (the stamp replaces it).
+func TestPublishEncodingStampCountsAsATableEntry(t *testing.T) {
+	full := Table{}
+	for i := range maxTableEntries {
+		full[fmt.Sprint(i)] = nil
+	}
+	var buf [headRoom]byte
+	if _, _, err := encodePublish(buf[:0], "basic.publish", 1, &Message{Key: "q", Publishing: Publishing{Headers: full}}, false, 0); err != nil {
+		t.Fatalf("%d headers without the stamp: %v", len(full), err)
+	}
+	m := &Message{Key: "q", Mandatory: true, Publishing: Publishing{Headers: full}}
+	head, _, err := encodePublish(buf[:0], "basic.publish", 1, m, true, 0)
+	if !errors.Is(err, ErrInvalidArgument) {
+		n := -1
+		if err == nil {
+			if dec, derr := decodePublish(head, 1, 0); derr == nil {
+				n = len(dec.Publishing.Headers)
+			}
+		}
+		t.Fatalf("%d headers and the stamp: %v (a table of %d entries sent), want ErrInvalidArgument: amqp091-go consumers read at most %d", len(full), err, n, maxTableEntries)
+	}
+
+	// With StampHeader among them, the stamp takes its place.
+	own := maps.Clone(full)
+	delete(own, "0")
+	own[StampHeader] = "mine"
+	m = &Message{Key: "q", Mandatory: true, Publishing: Publishing{Headers: own}}
+	head, _, err = encodePublish(buf[:0], "basic.publish", 1, m, true, 0)
+	if err != nil {
+		t.Fatalf("%d headers holding the stamp's own: %v", len(own), err)
+	}
+	if dec, err := decodePublish(head, 1, 0); err != nil || len(dec.Publishing.Headers) != maxTableEntries {
+		t.Fatalf("decoded: %v", err)
+	}
+	// One fewer: room for the stamp.
+	less := maps.Clone(full)
+	delete(less, "0")
+	m = &Message{Key: "q", Mandatory: true, Publishing: Publishing{Headers: less}}
+	if _, _, err := encodePublish(buf[:0], "basic.publish", 1, m, true, 0); err != nil {
+		t.Fatalf("%d headers and the stamp: %v", len(less), err)
+	}
+}
