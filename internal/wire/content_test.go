@@ -8,6 +8,7 @@ import (
 	"io"
 	"math/rand/v2"
 	"net"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -135,7 +136,7 @@ func contentWant(ch uint16, head, body []byte, maxBody int) []byte {
 func waitWaiters(t testing.TB, c *Conn, n int) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for {
+	for i := 0; ; i++ {
 		c.wmu.Lock()
 		w := c.waiters
 		c.wmu.Unlock()
@@ -145,7 +146,11 @@ func waitWaiters(t testing.TB, c *Conn, n int) {
 		if time.Now().After(deadline) {
 			t.Fatalf("%d WriteContent calls waiting after 5 s, want %d", w, n)
 		}
-		time.Sleep(time.Millisecond)
+		if i < 1000 {
+			runtime.Gosched()
+		} else {
+			time.Sleep(time.Millisecond)
+		}
 	}
 }
 
