@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"net"
+	"sync"
 )
 
 // ErrChannelClosed is returned by WriteContent when the channel is not open
@@ -130,33 +131,47 @@ func appendContent(b []byte, ch uint16, head, body []byte, maxBody int) []byte {
 	return b
 }
 
+// iovec is a write vector kept for writeLarge: keep holds the backing
+// array, w is what net.Buffers.WriteTo consumes.
+type iovec struct{ keep, w net.Buffers }
+
+var iovPool = sync.Pool{New: func() any { return new(iovec) }}
+
 // writeLarge writes head and a large body without copying the body: the
 // held-back bytes, head, and every frame header and end go from the
 // scratch buffer, the body chunks from body itself (one writev on a TCP
-// connection). wmu is held.
+// connection). wmu is held. The scratch buffer is sized before anything
+// is put in it, so the pieces sliced from it stay valid; the vector is
+// pooled between calls (without its references to body): no allocation
+// once both have grown.
 func (c *Conn) writeLarge(ch uint16, head, body []byte, maxBody, frames int) error {
-	b := append(c.scratch[:0], c.corked...)
+	need := len(c.corked) + len(head) + (frameHeaderLen+1)*frames
+	b := c.scratch[:0]
+	if cap(b) < need {
+		b = make([]byte, 0, need)
+	}
+	b = append(b, c.corked...)
 	b = append(b, head...)
-	cuts := make([]int, 0, frames) // where each piece of b before a body chunk ends
+	v := iovPool.Get().(*iovec)
+	iov := v.keep[:0]
+	from := 0
 	for i := 0; i < len(body); i += maxBody {
 		if i > 0 {
 			b = append(b, frameEnd)
 		}
 		b = appendFrameHeader(b, frameBody, ch, min(maxBody, len(body)-i))
-		cuts = append(cuts, len(b))
+		iov = append(iov, b[from:len(b):len(b)], body[i:min(i+maxBody, len(body))])
+		from = len(b)
 	}
 	b = append(b, frameEnd)
-	bufs := make(net.Buffers, 0, 2*frames+1)
-	from := 0
-	for k, to := range cuts {
-		i := k * maxBody
-		bufs = append(bufs, b[from:to], body[i:min(i+maxBody, len(body))])
-		from = to
-	}
-	bufs = append(bufs, b[from:])
+	iov = append(iov, b[from:])
 	c.corked = c.corked[:0]
-	n, err := bufs.WriteTo(c.Conn)
+	v.w = iov // WriteTo consumes v.w; iov keeps the vector
+	n, err := v.w.WriteTo(c.Conn)
 	c.written.Add(uint64(n))
+	clear(iov) // body is not retained
+	v.keep, v.w = iov[:0], nil
+	iovPool.Put(v)
 	if cap(b) <= 2*copyMax {
 		c.scratch = b[:0]
 	}

@@ -725,3 +725,40 @@ func bodyOf(frames [][]byte) []byte {
 	}
 	return b
 }
+
+// sinkConn counts what is written, without keeping it.
+type sinkConn struct {
+	net.Conn
+	n int
+}
+
+func (s *sinkConn) Write(p []byte) (int, error) { s.n += len(p); return len(p), nil }
+
+// WriteContent allocates nothing once its buffers have grown, by either
+// path, corked or not.
+func TestWriteContentAllocs(t *testing.T) {
+	if raceEnabled {
+		t.Skip("the race detector makes sync.Pool drop buffers: allocation counts are not exact")
+	}
+	for _, size := range []int{0, 100, copyMax, copyMax + 1, 1 << 20} {
+		for _, maxBody := range []int{4088, 131064, 0} {
+			sc := &sinkConn{}
+			c := New(sc, nil)
+			mustWrite(t, c, []byte(protoHeader), chanOpen(1))
+			head, body := contentHead(1, size), pattern(size)
+			want := len(contentWant(1, head, body, maxBody))
+			sc.n = 0
+			n := testing.AllocsPerRun(50, func() {
+				if err := c.WriteContent(1, head, body, maxBody); err != nil {
+					t.Fatal(err)
+				}
+			})
+			if n != 0 {
+				t.Errorf("WriteContent of %d bytes at %d: %v allocations, want 0", size, maxBody, n)
+			}
+			if sc.n != 51*want {
+				t.Errorf("WriteContent of %d bytes at %d: %d bytes written in 51 calls, want %d", size, maxBody, sc.n, 51*want)
+			}
+		}
+	}
+}
