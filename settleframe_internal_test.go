@@ -2,20 +2,10 @@ package warren
 
 import (
 	"bytes"
-	"net"
 	"testing"
 
 	"github.com/warrenmq/warren/internal/wire"
 )
-
-// captureConn is a net.Conn that keeps what is written to it.
-type captureConn struct {
-	net.Conn
-	out bytes.Buffer
-}
-
-func (c *captureConn) Write(p []byte) (int, error) { return c.out.Write(p) }
-func (c *captureConn) Close() error                { return nil }
 
 // The settlement frames warren writes are byte for byte what AMQP 0-9-1
 // (and amqp091-go) put on the wire.
@@ -41,12 +31,12 @@ func TestSettleFramesAreTheSpecsBytes(t *testing.T) {
 		{"nack multiple requeue", methodNack, bit(true, 0) | bit(true, 1), []byte{0, 60, 0, 120, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 3}},
 		{"nack requeue only", methodNack, bit(false, 0) | bit(true, 1), []byte{0, 60, 0, 120, 0x01, 0x02, 0x03, 0x04, 0x05, 0x06, 0x07, 0x08, 2}},
 	} {
-		cc.out.Reset()
+		cc.take()
 		if err := ch.writeSettle(tc.method, 0x0102030405060708, tc.bits); err != nil {
 			t.Fatalf("%s: %v", tc.name, err)
 		}
 		want := append(append([]byte{1, 1, 7, 0, 0, 0, 13}, tc.want...), 0xCE)
-		if got := cc.out.Bytes(); !bytes.Equal(got, want) {
+		if got := cc.take(); !bytes.Equal(got, want) {
 			t.Errorf("%s:\n got % x\nwant % x", tc.name, got, want)
 		}
 	}

@@ -1,6 +1,0 @@
-//go:build !race
-
-package warren
-
-// raceEnabled: see raceflag_race_test.go.
-const raceEnabled = false
