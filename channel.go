@@ -306,7 +306,7 @@ func (ch *channel) poison(op string, cause error, pending <-chan error) {
 }
 
 // send runs fn, an operation that writes frames without waiting for a reply
-// (publish, ack). amqp091-go's writes cannot be interrupted. If ctx ends
+// (publish, ack). Socket writes cannot be interrupted. If ctx ends
 // while the write is in progress, the session's stall watch (stall.go)
 // looks at it: a write that completes is left alone, whatever ctx says, but
 // one that makes no progress for a whole stallGrace (a blocked broker, a
