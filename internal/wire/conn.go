@@ -173,6 +173,7 @@ type Conn struct {
 	waiters  int           // WriteContent calls waiting on wcond
 	wfail    error         // set once a write failed or the stream was given up
 	scratch  []byte        // WriteContent's buffer between writes
+	vectored bool          // the socket takes a vector of buffers in one system call (see writeLarge)
 }
 
 // maxCorked bounds the bytes held back while corked; beyond it writes go
@@ -235,6 +236,12 @@ var ErrMalformed = errors.New("malformed AMQP frame from the broker")
 func New(c net.Conn, onClose CloseFunc) *Conn {
 	w := &Conn{Conn: c, preamble: protocolHeaderLen, onClose: onClose}
 	w.wcond.L = &w.wmu
+	// net.Buffers writes a vector in one system call on these; on others
+	// (TLS) it writes piece by piece.
+	switch c.(type) {
+	case *net.TCPConn, *net.UnixConn:
+		w.vectored = true
+	}
 	return w
 }
 

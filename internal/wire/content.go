@@ -81,6 +81,8 @@ func (c *Conn) WriteContent(ch uint16, head, body []byte, maxBody int) error {
 		} else if cap(b) <= 2*copyMax {
 			c.scratch = b[:0] // kept for the next write; a rare big one is let go
 		}
+	case !c.vectored:
+		err = c.writeFramed(ch, head, body, maxBody)
 	default:
 		err = c.writeLarge(ch, head, body, maxBody, frames)
 	}
@@ -144,6 +146,54 @@ var iovPool = sync.Pool{New: func() any { return new(iovec) }}
 // is put in it, so the pieces sliced from it stay valid; the vector is
 // pooled between calls (without its references to body): no allocation
 // once both have grown.
+// writeFramed writes head and a large body in writes of about copyMax
+// bytes, each a run of whole frames copied into the scratch buffer: for a
+// connection that cannot take a vector of buffers in one system call (TLS),
+// where writeLarge's vector would cost a write, and a TLS record, per
+// piece. wmu is held.
+func (c *Conn) writeFramed(ch uint16, head, body []byte, maxBody int) error {
+	b := append(c.scratch[:0], c.corked...)
+	b = append(b, head...)
+	c.corked = c.corked[:0]
+	write := func(p []byte) error {
+		n, err := c.Conn.Write(p)
+		c.written.Add(uint64(n))
+		return err
+	}
+	for i := 0; i < len(body); i += maxBody {
+		chunk := body[i:min(i+maxBody, len(body))]
+		b = appendFrameHeader(b, frameBody, ch, len(chunk))
+		if len(chunk) > copyMax {
+			// A frame too big to copy goes from body itself.
+			if err := write(b); err != nil {
+				return err
+			}
+			if err := write(chunk); err != nil {
+				return err
+			}
+			b = b[:0]
+		} else {
+			b = append(b, chunk...)
+		}
+		b = append(b, frameEnd)
+		if len(b) >= copyMax {
+			if err := write(b); err != nil {
+				return err
+			}
+			b = b[:0]
+		}
+	}
+	if len(b) > 0 {
+		if err := write(b); err != nil {
+			return err
+		}
+	}
+	if cap(b) <= 4*copyMax {
+		c.scratch = b[:0]
+	}
+	return nil
+}
+
 func (c *Conn) writeLarge(ch uint16, head, body []byte, maxBody, frames int) error {
 	need := len(c.corked) + len(head) + (frameHeaderLen+1)*frames
 	b := c.scratch[:0]

@@ -78,6 +78,9 @@ func FuzzConnContent(f *testing.F) {
 			prog = prog[:200]
 		}
 		r := newMemRig(t)
+		// Both large-body paths: writev (a TCP socket) and runs of frames
+		// (TLS), by the program's length.
+		r.c.vectored = len(prog)%2 == 0
 		m := newModel()
 		r.write([]byte(protoHeader))
 		m.out = append(m.out, protoHeader...)

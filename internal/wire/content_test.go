@@ -368,41 +368,45 @@ func bodyFrames(size, maxBody int) int {
 	return (size + maxBody - 1) / maxBody
 }
 
-// The large-body path (writev, body not copied) writes the same bytes as
-// the copy path would, held-back bytes first.
+// The large-body paths (writev on a TCP socket, body not copied; runs of
+// frames on others) write the same bytes as the copy path would,
+// held-back bytes first.
 func TestWriteContentLargeBodySameBytes(t *testing.T) {
 	for _, size := range []int{copyMax + 1, 2*copyMax + 3, 300 << 10} {
 		for _, maxBody := range []int{4088, 131064, 0, 1000, copyMax} {
 			for _, corked := range []bool{false, true} {
-				t.Run(fmt.Sprintf("%d/%d/corked %v", size, maxBody, corked), func(t *testing.T) {
-					c, cc := contentRig(t, 1, 2)
-					head, body := contentHead(1, size), pattern(size)
-					var pre []byte
-					if corked {
-						c.Cork()
-						pre = cat(basicQos(2, 1), publish(2, pattern(100)))
-						mustWrite(t, c, pre)
-						if cc.writeCalls() != 0 {
-							t.Fatal("written while corked")
+				for _, vectored := range []bool{true, false} {
+					t.Run(fmt.Sprintf("%d/%d/corked %v/vectored %v", size, maxBody, corked, vectored), func(t *testing.T) {
+						c, cc := contentRig(t, 1, 2)
+						c.vectored = vectored
+						head, body := contentHead(1, size), pattern(size)
+						var pre []byte
+						if corked {
+							c.Cork()
+							pre = cat(basicQos(2, 1), publish(2, pattern(100)))
+							mustWrite(t, c, pre)
+							if cc.writeCalls() != 0 {
+								t.Fatal("written while corked")
+							}
 						}
-					}
-					if err := c.WriteContent(1, head, body, maxBody); err != nil {
-						t.Fatal(err)
-					}
-					if corked {
-						if err := c.Uncork(); err != nil {
+						if err := c.WriteContent(1, head, body, maxBody); err != nil {
 							t.Fatal(err)
 						}
-					}
-					got := cc.take()
-					if want := cat(pre, contentWant(1, head, body, maxBody)); !bytes.Equal(got, want) {
-						t.Fatalf("stream (%d bytes, want %d):\n%s", len(got), len(want), diff(got, want))
-					}
-					// The caller's body is not changed.
-					if !bytes.Equal(body, pattern(size)) {
-						t.Fatal("body changed")
-					}
-				})
+						if corked {
+							if err := c.Uncork(); err != nil {
+								t.Fatal(err)
+							}
+						}
+						got := cc.take()
+						if want := cat(pre, contentWant(1, head, body, maxBody)); !bytes.Equal(got, want) {
+							t.Fatalf("stream (%d bytes, want %d):\n%s", len(got), len(want), diff(got, want))
+						}
+						// The caller's body is not changed.
+						if !bytes.Equal(body, pattern(size)) {
+							t.Fatal("body changed")
+						}
+					})
+				}
 			}
 		}
 	}
@@ -742,22 +746,25 @@ func TestWriteContentAllocs(t *testing.T) {
 	}
 	for _, size := range []int{0, 100, copyMax, copyMax + 1, 1 << 20} {
 		for _, maxBody := range []int{4088, 131064, 0} {
-			sc := &sinkConn{}
-			c := New(sc, nil)
-			mustWrite(t, c, []byte(protoHeader), chanOpen(1))
-			head, body := contentHead(1, size), pattern(size)
-			want := len(contentWant(1, head, body, maxBody))
-			sc.n = 0
-			n := testing.AllocsPerRun(50, func() {
-				if err := c.WriteContent(1, head, body, maxBody); err != nil {
-					t.Fatal(err)
+			for _, vectored := range []bool{true, false} {
+				sc := &sinkConn{}
+				c := New(sc, nil)
+				c.vectored = vectored
+				mustWrite(t, c, []byte(protoHeader), chanOpen(1))
+				head, body := contentHead(1, size), pattern(size)
+				want := len(contentWant(1, head, body, maxBody))
+				sc.n = 0
+				n := testing.AllocsPerRun(50, func() {
+					if err := c.WriteContent(1, head, body, maxBody); err != nil {
+						t.Fatal(err)
+					}
+				})
+				if n != 0 {
+					t.Errorf("WriteContent of %d bytes at %d: %v allocations, want 0", size, maxBody, n)
 				}
-			})
-			if n != 0 {
-				t.Errorf("WriteContent of %d bytes at %d: %v allocations, want 0", size, maxBody, n)
-			}
-			if sc.n != 51*want {
-				t.Errorf("WriteContent of %d bytes at %d: %d bytes written in 51 calls, want %d", size, maxBody, sc.n, 51*want)
+				if sc.n != 51*want {
+					t.Errorf("WriteContent of %d bytes at %d: %d bytes written in 51 calls, want %d", size, maxBody, sc.n, 51*want)
+				}
 			}
 		}
 	}
