@@ -852,3 +852,33 @@ func TestMetricsHookSeesOutcomesPoolWaitsAndChurn(t *testing.T) {
 		t.Errorf("Stats: opened %d - closed %d != open %d", s.ChannelsOpened, s.ChannelsClosed, s.OpenChannels)
 	}
 }
+
+// warren takes every confirm from amqp091-go, whose read deadline (three
+// heartbeat intervals) is renewed only by frames it reads, and the broker
+// sends no heartbeat while it is sending confirms: a connection that only
+// publishes and waits for confirms, for longer than three intervals, must
+// live on (it timed out with "i/o timeout" before the wire handed
+// amqp091-go a heartbeat in place of reads that held only confirms).
+func TestConfirmsAloneForLongerThanThreeHeartbeatsKeepTheConnection(t *testing.T) {
+	b := brokertest.Need(t, broker)
+	ctx := testCtx(t, 2*opTimeout)
+	c := dial(t, b.URL, warren.WithHeartbeat(time.Second))
+	ch := confirmChannel(t, ctx, c)
+	q := uniqueName(t, "q-")
+	declareQueue(t, ctx, b, ch, q)
+	n := 0
+	for start := time.Now(); time.Since(start) < 5*time.Second; n++ {
+		if err := ch.Publish(ctx, "", q, warren.Publishing{Body: body128}); err != nil {
+			t.Fatalf("Publish %d, %v after the first: %v", n, time.Since(start).Round(time.Millisecond), err)
+		}
+	}
+	// Idle, then again: the heartbeats carry the connection.
+	time.Sleep(3500 * time.Millisecond)
+	if err := ch.Publish(ctx, "", q, warren.Publishing{Body: body128}); err != nil {
+		t.Fatalf("Publish after the pause: %v", err)
+	}
+	if s := c.Stats(); s.Reconnects != 0 {
+		t.Errorf("Stats: %d reconnects, want 0", s.Reconnects)
+	}
+	waitDepth(t, ctx, b, q, n+1)
+}

@@ -42,10 +42,11 @@ import (
 )
 
 const (
-	frameMethod = 1
-	frameHeader = 2
-	frameBody   = 3
-	frameEnd    = 0xCE
+	frameMethod    = 1
+	frameHeader    = 2
+	frameBody      = 3
+	frameHeartbeat = 8
+	frameEnd       = 0xCE
 
 	classConnection = 10
 	classChannel    = 20
@@ -150,6 +151,7 @@ type Conn struct {
 	args    argWalker     // the current inbound method frame's arguments
 	inDrop  bool          // the current inbound frame is dropped
 	inCh    uint16        // channel of the current inbound frame
+	taken   uint64        // frames a hook took from amqp091-go (confirms)
 	capture []byte        // a close, flow or returned-content header frame being collected, or nil
 	capKind int           // what the frame being captured is: capClose, capFlow or capHeader
 	ackBuf  [holdMax]byte // small captures without allocating
@@ -345,6 +347,7 @@ func (c *Conn) Read(p []byte) (int, error) {
 		c.inHeld = nil
 		m, err := c.Conn.Read(p[n:])
 		n += m
+		taken := c.taken
 		if n > 0 {
 			n = c.walkIn(p[:n])
 		}
@@ -354,8 +357,20 @@ func (c *Conn) Read(p []byte) (int, error) {
 		if n > 0 || err != nil {
 			return n, err
 		}
+		if c.taken != taken && (c.inRem == 0 || c.inDrop) {
+			// All this read held was frames a hook took (confirms).
+			// amqp091-go renews its read deadline (three heartbeat
+			// intervals) only when it reads a frame, and the broker
+			// sends no heartbeat while it sends confirms: a stream of
+			// nothing but confirms would time the connection out. It
+			// gets a heartbeat instead, between two of its frames.
+			return copy(p, heartbeatFrame[:]), nil
+		}
 	}
 }
+
+// heartbeatFrame is a heartbeat frame, which amqp091-go reads and ignores.
+var heartbeatFrame = [...]byte{frameHeartbeat, 0, 0, 0, 0, 0, 0, frameEnd}
 
 // walkIn walks the frames in b, compacts out dropped frames, keeps back an
 // incomplete frame start, and returns how many bytes of b to hand on.
@@ -546,6 +561,7 @@ func (c *Conn) startIn(f []byte) {
 			tag := binary.BigEndian.Uint64(f[frameStartLen : frameStartLen+8])
 			if !c.onConfirm(ch, tag, f[frameStartLen+8]&1 != 0, method == methodAck) {
 				c.inDrop = true // taken by the hook: not a stray, not counted
+				c.taken++
 			}
 		}
 	case ch != 0 && class == classBasic && method == methodReturn && c.onReturn != nil:

@@ -2763,9 +2763,15 @@ func TestRefusedConfirmIsDroppedAtEverySplit(t *testing.T) {
 		for i := 0; i < len(stream); i += size {
 			chunks = append(chunks, stream[i:min(i+size, len(stream))])
 		}
-		r.recv(want, chunks...)
+		r.send(chunks...)
+		// A read that held only the refused confirm hands on a heartbeat
+		// in its place (see TestReadsOfOnlyTakenConfirmsHandOnAHeartbeat),
+		// between whole frames.
+		if got := withoutHeartbeats(t, r.takeIn()); !bytes.Equal(got, want) {
+			t.Fatalf("reads of %d bytes: amqp091-go was handed the wrong bytes: %s", size, diff(got, want))
+		}
 		r.shutdown()
-		// The frame is left out (recv checked), but it is the hook's: it
+		// The frame is left out (checked above), but it is the hook's: it
 		// is not one of the stray close-oks DroppedInbound counts.
 		if n := r.c.DroppedInbound(); n != 0 {
 			t.Fatalf("reads of %d bytes: DroppedInbound %d, want 0", size, n)
@@ -2804,4 +2810,71 @@ func TestMalformedConfirmIsNeverReported(t *testing.T) {
 			}
 		}
 	}
+}
+
+// A read that holds nothing but confirms the hook takes hands amqp091-go a
+// heartbeat in their place: amqp091-go renews its read deadline only when
+// it reads a frame, and the broker sends no heartbeat while it sends
+// confirms. Never inside a frame amqp091-go is part way through.
+func TestReadsOfOnlyTakenConfirmsHandOnAHeartbeat(t *testing.T) {
+	hb := []byte{8, 0, 0, 0, 0, 0, 0, 0xCE}
+	take := func(uint16, uint64, bool, bool) bool { return false }
+	d := delivery(4, 1, []byte("body"))
+	for _, tc := range []struct {
+		name  string
+		reads [][]byte
+		want  [][]byte // what each Read hands on, in order
+	}{
+		{"confirms only", [][]byte{cat(basicAck(3, 1), basicAck(3, 2))}, [][]byte{hb}},
+		{"a confirm split over reads", [][]byte{basicAck(3, 1)[:5], basicAck(3, 1)[5:]}, [][]byte{hb}},
+		{"confirms and a delivery", [][]byte{cat(basicAck(3, 1), d)}, [][]byte{d}},
+		// A delivery split inside its body, the rest followed by a
+		// confirm: the rest is handed on, no heartbeat.
+		{"rest of a frame, then confirms", [][]byte{d[:len(d)-3], cat(d[len(d)-3:], basicAck(3, 1))}, [][]byte{d[:len(d)-3], d[len(d)-3:]}},
+	} {
+		var sr []scriptRead
+		for _, r := range tc.reads {
+			sr = append(sr, scriptRead{b: r})
+		}
+		c := New(&scriptConn{reads: sr}, nil)
+		c.SetConfirmHooks(take, func(uint16) {}, func(uint16) {})
+		for i, want := range tc.want {
+			buf := make([]byte, 4096)
+			n, err := c.Read(buf)
+			if err != nil || !bytes.Equal(buf[:n], want) {
+				t.Fatalf("%s: read %d: % x, %v; want % x", tc.name, i, buf[:n], err, want)
+			}
+		}
+		if n, err := c.Read(make([]byte, 4096)); n != 0 || err != io.EOF {
+			t.Fatalf("%s: last read: %d, %v; want 0, EOF", tc.name, n, err)
+		}
+	}
+	// Without a hook that takes frames, nothing changes: a stray
+	// close-ok alone is dropped and the next read goes on.
+	c := New(&scriptConn{reads: []scriptRead{{b: chanCloseOK(4)}, {b: d}}}, nil)
+	buf := make([]byte, 4096)
+	if n, err := c.Read(buf); err != nil || !bytes.Equal(buf[:n], d) {
+		t.Fatalf("stray close-ok then a delivery: % x, %v; want the delivery", buf[:n], err)
+	}
+}
+
+// withoutHeartbeats returns the whole frames of b without its heartbeat
+// frames, failing t if b is not whole frames.
+func withoutHeartbeats(t *testing.T, b []byte) []byte {
+	t.Helper()
+	var out []byte
+	for len(b) > 0 {
+		if len(b) < 8 {
+			t.Fatalf("not whole frames: % x left", b)
+		}
+		n := 7 + int(binary.BigEndian.Uint32(b[3:7])) + 1
+		if n > len(b) || b[n-1] != 0xCE {
+			t.Fatalf("not whole frames at % x", b[:min(len(b), 16)])
+		}
+		if b[0] != 8 {
+			out = append(out, b[:n]...)
+		}
+		b = b[n:]
+	}
+	return out
 }
