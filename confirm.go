@@ -307,10 +307,17 @@ func (t *confirmTracker) popLocked() {
 
 // enqueueLocked appends c to the queue. The queue creeps along its memory
 // as confirms pop its head; it moves back to the start when it reaches the
-// end with at least half the memory free, and only grows otherwise.
+// end with at least half the memory free, and moves to new memory twice
+// its size otherwise (not append's growth, which would start from the
+// window's capacity and could give memory no larger than the old, again
+// and again).
 func (t *confirmTracker) enqueueLocked(c *Confirmation) {
-	if n := len(t.q); n == cap(t.q) && n > 0 && n <= cap(t.qmem)/2 {
+	if n := len(t.q); n == cap(t.q) && n > 0 {
 		mem := t.qmem[:cap(t.qmem)]
+		if n > len(mem)/2 {
+			mem = make([]*Confirmation, 2*n)
+			t.qmem = mem[:0]
+		}
 		copy(mem, t.q)
 		clear(mem[n:])
 		t.q = mem[:n]
