@@ -139,13 +139,6 @@ type iovec struct{ keep, w net.Buffers }
 
 var iovPool = sync.Pool{New: func() any { return new(iovec) }}
 
-// writeLarge writes head and a large body without copying the body: the
-// held-back bytes, head, and every frame header and end go from the
-// scratch buffer, the body chunks from body itself (one writev on a TCP
-// connection). wmu is held. The scratch buffer is sized before anything
-// is put in it, so the pieces sliced from it stay valid; the vector is
-// pooled between calls (without its references to body): no allocation
-// once both have grown.
 // writeFramed writes head and a large body in writes of about copyMax
 // bytes, each a run of whole frames copied into the scratch buffer: for a
 // connection that cannot take a vector of buffers in one system call (TLS),
@@ -194,6 +187,13 @@ func (c *Conn) writeFramed(ch uint16, head, body []byte, maxBody int) error {
 	return nil
 }
 
+// writeLarge writes head and a large body without copying the body: the
+// held-back bytes, head, and every frame header and end go from the
+// scratch buffer, the body chunks from body itself (one writev on a TCP
+// connection). wmu is held. The scratch buffer is sized before anything
+// is put in it, so the pieces sliced from it stay valid; the vector is
+// pooled between calls (without its references to body): no allocation
+// once both have grown.
 func (c *Conn) writeLarge(ch uint16, head, body []byte, maxBody, frames int) error {
 	need := len(c.corked) + len(head) + (frameHeaderLen+1)*frames
 	b := c.scratch[:0]
