@@ -39,9 +39,10 @@ type Channel struct {
 
 // channel is the state shared by every handle of one AMQP channel.
 type channel struct {
-	c  *session
-	ch *amqp.Channel
-	id uint16
+	c    *session
+	ch   *amqp.Channel
+	id   uint16
+	wgen uint32 // the wire's OpenGen of this opening of id
 
 	// gen counts leases: a pooled channel's handle is valid only while gen
 	// equals the handle's; Release moves it on. Unpooled channels stay at 0.
@@ -104,6 +105,10 @@ func newChannel(c *session, ach *amqp.Channel) *channel {
 		closeDone: make(chan struct{}),
 	}
 	ach.NotifyClose(ch.closes)
+	// The opening this channel is on the wire: a frame of its written
+	// after the id was closed and opened again is refused (see
+	// wire.Conn.WriteContent).
+	ch.wgen = c.wire.OpenGen(ch.id)
 	return ch
 }
 

@@ -102,7 +102,7 @@ func (ch *channel) write(m *Message, head []byte, stampAt int, deferred bool, sp
 // after which the connection goes down and what reached the broker is not
 // known.
 func (ch *channel) writeContent(head, body []byte) error {
-	err := ch.c.wire.WriteContent(ch.id, head, body, ch.c.maxPayload())
+	err := ch.c.wire.WriteContent(ch.id, ch.wgen, head, body, ch.c.maxPayload())
 	switch {
 	case err == nil:
 		return nil

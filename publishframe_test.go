@@ -99,7 +99,7 @@ func warrenPublish(t testing.TB, frameMax int, m *Message, stamp bool) ([]byte, 
 	if stampAt >= 0 {
 		putStamp(head, stampAt, encodeStampTag)
 	}
-	if err := w.WriteContent(encodeChannel, head, m.Body, maxPayloadOf(frameMax)); err != nil {
+	if err := w.WriteContent(encodeChannel, 0, head, m.Body, maxPayloadOf(frameMax)); err != nil {
 		t.Fatalf("WriteContent: %v", err)
 	}
 	return cc.take(), nil
@@ -1019,7 +1019,7 @@ func TestPublishEncodingAllocs(t *testing.T) {
 			t.Fatal(err)
 		}
 		putStamp(head, at, 7)
-		if err := w.WriteContent(1, head, m.Body, 131064); err != nil {
+		if err := w.WriteContent(1, 0, head, m.Body, 131064); err != nil {
 			t.Fatal(err)
 		}
 		cc.out = cc.out[:0]

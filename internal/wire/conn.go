@@ -176,6 +176,7 @@ type Conn struct {
 	wfail    error         // set once a write failed or the stream was given up
 	scratch  []byte        // WriteContent's buffer between writes
 	vectored bool          // the socket takes a vector of buffers in one system call (see writeLarge)
+	opens    []uint32      // channel.opens written per channel id (see OpenGen), grown as ids appear
 }
 
 // maxCorked bounds the bytes held back while corked; beyond it writes go
@@ -732,6 +733,9 @@ func (c *Conn) passOut(f []byte) bool {
 		c.open.set(ch, false)
 		c.closeSent.set(ch, false)
 		return true
+	}
+	if isChannel && method == methodOpen {
+		c.countOpen(ch) // even on an id still open: a new opening either way
 	}
 	if !c.open.get(ch) {
 		if isChannel && method == methodOpen {

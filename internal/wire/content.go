@@ -32,14 +32,16 @@ const copyMax = 64 << 10
 //
 // The frames are not walked: the caller vouches for head, and the channel
 // state rules of the package doc are applied here instead. If ch is not
-// open, or a channel.close has been sent or read for it, nothing is written
-// and WriteContent returns ErrChannelClosed. A failed write closes the
+// open, or a channel.close has been sent or read for it, or gen (if not 0)
+// is not the OpenGen of the opening the caller means (the id has been
+// closed and opened again since), nothing is written and WriteContent
+// returns ErrChannelClosed. A failed write closes the
 // underlying connection (a partly written frame cannot be taken back, and
 // amqp091-go's reader must see the end) and is returned; every later call
 // returns ErrWriterFailed.
 //
 // head is not retained.
-func (c *Conn) WriteContent(ch uint16, head, body []byte, maxBody int) error {
+func (c *Conn) WriteContent(ch uint16, gen uint32, head, body []byte, maxBody int) error {
 	c.wmu.Lock()
 	defer c.wmu.Unlock()
 	for c.midFrame() && c.wfail == nil {
@@ -50,7 +52,8 @@ func (c *Conn) WriteContent(ch uint16, head, body []byte, maxBody int) error {
 	if c.wfail != nil {
 		return ErrWriterFailed
 	}
-	if ch == 0 || !c.open.get(ch) || c.awaiting.get(ch) || c.closeSent.get(ch) {
+	if ch == 0 || !c.open.get(ch) || c.awaiting.get(ch) || c.closeSent.get(ch) ||
+		gen != 0 && (int(ch) >= len(c.opens) || c.opens[ch] != gen) {
 		return ErrChannelClosed
 	}
 	if c.Trace != nil && len(head) >= frameStartLen {
@@ -90,6 +93,29 @@ func (c *Conn) WriteContent(ch uint16, head, body []byte, maxBody int) error {
 		c.failWriter()
 	}
 	return err
+}
+
+// OpenGen returns how many channel.open frames have been written for
+// channel id: taken right after an open, it names that opening, for
+// WriteContent to tell it from a later one on the same id.
+func (c *Conn) OpenGen(id uint16) uint32 {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	if int(id) < len(c.opens) {
+		return c.opens[id]
+	}
+	return 0
+}
+
+// countOpen counts a channel.open written for id. wmu is held.
+func (c *Conn) countOpen(id uint16) {
+	if int(id) >= len(c.opens) {
+		c.opens = append(c.opens, make([]uint32, int(id)+1-len(c.opens))...)
+	}
+	c.opens[id]++
+	if c.opens[id] == 0 {
+		c.opens[id] = 1 // 0 means "any opening"
+	}
 }
 
 // midFrame reports whether the last Write ended inside a frame: its rest is

@@ -88,7 +88,7 @@ func FuzzConnContent(f *testing.F) {
 		large := 0
 		content := func(ch uint16, size, maxBody int) {
 			head, body := contentHead(ch, size), pattern(size)
-			err := r.c.WriteContent(ch, head, body, maxBody)
+			err := r.c.WriteContent(ch, 0, head, body, maxBody)
 			m.contentOut(t, ch, head, body, maxBody, err)
 		}
 		for step := 0; len(prog) >= 2; step++ {

@@ -158,7 +158,7 @@ func waitWaiters(t testing.TB, c *Conn, n int) {
 // channel returned.
 func goContent(c *Conn, ch uint16, head, body []byte, maxBody int) <-chan error {
 	done := make(chan error, 1)
-	go func() { done <- c.WriteContent(ch, head, body, maxBody) }()
+	go func() { done <- c.WriteContent(ch, 0, head, body, maxBody) }()
 	return done
 }
 
@@ -267,7 +267,7 @@ func TestWriteContentRefusesAChannelNotOpen(t *testing.T) {
 				tc.setup(t, c, cc)
 			}
 			cc.take()
-			if err := c.WriteContent(ch, head, body, 0); !errors.Is(err, ErrChannelClosed) {
+			if err := c.WriteContent(ch, 0, head, body, 0); !errors.Is(err, ErrChannelClosed) {
 				t.Fatalf("WriteContent: %v, want ErrChannelClosed", err)
 			}
 			if got := cc.take(); len(got) != 0 {
@@ -275,7 +275,7 @@ func TestWriteContentRefusesAChannelNotOpen(t *testing.T) {
 			}
 			// Corked, the same: nothing joins the cork.
 			c.Cork()
-			if err := c.WriteContent(ch, head, body, 0); !errors.Is(err, ErrChannelClosed) {
+			if err := c.WriteContent(ch, 0, head, body, 0); !errors.Is(err, ErrChannelClosed) {
 				t.Fatalf("corked WriteContent: %v, want ErrChannelClosed", err)
 			}
 			if err := c.Uncork(); err != nil {
@@ -292,7 +292,7 @@ func TestWriteContentRefusesAChannelNotOpen(t *testing.T) {
 		mustRead(t, c, cc, chanCloseOK(1))
 		mustWrite(t, c, chanOpen(1))
 		cc.take()
-		if err := c.WriteContent(1, head, body, 0); err != nil {
+		if err := c.WriteContent(1, 0, head, body, 0); err != nil {
 			t.Fatal(err)
 		}
 		if got, want := cc.take(), contentWant(1, head, body, 0); !bytes.Equal(got, want) {
@@ -338,7 +338,7 @@ func TestWriteContentSplitsAtMaxBody(t *testing.T) {
 		t.Run(fmt.Sprintf("%d/%d", tc.size, tc.maxBody), func(t *testing.T) {
 			c, cc := contentRig(t, 7)
 			head, body := contentHead(7, tc.size), pattern(tc.size)
-			if err := c.WriteContent(7, head, body, tc.maxBody); err != nil {
+			if err := c.WriteContent(7, 0, head, body, tc.maxBody); err != nil {
 				t.Fatal(err)
 			}
 			got := cc.take()
@@ -389,7 +389,7 @@ func TestWriteContentLargeBodySameBytes(t *testing.T) {
 								t.Fatal("written while corked")
 							}
 						}
-						if err := c.WriteContent(1, head, body, maxBody); err != nil {
+						if err := c.WriteContent(1, 0, head, body, maxBody); err != nil {
 							t.Fatal(err)
 						}
 						if corked {
@@ -414,7 +414,7 @@ func TestWriteContentLargeBodySameBytes(t *testing.T) {
 		c, cc := contentRig(t, 1)
 		for _, size := range []int{copyMax + 1, 10, 3 * copyMax, 100, 0} {
 			head, body := contentHead(1, size), pattern(size)
-			if err := c.WriteContent(1, head, body, 4088); err != nil {
+			if err := c.WriteContent(1, 0, head, body, 4088); err != nil {
 				t.Fatal(err)
 			}
 			if got, want := cc.take(), contentWant(1, head, body, 4088); !bytes.Equal(got, want) {
@@ -431,11 +431,11 @@ func TestWriteContentCorked(t *testing.T) {
 	h1, b1 := contentHead(1, 5), []byte("hello")
 	h2, b2 := contentHead(1, 0), []byte(nil)
 	mustWrite(t, c, a)
-	if err := c.WriteContent(1, h1, b1, 4088); err != nil {
+	if err := c.WriteContent(1, 0, h1, b1, 4088); err != nil {
 		t.Fatal(err)
 	}
 	mustWrite(t, c, basicQos(2, 6))
-	if err := c.WriteContent(1, h2, b2, 4088); err != nil {
+	if err := c.WriteContent(1, 0, h2, b2, 4088); err != nil {
 		t.Fatal(err)
 	}
 	// head is not retained: the caller may reuse its buffer at once.
@@ -465,7 +465,7 @@ func TestWriteContentCorked(t *testing.T) {
 			t.Fatal("written while corked")
 		}
 		head, body := contentHead(1, 5000), pattern(5000)
-		if err := c.WriteContent(1, head, body, 4088); err != nil {
+		if err := c.WriteContent(1, 0, head, body, 4088); err != nil {
 			t.Fatal(err)
 		}
 		mid := cc.writeCalls()
@@ -489,17 +489,17 @@ func TestWriteContentWriteErrorFailsTheWriter(t *testing.T) {
 			cc.failAt = 20
 			cc.mu.Unlock()
 			head, body := contentHead(1, size), pattern(size)
-			if err := c.WriteContent(1, head, body, 4088); !errors.Is(err, errContentWrite) {
+			if err := c.WriteContent(1, 0, head, body, 4088); !errors.Is(err, errContentWrite) {
 				t.Fatalf("WriteContent: %v, want the socket's error", err)
 			}
 			if !cc.isClosed() {
 				t.Fatal("the socket was not closed after a failed write")
 			}
-			if err := c.WriteContent(1, head, body, 4088); !errors.Is(err, ErrWriterFailed) {
+			if err := c.WriteContent(1, 0, head, body, 4088); !errors.Is(err, ErrWriterFailed) {
 				t.Fatalf("later WriteContent: %v, want ErrWriterFailed", err)
 			}
 			c.Cork()
-			if err := c.WriteContent(1, head, body, 4088); !errors.Is(err, ErrWriterFailed) {
+			if err := c.WriteContent(1, 0, head, body, 4088); !errors.Is(err, ErrWriterFailed) {
 				t.Fatalf("later corked WriteContent: %v, want ErrWriterFailed", err)
 			}
 			_ = c.Uncork()
@@ -513,14 +513,14 @@ func TestWriteContentWriteErrorFailsTheWriter(t *testing.T) {
 		if _, err := c.Write(basicQos(1, 1)); err == nil {
 			t.Fatal("Write did not fail")
 		}
-		if err := c.WriteContent(1, contentHead(1, 1), []byte("x"), 0); !errors.Is(err, ErrWriterFailed) {
+		if err := c.WriteContent(1, 0, contentHead(1, 1), []byte("x"), 0); !errors.Is(err, ErrWriterFailed) {
 			t.Fatalf("WriteContent after a failed Write: %v, want ErrWriterFailed", err)
 		}
 	})
 	t.Run("Uncork failed", func(t *testing.T) {
 		c, cc := contentRig(t, 1)
 		c.Cork()
-		if err := c.WriteContent(1, contentHead(1, 1), []byte("x"), 0); err != nil {
+		if err := c.WriteContent(1, 0, contentHead(1, 1), []byte("x"), 0); err != nil {
 			t.Fatal(err)
 		}
 		cc.mu.Lock()
@@ -529,7 +529,7 @@ func TestWriteContentWriteErrorFailsTheWriter(t *testing.T) {
 		if err := c.Uncork(); err == nil {
 			t.Fatal("Uncork did not fail")
 		}
-		if err := c.WriteContent(1, contentHead(1, 1), []byte("x"), 0); !errors.Is(err, ErrWriterFailed) {
+		if err := c.WriteContent(1, 0, contentHead(1, 1), []byte("x"), 0); !errors.Is(err, ErrWriterFailed) {
 			t.Fatalf("WriteContent after a failed Uncork: %v, want ErrWriterFailed", err)
 		}
 	})
@@ -571,7 +571,7 @@ func TestWriteContentCloseWakesAWaiter(t *testing.T) {
 	if !cc.isClosed() {
 		t.Fatal("the socket is open after Close")
 	}
-	if err := c.WriteContent(1, contentHead(1, 1), []byte("x"), 0); !errors.Is(err, ErrWriterFailed) {
+	if err := c.WriteContent(1, 0, contentHead(1, 1), []byte("x"), 0); !errors.Is(err, ErrWriterFailed) {
 		t.Fatalf("WriteContent after Close: %v, want ErrWriterFailed", err)
 	}
 }
@@ -599,7 +599,7 @@ func TestWriteContentCloseEndsAStuckWrite(t *testing.T) {
 	if err := result(t, done); err == nil {
 		t.Fatal("the stuck WriteContent succeeded")
 	}
-	if err := c.WriteContent(1, contentHead(1, 1), []byte("x"), 0); !errors.Is(err, ErrWriterFailed) {
+	if err := c.WriteContent(1, 0, contentHead(1, 1), []byte("x"), 0); !errors.Is(err, ErrWriterFailed) {
 		t.Fatalf("WriteContent after Close: %v, want ErrWriterFailed", err)
 	}
 }
@@ -660,7 +660,7 @@ func TestWriteContentConcurrentWithWrite(t *testing.T) {
 				if i%7 == 0 {
 					c.Cork()
 				}
-				if err := c.WriteContent(ch, contentHead(ch, size), pattern(size), 16+int(ch)); err != nil {
+				if err := c.WriteContent(ch, 0, contentHead(ch, size), pattern(size), 16+int(ch)); err != nil {
 					errs <- err
 					return
 				}
@@ -755,7 +755,7 @@ func TestWriteContentAllocs(t *testing.T) {
 				want := len(contentWant(1, head, body, maxBody))
 				sc.n = 0
 				n := testing.AllocsPerRun(50, func() {
-					if err := c.WriteContent(1, head, body, maxBody); err != nil {
+					if err := c.WriteContent(1, 0, head, body, maxBody); err != nil {
 						t.Fatal(err)
 					}
 				})
@@ -767,5 +767,45 @@ func TestWriteContentAllocs(t *testing.T) {
 				}
 			}
 		}
+	}
+}
+
+// A write for an earlier opening of a channel id is refused once the id has
+// been closed and opened again: a settlement or publish meant for a channel
+// the broker closed must not land on the channel that now has its number.
+func TestWriteContentRefusesAnEarlierOpeningOfTheId(t *testing.T) {
+	c, cc := contentRig(t)
+	if g := c.OpenGen(5); g != 0 {
+		t.Fatalf("OpenGen of a channel never opened: %d, want 0", g)
+	}
+	mustWrite(t, c, chanOpen(5))
+	first := c.OpenGen(5)
+	if first == 0 {
+		t.Fatal("OpenGen after channel.open: 0")
+	}
+	head := contentHead(5, 3)
+	if err := c.WriteContent(5, first, head, []byte("abc"), 0); err != nil {
+		t.Fatalf("the opening's own write: %v", err)
+	}
+	// Closed (ours, answered) and opened again.
+	mustWrite(t, c, chanClose(5, 200, ""))
+	mustRead(t, c, cc, chanCloseOK(5))
+	mustWrite(t, c, chanOpen(5))
+	second := c.OpenGen(5)
+	if second == first {
+		t.Fatalf("OpenGen after a second channel.open: still %d", second)
+	}
+	cc.take()
+	if err := c.WriteContent(5, first, head, []byte("abc"), 0); !errors.Is(err, ErrChannelClosed) {
+		t.Fatalf("a write for the earlier opening: %v, want ErrChannelClosed", err)
+	}
+	if got := cc.take(); len(got) != 0 {
+		t.Fatalf("the refused write put %d bytes on the wire", len(got))
+	}
+	if err := c.WriteContent(5, second, head, []byte("abc"), 0); err != nil {
+		t.Fatalf("the new opening's write: %v", err)
+	}
+	if err := c.WriteContent(5, 0, head, []byte("abc"), 0); err != nil {
+		t.Fatalf("a write for any opening (gen 0): %v", err)
 	}
 }
