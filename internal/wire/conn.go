@@ -39,6 +39,7 @@ import (
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 )
 
 const (
@@ -142,19 +143,22 @@ type Conn struct {
 	droppedIn  atomic.Uint64
 
 	// inbound state, touched only inside Read
-	inHeld  []byte // an incomplete frame start kept back from amqp091-go (in inBuf)
-	inBuf   [holdMax]byte
-	inReady []byte        // walked bytes not yet handed on (tiny reads only)
-	inErr   error         // a read error to report after inReady
-	inRem   int           // bytes of the current inbound frame still to pass or drop
-	inLen   int           // all bytes of the current inbound frame, header to frame end
-	args    argWalker     // the current inbound method frame's arguments
-	inDrop  bool          // the current inbound frame is dropped
-	inCh    uint16        // channel of the current inbound frame
-	taken   uint64        // frames a hook took from amqp091-go (confirms)
-	capture []byte        // a close, flow or returned-content header frame being collected, or nil
-	capKind int           // what the frame being captured is: capClose, capFlow or capHeader
-	ackBuf  [holdMax]byte // small captures without allocating
+	inHeld     []byte // an incomplete frame start kept back from amqp091-go (in inBuf)
+	inBuf      [holdMax]byte
+	inReady    []byte        // walked bytes not yet handed on (tiny reads only)
+	inErr      error         // a read error to report after inReady
+	inRem      int           // bytes of the current inbound frame still to pass or drop
+	inLen      int           // all bytes of the current inbound frame, header to frame end
+	args       argWalker     // the current inbound method frame's arguments
+	inDrop     bool          // the current inbound frame is dropped
+	inCh       uint16        // channel of the current inbound frame
+	taken      uint64        // frames a hook took from amqp091-go (confirms)
+	handed     uint64        // Reads that handed amqp091-go something
+	handedSeen uint64        // handed when quiet last looked
+	quietSince time.Time     // when quiet first saw handed unchanged
+	capture    []byte        // a close, flow or returned-content header frame being collected, or nil
+	capKind    int           // what the frame being captured is: capClose, capFlow or capHeader
+	ackBuf     [holdMax]byte // small captures without allocating
 	// retContent follows the content of returned messages by channel: -1
 	// while the content header is awaited, else the body bytes to come.
 	retContent map[uint16]int64
@@ -356,18 +360,45 @@ func (c *Conn) Read(p []byte) (int, error) {
 			return 0, c.inErr
 		}
 		if n > 0 || err != nil {
+			c.handed++
 			return n, err
 		}
-		if c.taken != taken && (c.inRem == 0 || c.inDrop) {
-			// All this read held was frames a hook took (confirms).
+		if c.taken != taken && (c.inRem == 0 || c.inDrop) && c.quiet() {
+			// All this read held was frames a hook took (confirms), and
+			// amqp091-go has been handed nothing for beatEvery.
 			// amqp091-go renews its read deadline (three heartbeat
-			// intervals) only when it reads a frame, and the broker
-			// sends no heartbeat while it sends confirms: a stream of
-			// nothing but confirms would time the connection out. It
-			// gets a heartbeat instead, between two of its frames.
+			// intervals, at least 3 s) only when it reads a frame, and
+			// the broker sends no heartbeat while it sends confirms: a
+			// stream of nothing but confirms would time the connection
+			// out. It gets a heartbeat instead, between two of its
+			// frames.
+			c.handed++
 			return copy(p, heartbeatFrame[:]), nil
 		}
 	}
+}
+
+// beatEvery is how long amqp091-go may be handed nothing while confirms are
+// read before it is handed a heartbeat. The longest it goes without a frame
+// is then beatEvery plus one heartbeat interval of the broker's (the gap
+// before the confirms began), under its read deadline of three intervals.
+const beatEvery = 500 * time.Millisecond
+
+// quiet reports, for a read that handed amqp091-go nothing, whether it has
+// been handed nothing for beatEvery (counted from the first such read after
+// one that handed something, or from the last heartbeat given it).
+func (c *Conn) quiet() bool {
+	now := time.Now()
+	if c.handed != c.handedSeen {
+		c.handedSeen = c.handed
+		c.quietSince = now
+		return false
+	}
+	if now.Sub(c.quietSince) < beatEvery {
+		return false
+	}
+	c.quietSince = now
+	return true
 }
 
 // heartbeatFrame is a heartbeat frame, which amqp091-go reads and ignores.

@@ -2878,3 +2878,51 @@ func withoutHeartbeats(t *testing.T, b []byte) []byte {
 	}
 	return out
 }
+
+// slowConn hands out its reads one per Read, each after its delay.
+type slowConn struct {
+	net.Conn
+	reads  [][]byte
+	delays []time.Duration
+}
+
+func (s *slowConn) Read(p []byte) (int, error) {
+	if len(s.reads) == 0 {
+		return 0, io.EOF
+	}
+	time.Sleep(s.delays[0])
+	n := copy(p, s.reads[0])
+	s.reads, s.delays = s.reads[1:], s.delays[1:]
+	return n, nil
+}
+
+// The heartbeat in place of taken confirms is handed on only once
+// amqp091-go has had nothing for beatEvery: a confirm stream costs it one
+// heartbeat per beatEvery, not one per read.
+func TestTakenConfirmsHandOnAHeartbeatOnlyAfterBeatEvery(t *testing.T) {
+	hb := []byte{8, 0, 0, 0, 0, 0, 0, 0xCE}
+	d := delivery(4, 1, []byte("body"))
+	sc := &slowConn{
+		reads:  [][]byte{d, basicAck(3, 1), basicAck(3, 2), basicAck(3, 3)},
+		delays: []time.Duration{0, 0, 0, beatEvery + 100*time.Millisecond},
+	}
+	c := New(sc, nil)
+	c.SetConfirmHooks(func(uint16, uint64, bool, bool) bool { return false }, func(uint16) {}, func(uint16) {})
+	buf := make([]byte, 4096)
+	if n, err := c.Read(buf); err != nil || !bytes.Equal(buf[:n], d) {
+		t.Fatalf("first read: % x, %v; want the delivery", buf[:n], err)
+	}
+	// Acks 1 and 2 come at once after the delivery: no heartbeat for them;
+	// ack 3 comes after beatEvery with nothing handed on: a heartbeat.
+	start := time.Now()
+	n, err := c.Read(buf)
+	if err != nil || !bytes.Equal(buf[:n], hb) {
+		t.Fatalf("second read: % x, %v; want a heartbeat", buf[:n], err)
+	}
+	if len(sc.reads) != 0 {
+		t.Fatalf("the heartbeat came before the last ack was read (%d reads left): too early", len(sc.reads))
+	}
+	if waited := time.Since(start); waited < beatEvery {
+		t.Fatalf("heartbeat after %v, want at least %v", waited, beatEvery)
+	}
+}
