@@ -301,9 +301,16 @@ func (t *confirmTracker) popLocked() {
 	t.q = t.q[1:]
 	t.base++
 	if len(t.q) == 0 {
+		if cap(t.qmem) > keepQueue {
+			t.qmem = nil // a backlog's memory (a big PublishBatch) is let go once it has drained
+		}
 		t.q = t.qmem[:0] // back to the start of the memory: no allocation for the next
 	}
 }
+
+// keepQueue is the most queue memory (entries) a tracker keeps once its
+// queue has emptied: enough for any Publisher window, not a long batch's.
+const keepQueue = 8192
 
 // enqueueLocked appends c to the queue. The queue creeps along its memory
 // as confirms pop its head; it moves back to the start when it reaches the

@@ -61,3 +61,31 @@ func TestTrackerQueueSlidingWindowReusesItsMemory(t *testing.T) {
 		})
 	}
 }
+
+// The memory of a long backlog (a big PublishBatch) is let go once it has
+// drained; a window's is kept.
+func TestTrackerQueueLetsALongBacklogsMemoryGo(t *testing.T) {
+	for _, tc := range []struct {
+		n    int
+		kept bool
+	}{{1000, true}, {50000, false}} {
+		st := &channel{c: &session{opts: defaultOptions(), cnt: new(counters)}, id: 7}
+		tr := &confirmTracker{st: st}
+		confs := make([]Confirmation, tc.n)
+		tr.mu.Lock()
+		tr.base = 1
+		for i := range confs {
+			confs[i].to = noopReceiver{}
+			confs[i].tag = uint64(i + 1)
+			tr.enqueueLocked(&confs[i])
+		}
+		tr.mu.Unlock()
+		tr.confirmed(uint64(tc.n), true, true) // one multiple ack for all
+		if got := tr.pending(); got != 0 {
+			t.Fatalf("%d publishes: %d pending after the ack of all, want 0", tc.n, got)
+		}
+		if kept := cap(tr.qmem) > 0; kept != tc.kept {
+			t.Errorf("%d publishes drained: memory kept %v (cap %d), want %v", tc.n, kept, cap(tr.qmem), tc.kept)
+		}
+	}
+}
