@@ -198,13 +198,20 @@ func (t *confirmTracker) publish(head []byte, stampAt int, body []byte, c *Confi
 		// A failed write (not a closed channel, which sends nothing):
 		// part of the frames may have reached the broker before the
 		// socket failed, so the outcome is unknown, not "not published".
-		// The connection is going down; c resolves now.
+		// The connection is going down (the wire closed the socket);
+		// c resolves now, with the connection's typed cause once
+		// amqp091-go has noted the end, as every other publish pending on
+		// it does.
+		cause := fmt.Errorf("warren: writing the publish failed: %w", err)
+		if cerr := t.st.c.dyingConn("basic.publish", err); cerr != nil {
+			cause = fmt.Errorf("warren: writing the publish failed (%v): %w", err, cerr)
+		}
 		t.mu.Lock()
 		t.sending = nil
 		if n := len(t.q); n > 0 && t.q[n-1] == c {
 			t.q[n-1] = nil
 			t.q = t.q[:n-1]
-			c.resolve(c.unknown(fmt.Errorf("warren: writing the publish failed: %w", err)))
+			c.resolve(c.unknown(cause))
 		}
 		// t.last stays: the broker cannot have counted a publish whose
 		// frames it did not all receive, and the channel is going down.
