@@ -349,30 +349,6 @@ func validExpirationSyntax(s string) bool {
 	return true
 }
 
-// contentHeaderSize returns the payload size of the content header frame
-// amqp091-go writes for msg, given the encoded size of its headers table
-// (0 without headers).
-func contentHeaderSize(msg *Publishing, headers int) int {
-	n := 14 // class, weight, body size, property flags
-	for _, s := range [...]string{msg.ContentType, msg.ContentEncoding, msg.CorrelationId,
-		msg.ReplyTo, msg.Expiration, msg.MessageId, msg.Type, msg.UserId, msg.AppId} {
-		if s != "" {
-			n += 1 + len(s)
-		}
-	}
-	n += headers
-	if msg.DeliveryMode > 0 {
-		n++
-	}
-	if msg.Priority > 0 {
-		n++
-	}
-	if !msg.Timestamp.IsZero() {
-		n += 8
-	}
-	return n
-}
-
 // maxPayload returns the largest frame payload the connection carries, or
 // 0 if the broker set no limit.
 func (c *session) maxPayload() int {

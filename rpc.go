@@ -187,18 +187,17 @@ func (r *RPCClient) Call(ctx context.Context, exchange, key string, req Publishi
 		span := r.c.opts.tracer.traceRPC(ctx, r.c.s(), exchange, key, &req)
 		defer func() { span.finish(err) }()
 	}
-	size, widen, err := checkPublishing(op, exchange, key, &req)
-	if err != nil {
+	// Checked here, before a lane is taken; the frame_max check, and
+	// ints outside int32 sent as int64, come with the encoding
+	// (encodePublish).
+	if _, _, err := checkPublishing(op, exchange, key, &req); err != nil {
 		return nil, err
-	}
-	if widen {
-		req.Headers = widenTable(req.Headers)
 	}
 	if r.isClosed() {
 		return nil, ErrRPCClientClosed
 	}
 	r.calls.Add(1)
-	d, err = r.call(ctx, op, exchange, key, req, size)
+	d, err = r.call(ctx, op, exchange, key, req)
 	if err != nil {
 		switch {
 		case errors.Is(err, ErrUnroutable):
@@ -216,13 +215,10 @@ func (r *RPCClient) Call(ctx context.Context, exchange, key string, req Publishi
 	return d, err
 }
 
-func (r *RPCClient) call(ctx context.Context, op, exchange, key string, req Publishing, size int) (*Delivery, error) {
+func (r *RPCClient) call(ctx context.Context, op, exchange, key string, req Publishing) (*Delivery, error) {
 	lane := &r.lanes[r.next.Add(1)%uint32(len(r.lanes))]
 	rc, err := lane.get(ctx, r)
 	if err != nil {
-		return nil, err
-	}
-	if err := rc.st.c.checkFrame(op, "content header", contentHeaderSize(&req, size)); err != nil {
 		return nil, err
 	}
 	seq := r.seq.Add(1)
